@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Create .venv and install everything lowbw and its tests need.
+# Called by `make` targets; safe to run again (it only adds what is missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-}
+if [ -z "$PYTHON" ]; then
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      PYTHON=$candidate
+      break
+    fi
+  done
+fi
+if [ -z "$PYTHON" ]; then
+  echo "lowbw needs Python >= 3.11; none found on PATH" >&2
+  exit 1
+fi
+
+# Debian packages the tests use (the MQTT broker), only when we may install them.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian package mosquitto" >&2
+    (apt-get install -y -q mosquitto >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q mosquitto >/dev/null; }) ||
+      echo "warning: could not install mosquitto; MQTT tests fall back to amqtt" >&2
+  else
+    echo "note: mosquitto missing and not root; MQTT tests fall back to amqtt" >&2
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+# MicroPython type stubs shadow the standard library's, so they live apart.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade \
+  --target .stubs/unix micropython-unix-stubs
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade \
+  --target .stubs/esp32 micropython-esp32-stubs
