@@ -1,0 +1,489 @@
+"""The proxy's HTTP client for the Matrix client-server API (aiohttp).
+
+Contract, so the proxy can map every outcome to a CoAP answer:
+
+* ``Homeserver.request()`` returns an ``HttpResult`` for every HTTP status the
+  homeserver (or a reverse proxy in front of it) sends, 4xx and 5xx included.
+  The body is parsed as JSON when it is JSON, ``Retry-After`` is parsed to whole
+  seconds.
+* It raises ``HomeserverUnavailable`` only when no HTTP answer arrived: connection
+  refused or reset, DNS or TLS failure (``coap_code`` 5.03), or a timeout (5.04).
+  An answer too large to accept is also treated as no answer (5.02).
+* Access tokens travel only in the ``Authorization`` header: never in a URL, a
+  log line or an exception message.  Redirects are not followed, so a token is
+  never replayed to another origin.
+* TLS certificates are verified unless the caller passes ``verify_tls=False``
+  (meant for loopback tests).
+
+Application-service use: pass the appservice's ``as_token`` and ``as_user`` (sent
+as the ``user_id`` query parameter) to act as one of its namespaced users, and
+``ts`` (milliseconds since the epoch) to stamp an event with the time of
+measurement; Synapse honours ``ts`` only for appservice tokens.
+
+Path parameters are percent-encoded one segment at a time (``encode_path``):
+room IDs contain ``!`` and ``:``, and a ``/`` in a transaction ID must not split
+the path.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import ssl
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from lowbw.wire.errors import EncodeError, LowbwError
+
+log = logging.getLogger(__name__)
+
+CLIENT_V3 = "/_matrix/client/v3"
+
+COAP_BAD_GATEWAY = 162  # 5.02
+COAP_SERVICE_UNAVAILABLE = 163  # 5.03
+COAP_GATEWAY_TIMEOUT = 164  # 5.04
+
+DEFAULT_TIMEOUT = 30.0
+# Matrix responses the proxy relays are small; a full /sync of a busy account is
+# the largest legitimate one.  Anything beyond this is refused, not buffered.
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+# Added to a long-poll's server-side wait so the client does not give up first.
+SYNC_TIMEOUT_MARGIN = 10.0
+
+QueryValue = str | int | bool | Mapping[str, Any] | Sequence[str] | None
+
+# RFC 3986 pchar plus "/": what an already-encoded path may contain.  Anything
+# else (space, CR, LF, non-ASCII) would be sent raw, so it is refused.
+_PATH_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@%/")
+
+
+class HomeserverUnavailable(LowbwError):
+    """No HTTP answer from the homeserver: unreachable (5.03) or too slow (5.04)."""
+
+    coap_code = COAP_SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str = "", coap_code: int | None = None, *, timeout: bool = False) -> None:
+        if coap_code is None and timeout:
+            coap_code = COAP_GATEWAY_TIMEOUT
+        super().__init__(message, coap_code)
+        self.timeout = timeout
+
+
+class HomeserverRequestFailed(LowbwError):
+    """An operation that needs success got an HTTP error (``expect_ok`` and friends)."""
+
+    coap_code = COAP_BAD_GATEWAY
+
+    def __init__(self, message: str, result: HttpResult) -> None:
+        super().__init__(message)
+        self.result = result
+        self.status = result.status
+        self.errcode = result.errcode
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> int | None:
+    """Whole seconds from a Retry-After value: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
+
+    Anything unparsable is None, not an error: the header is advice.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return int(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        # RFC 9110 dates are GMT; a date without a zone is not one of ours.
+        return None
+    delta = when.timestamp() - (time.time() if now is None else now)
+    return max(0, math.ceil(delta))
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    """One HTTP answer: status, raw body, parsed JSON (or None), headers, retry hint."""
+
+    status: int
+    json: Any
+    headers: CIMultiDictProxy[str]
+    retry_after: int | None = None
+    body: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def errcode(self) -> str | None:
+        value = self.json.get("errcode") if isinstance(self.json, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def error(self) -> str | None:
+        value = self.json.get("error") if isinstance(self.json, dict) else None
+        return value if isinstance(value, str) else None
+
+    def expect_ok(self) -> dict[str, Any]:
+        """The JSON object of a 2xx answer; HomeserverRequestFailed otherwise."""
+        if not self.ok:
+            raise HomeserverRequestFailed(
+                "homeserver answered %d %s: %s" % (self.status, self.errcode or "", self.error or ""), self
+            )
+        if not isinstance(self.json, dict):
+            raise HomeserverRequestFailed("homeserver answered %d without a JSON object" % self.status, self)
+        return self.json
+
+
+def _retry_after(headers: CIMultiDictProxy[str], parsed: Any, status: int) -> int | None:
+    seconds = parse_retry_after(headers.get("Retry-After"))
+    if seconds is None and status == 429 and isinstance(parsed, dict):
+        # Older homeservers give the wait only in the body.
+        ms = parsed.get("retry_after_ms")
+        if isinstance(ms, int) and not isinstance(ms, bool) and ms >= 0:
+            seconds = math.ceil(ms / 1000)
+    return seconds
+
+
+def encode_path(template: str, *params: str) -> str:
+    """Fill each ``{}`` in ``template`` with one percent-encoded path segment.
+
+    >>> encode_path("/_matrix/client/v3/rooms/{}/send/{}/{}", "!a:b.c", "m.room.message", "t/1")
+    '/_matrix/client/v3/rooms/%21a%3Ab.c/send/m.room.message/t%2F1'
+    """
+    if template.count("{}") != len(params):
+        raise EncodeError("path template wants %d parameters, got %d" % (template.count("{}"), len(params)))
+    return template.format(*(urllib.parse.quote(p, safe="") for p in params))
+
+
+def _query_string(query: Mapping[str, QueryValue]) -> str:
+    pairs: list[tuple[str, str]] = []
+    for key, value in query.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            pairs.append((key, "true" if value else "false"))
+        elif isinstance(value, int | str):
+            pairs.append((key, str(value)))
+        elif isinstance(value, Mapping):
+            # Inline filters travel as JSON in the query string.
+            pairs.append((key, json.dumps(value, separators=(",", ":"))))
+        else:
+            pairs.extend((key, str(item)) for item in value)
+    return urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
+
+
+def _describe(exc: BaseException) -> str:
+    # Built from fields we know, not str(exc): aiohttp errors can carry request_info,
+    # and request headers include Authorization.
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "TLS certificate verification failed for %s:%s" % (exc.host, exc.port)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        return "cannot connect to %s:%s (%s)" % (exc.host, exc.port, reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return "%s (%s)" % (type(exc).__name__, exc.strerror)
+    return type(exc).__name__
+
+
+class Homeserver:
+    """Async client for one homeserver.
+
+    ``session``: an aiohttp session to share (the caller closes it); by default the
+    client creates its own on first use and ``close()`` closes it.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession | None = None,
+        *,
+        verify_tls: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise EncodeError("homeserver URL must be http(s)://host[:port][/prefix]")
+        if parts.query or parts.fragment:
+            raise EncodeError("homeserver URL must not have a query or fragment")
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._own_session = session is None
+        if ssl_context is not None:
+            self._ssl: ssl.SSLContext | bool = ssl_context
+        else:
+            self._ssl = bool(verify_tls)
+        if not verify_tls and parts.scheme == "https":
+            log.warning("TLS certificate verification is OFF for %s", parts.netloc)
+        self.timeout = timeout
+        self.max_body = max_body
+
+    async def __aenter__(self) -> Homeserver:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                trust_env=False,
+                headers={"User-Agent": "lowbw-proxy"},
+            )
+        return self._session
+
+    # -- the one way out ---------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, QueryValue] | None = None,
+        json_body: Any = None,
+        access_token: str | None = None,
+        as_user: str | None = None,
+        ts: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> HttpResult:
+        """Send one request; return whatever HTTP status comes back.
+
+        ``path`` is already percent-encoded (see ``encode_path``) and carries no
+        query; ``query`` values may be str, int, bool, a list (repeated key) or a
+        mapping (sent as compact JSON).  ``json_body=None`` sends no body.
+        """
+        if not path.startswith("/") or not _PATH_CHARS.issuperset(path):
+            raise EncodeError("path must start with /, be percent-encoded and carry no query or fragment")
+        if not (method.isascii() and method.isalpha() and method.isupper()):
+            raise EncodeError("bad HTTP method")
+        params: dict[str, QueryValue] = dict(query or {})
+        if as_user is not None:
+            params["user_id"] = as_user
+        if ts is not None:
+            params["ts"] = int(ts)
+        qs = _query_string(params)
+        url = URL(self.base_url + path + ("?" + qs if qs else ""), encoded=True)
+
+        headers: dict[str, str] = {}
+        data = None
+        if access_token is not None:
+            headers["Authorization"] = "Bearer " + access_token
+        if json_body is not None:
+            try:
+                data = json.dumps(json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise EncodeError("request body is not JSON: %s" % exc) from None
+            headers["Content-Type"] = "application/json"
+
+        limit = self.timeout if timeout is None else timeout
+        started = time.monotonic()
+        try:
+            async with self._get_session().request(
+                method,
+                url,
+                data=data.encode("utf-8") if data is not None else None,
+                headers=headers,
+                ssl=self._ssl,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=limit),
+            ) as resp:
+                body = await self._read_body(resp, method, path)
+                status = resp.status
+                resp_headers = CIMultiDictProxy(CIMultiDict(resp.headers))
+        except TimeoutError:
+            log.warning("%s %s: no answer within %.1f s", method, path, limit)
+            raise HomeserverUnavailable(
+                "homeserver did not answer within %.1f s: %s %s" % (limit, method, path), timeout=True
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            reason = _describe(exc)
+            log.warning("%s %s: %s", method, path, reason)
+            raise HomeserverUnavailable(
+                "homeserver unreachable: %s %s: %s" % (method, path, reason)
+            ) from None
+
+        parsed: Any = None
+        if body:
+            try:
+                parsed = json.loads(body)
+            except (ValueError, RecursionError):
+                # Not JSON (an HTML error page), or nested deep enough to exhaust the stack.
+                parsed = None
+        result = HttpResult(
+            status=status,
+            json=parsed,
+            headers=resp_headers,
+            retry_after=_retry_after(resp_headers, parsed, status),
+            body=body,
+        )
+        log.debug(
+            "%s %s -> %d %s(%d B, %.1f ms)",
+            method,
+            path,
+            status,
+            (result.errcode + " ") if result.errcode else "",
+            len(body),
+            (time.monotonic() - started) * 1000,
+        )
+        return result
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, method: str, path: str) -> bytes:
+        declared = resp.content_length
+        if declared is not None and declared > self.max_body:
+            raise HomeserverUnavailable(
+                "homeserver answer too large (%d B): %s %s" % (declared, method, path), COAP_BAD_GATEWAY
+            )
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(65536):
+            body += chunk
+            if len(body) > self.max_body:
+                raise HomeserverUnavailable(
+                    "homeserver answer larger than %d B: %s %s" % (self.max_body, method, path),
+                    COAP_BAD_GATEWAY,
+                )
+        return bytes(body)
+
+    # -- what the proxy does ----------------------------------------------
+
+    async def register_appservice_user(self, localpart: str, as_token: str) -> str:
+        """Create a user in the appservice's namespace; return its user ID.
+
+        A user that already exists is fine (enrolment may be re-run); any other
+        refusal raises HomeserverRequestFailed.
+        """
+        result = await self.request(
+            "POST",
+            CLIENT_V3 + "/register",
+            json_body={"type": "m.login.application_service", "username": localpart, "inhibit_login": True},
+            access_token=as_token,
+        )
+        if result.ok and isinstance(result.json, dict) and isinstance(result.json.get("user_id"), str):
+            return str(result.json["user_id"])
+        if result.status == 400 and result.errcode == "M_USER_IN_USE":
+            # The answer does not name the user; the appservice's own ID gives the server name.
+            sender = (await self.whoami(as_token)).expect_ok().get("user_id")
+            if isinstance(sender, str) and ":" in sender:
+                return "@%s:%s" % (localpart, sender.split(":", 1)[1])
+        raise HomeserverRequestFailed(
+            "registering %s failed: %d %s" % (localpart, result.status, result.errcode or ""), result
+        )
+
+    async def send_event(
+        self,
+        room_id: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        txn_id: str,
+        token: str,
+        as_user: str | None = None,
+        ts: int | None = None,
+    ) -> HttpResult:
+        """PUT a room event; the same ``txn_id`` from the same sender makes one event."""
+        path = encode_path(CLIENT_V3 + "/rooms/{}/send/{}/{}", room_id, event_type, txn_id)
+        return await self.request(
+            "PUT", path, json_body=dict(content), access_token=token, as_user=as_user, ts=ts
+        )
+
+    async def create_room(
+        self, token: str, body: Mapping[str, Any] | None = None, *, as_user: str | None = None
+    ) -> HttpResult:
+        return await self.request(
+            "POST", CLIENT_V3 + "/createRoom", json_body=dict(body or {}), access_token=token, as_user=as_user
+        )
+
+    async def join_room(
+        self, room_id_or_alias: str, token: str, *, as_user: str | None = None, via: Sequence[str] = ()
+    ) -> HttpResult:
+        return await self.request(
+            "POST",
+            encode_path(CLIENT_V3 + "/join/{}", room_id_or_alias),
+            query={"via": list(via)} if via else None,
+            json_body={},
+            access_token=token,
+            as_user=as_user,
+        )
+
+    async def invite(
+        self, room_id: str, user_id: str, token: str, *, as_user: str | None = None
+    ) -> HttpResult:
+        return await self.request(
+            "POST",
+            encode_path(CLIENT_V3 + "/rooms/{}/invite", room_id),
+            json_body={"user_id": user_id},
+            access_token=token,
+            as_user=as_user,
+        )
+
+    async def messages(
+        self,
+        room_id: str,
+        token: str,
+        *,
+        as_user: str | None = None,
+        from_token: str | None = None,
+        to_token: str | None = None,
+        dir: str = "b",
+        limit: int | None = None,
+        filter: Mapping[str, Any] | str | None = None,
+    ) -> HttpResult:
+        return await self.request(
+            "GET",
+            encode_path(CLIENT_V3 + "/rooms/{}/messages", room_id),
+            query={"from": from_token, "to": to_token, "dir": dir, "limit": limit, "filter": filter},
+            access_token=token,
+            as_user=as_user,
+        )
+
+    async def sync(
+        self,
+        token: str,
+        *,
+        as_user: str | None = None,
+        since: str | None = None,
+        timeout_ms: int = 0,
+        filter: Mapping[str, Any] | str | None = None,
+        full_state: bool | None = None,
+        set_presence: str | None = None,
+    ) -> HttpResult:
+        """One /sync; a long poll (``timeout_ms``) extends the HTTP timeout to match."""
+        return await self.request(
+            "GET",
+            CLIENT_V3 + "/sync",
+            query={
+                "since": since,
+                "timeout": timeout_ms,
+                "filter": filter,
+                "full_state": full_state,
+                "set_presence": set_presence,
+            },
+            access_token=token,
+            as_user=as_user,
+            timeout=self.timeout + timeout_ms / 1000 + (SYNC_TIMEOUT_MARGIN if timeout_ms else 0.0),
+        )
+
+    async def whoami(self, token: str, *, as_user: str | None = None) -> HttpResult:
+        return await self.request("GET", CLIENT_V3 + "/account/whoami", access_token=token, as_user=as_user)
