@@ -3,7 +3,8 @@
 A reading is (slot, values, when). ``slot`` is a small integer the device and
 proxy agreed at enrollment (it names the event type, field names and units);
 ``values`` are numbers; ``when`` says when it was measured. On the wire the
-payload of a request to the reading route (``routes.ROUTE_READING``, ``v``) is one CBOR array in one of two shapes:
+payload of a request to the reading route (``routes.ROUTE_READING``, ``v``)
+is one CBOR array in one of two shapes:
 
     [slot, v1, ..., vn]                     one reading, measured now
     [[t, slot, v1, ..., vn], ...]           one or more readings with times
