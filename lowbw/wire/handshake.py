@@ -26,13 +26,14 @@ This module is sans-I/O and shared with MicroPython.
 from lowbw.wire import frames
 from lowbw.wire._compat import const
 from lowbw.wire.errors import DecodeError, StateError
-from lowbw.wire.keys import TABLE_LOWBW_V1, TABLE_MSC3079_V1
 from lowbw.wire.noise import HandshakeState
 
 CAPS_TABLE_MASK = const(0x0F)
 CAP_DICT_V1 = const(0x10)
 CAPS_KNOWN_FLAGS = const(0x10)
-SUPPORTED_TABLES = (TABLE_MSC3079_V1, TABLE_LOWBW_V1)
+# Key table ids of keys.py (TABLE_MSC3079_V1, TABLE_LOWBW_V1). Not imported:
+# keys.py pulls in the tables, ~14 KB of heap a device never needs.
+SUPPORTED_TABLES = (1, 2)
 DEFAULT_CAPS = const(0x02)
 
 XX1_MIN_LEN = const(100)

@@ -90,3 +90,9 @@ def test_bad_input_and_order():
     dev.start()
     raises(StateError, dev.start)
     raises(DecodeError, dev.finish, b"\x84" + bytes(60))
+
+
+def test_supported_tables_match_keys_module():
+    from lowbw.wire import keys
+    assert handshake.SUPPORTED_TABLES == keys.TABLE_IDS
+    assert handshake.DEFAULT_CAPS & handshake.CAPS_TABLE_MASK == keys.TABLE_LOWBW_V1
