@@ -1,0 +1,502 @@
+"""The ``lowbw`` command: operate the proxy and its devices.
+
+    lowbw proxy init    --homeserver URL --dir DIR [...]   write config, keys, appservice registration
+    lowbw proxy run     --config DIR/proxy.toml            serve devices (lowbw.proxy.server)
+    lowbw device enroll --config ... NAME --room ROOM [...] Matrix identity, room, registry, device config
+    lowbw device list   --config ... [--json]
+    lowbw device revoke --config ... NAME
+    lowbw device send   --device-config FILE VALUE... [...] (lowbw.device.cli)
+
+Exit codes: 0 ok, 1 the command failed (a one-line message on stderr, no
+traceback), 2 bad usage.  Nothing printed here ever contains a private key or
+a token; files that hold them are named, not shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import importlib
+import json
+import logging
+import sqlite3
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lowbw import __version__
+from lowbw.wire.errors import LowbwError
+
+log = logging.getLogger("lowbw")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CommandFailed(Exception):
+    """A failure with a message for the operator (exit 1)."""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a port number" % text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("port %d is not in 0..65535" % value)
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not an integer" % text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("%d is not positive" % value)
+    return value
+
+
+def _host_port(text: str) -> str:
+    from lowbw.proxy.config import ConfigError, split_host_port
+
+    try:
+        split_host_port(text, "address")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return text
+
+
+def _schema_spec(text: str) -> dict[str, Any]:
+    from lowbw.proxy.enroll import EnrollError, parse_schema_spec
+
+    try:
+        return parse_schema_spec(text)
+    except EnrollError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("%r must be >= 0" % text)
+    return value
+
+
+SCHEMA_HELP = """\
+schema specs (--schema, repeatable; slot index = order given):
+  NAME[:UNIT[:SCALE]]                    one field; the slot is named after it
+  SLOT=FIELD[:UNIT[:SCALE]],FIELD...     several fields in one slot
+  SCALE s: an integer v from the device means v * 10^-s ("215" with s=1 is 21.5).
+examples:
+  --schema temperature:°C:1
+  --schema climate=temperature:°C:1,humidity:%:0 --schema battery:V:2
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lowbw",
+        description="Matrix for things that talk at 100 bit/s: operate the lowbw proxy and its devices.",
+    )
+    parser.add_argument("--version", action="version", version="lowbw %s" % __version__)
+    top = parser.add_subparsers(dest="group", metavar="{proxy,device}", required=True)
+
+    # -- proxy ------------------------------------------------------------------
+    proxy = top.add_parser("proxy", help="set up and run the proxy", description="Set up and run the proxy.")
+    proxy_sub = proxy.add_subparsers(dest="command", metavar="{init,run}", required=True)
+
+    init = proxy_sub.add_parser(
+        "init",
+        help="write proxy.toml, the proxy key pair and the appservice registration",
+        description=(
+            "Create DIR (mode 0700) with proxy.toml, proxy.key (0600), proxy.pub and, in appservice "
+            "mode, appservice.yaml: the registration file to add to the homeserver's "
+            "app_service_config_files. Tokens and keys are random. Existing files are kept unless --force."
+        ),
+    )
+    init.add_argument(
+        "--homeserver",
+        required=True,
+        metavar="URL",
+        help="homeserver base URL, e.g. https://matrix.example.org",
+    )
+    init.add_argument("--dir", required=True, metavar="DIR", help="directory to write (created 0700)")
+    init.add_argument("--server-name", metavar="NAME", help="Matrix server name (default: the URL's host)")
+    init.add_argument("--port", type=_port, default=5683, help="UDP port for devices (default 5683)")
+    init.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="UDP address for devices (default 127.0.0.1; anything else is an explicit choice)",
+    )
+    init.add_argument(
+        "--appservice-listen",
+        type=_host_port,
+        default="127.0.0.1:9009",
+        metavar="HOST:PORT",
+        help="where the homeserver pushes transactions (default 127.0.0.1:9009)",
+    )
+    init.add_argument(
+        "--mode",
+        choices=("appservice", "token"),
+        default="appservice",
+        help="appservice (default) or token: one access token per device",
+    )
+    init.add_argument(
+        "--link-bps", type=_positive_int, default=100, metavar="N", help="radio link bit rate (default 100)"
+    )
+    init.add_argument("--force", action="store_true", help="overwrite existing files (the registry is kept)")
+    init.set_defaults(func=cmd_proxy_init)
+
+    run = proxy_sub.add_parser(
+        "run", help="run the proxy", description="Serve devices over UDP until SIGTERM/SIGINT."
+    )
+    run.add_argument("--config", required=True, metavar="FILE", help="proxy.toml")
+    run.set_defaults(func=cmd_proxy_run)
+
+    # -- device -----------------------------------------------------------------
+    device = top.add_parser(
+        "device",
+        help="enroll, list, revoke devices; send a reading",
+        description="Enroll, list and revoke devices; send a reading as a device.",
+    )
+    device_sub = device.add_subparsers(dest="command", metavar="{enroll,list,revoke,send}", required=True)
+
+    enroll = device_sub.add_parser(
+        "enroll",
+        help="enroll a device",
+        description=(
+            "Create the device's key pair and Matrix user, join or create its room, record it\n"
+            "in the registry and write its config (JSON, mode 0600: it holds the device's\n"
+            "private key)."
+        ),
+        epilog=SCHEMA_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    enroll.add_argument("--config", required=True, metavar="FILE", help="proxy.toml")
+    enroll.add_argument(
+        "name", metavar="NAME", help="device name (a-z 0-9 _ -); the Matrix user is @<prefix>NAME"
+    )
+    enroll.add_argument(
+        "--room",
+        required=True,
+        metavar="ROOM",
+        help="room ID or alias to join, or `new` to create a private room",
+    )
+    enroll.add_argument(
+        "--schema",
+        action="append",
+        type=_schema_spec,
+        default=[],
+        metavar="SPEC",
+        help="a reading slot (see below); repeat for more slots",
+    )
+    enroll.add_argument(
+        "--schema-file",
+        metavar="FILE",
+        help="slots from a file: one SPEC per line, or JSON as in the device config",
+    )
+    enroll.add_argument(
+        "--event-type",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="event type the device may send (repeatable; default m.room.message)",
+    )
+    enroll.add_argument(
+        "--permission",
+        action="append",
+        default=[],
+        metavar="PERM",
+        help="extra permission (repeatable): create_room",
+    )
+    enroll.add_argument(
+        "--invite",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="with --room new: invite this Matrix user (repeatable)",
+    )
+    enroll.add_argument(
+        "--out", metavar="FILE", help="device config to write (default DIR/devices/NAME.json)"
+    )
+    enroll.add_argument(
+        "--proxy-host", metavar="HOST", help="address devices reach the proxy at (default: bind)"
+    )
+    enroll.add_argument(
+        "--proxy-port", type=_port, metavar="N", help="port devices reach the proxy at (default: port)"
+    )
+    enroll.set_defaults(func=cmd_device_enroll)
+
+    lst = device_sub.add_parser("list", help="list enrolled devices", description="List enrolled devices.")
+    lst.add_argument("--config", required=True, metavar="FILE", help="proxy.toml")
+    lst.add_argument("--json", action="store_true", help="JSON instead of a table")
+    lst.set_defaults(func=cmd_device_list)
+
+    revoke = device_sub.add_parser(
+        "revoke",
+        help="revoke a device (at once, even mid-session)",
+        description="Revoke a device: a running proxy drops its sessions at the next datagram.",
+    )
+    revoke.add_argument("--config", required=True, metavar="FILE", help="proxy.toml")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.set_defaults(func=cmd_device_revoke)
+
+    send = device_sub.add_parser(
+        "send",
+        help="send one reading as a device (CPython device client)",
+        description="Send one reading with the device client; exits 0 once the proxy acknowledged it.",
+    )
+    add_send_arguments(send)
+    send.set_defaults(func=None)
+    return parser
+
+
+def add_send_arguments(send: argparse.ArgumentParser) -> None:
+    # Only used while lowbw.device.cli is missing; it parses its own arguments.
+    send.add_argument("--device-config", required=True, metavar="FILE", help="the device's config JSON")
+    send.add_argument("values", nargs="+", metavar="VALUE", help="field values of the slot, in order")
+    send.add_argument("--slot", type=int, default=0, metavar="N", help="slot index (default 0)")
+    send.add_argument("--state", metavar="FILE", help="state file (default <device config>.state)")
+    send.add_argument("--timeout", type=_non_negative_float, metavar="S", help="give up after S seconds")
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def _load_config(path: str) -> Any:
+    from lowbw.proxy.config import load
+
+    return load(path)
+
+
+def cmd_proxy_init(args: argparse.Namespace) -> int:
+    from lowbw.proxy.config import write_default
+
+    result = write_default(
+        args.dir,
+        args.homeserver,
+        server_name=args.server_name,
+        bind=args.bind,
+        port=args.port,
+        link_bps=args.link_bps,
+        mode=args.mode,
+        appservice_listen=args.appservice_listen,
+        force=args.force,
+    )
+    cfg = result.config
+    print("lowbw proxy directory %s%s" % (cfg.dir, " (created, mode 0700)" if result.created_dir else ""))
+    for path, mode in result.written:
+        print("  wrote %-60s mode %04o" % (path, mode))
+    if args.server_name is None:
+        print(
+            "  server name %s (from the URL; pass --server-name if user IDs end in another name)"
+            % cfg.homeserver.server_name
+        )
+    if result.kept_registry:
+        print("  kept  %s (devices enrolled with an old proxy key must be re-enrolled)" % cfg.proxy.registry)
+    if args.bind not in ("127.0.0.1", "::1", "localhost"):
+        print("note: devices reach the proxy on %s (not loopback), as you asked" % args.bind)
+    print()
+    print("Next steps:")
+    step = 1
+    if cfg.appservice is not None:
+        print("  %d. Add the registration to the homeserver's config (homeserver.yaml for Synapse):" % step)
+        print("       app_service_config_files:")
+        print("         - %s" % cfg.appservice.registration)
+        print("     (the homeserver must be able to read that file) and restart the homeserver.")
+        print("     It pushes room events to %s: the proxy listens there." % cfg.appservice.url)
+    else:
+        print("  %d. Token mode: put the homeserver's registration_shared_secret into [homeserver]" % step)
+        print("     registration_shared_secret in %s, so enroll can register device users." % cfg.path)
+    step += 1
+    print("  %d. Start the proxy:" % step)
+    print("       lowbw proxy run --config %s" % cfg.path)
+    step += 1
+    print("  %d. Enroll a device:" % step)
+    print(
+        "       lowbw device enroll --config %s sensor1 --room new --invite @you:%s --schema temperature:°C:1"
+        % (cfg.path, cfg.homeserver.server_name)
+    )
+    return EXIT_OK
+
+
+def _import_runner(module: str, attribute: str, what: str) -> Any:
+    """``module.attribute``, or CommandFailed naming what is missing."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            raise CommandFailed("%s is not available in this installation (%s is missing)" % (what, module))
+        raise CommandFailed("%s cannot be loaded: %s" % (what, exc))
+    except ImportError as exc:
+        raise CommandFailed("%s cannot be loaded: %s" % (what, exc))
+    func = getattr(mod, attribute, None)
+    if func is None:
+        raise CommandFailed("%s is not available: %s has no %s()" % (what, module, attribute))
+    return func
+
+
+def cmd_proxy_run(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    server_main = _import_runner("lowbw.proxy.server", "main", "the proxy server")
+    return int(server_main(str(cfg.path)))
+
+
+def cmd_device_enroll(args: argparse.Namespace) -> int:
+    from lowbw.proxy.enroll import enroll, load_schema_file
+
+    cfg = _load_config(args.config)
+    slots = list(args.schema)
+    if args.schema_file:
+        slots += load_schema_file(args.schema_file)
+    result = asyncio.run(
+        enroll(
+            cfg,
+            args.name,
+            args.room,
+            slots=slots,
+            event_types=args.event_type,
+            permissions=args.permission,
+            invite=args.invite,
+            out=args.out,
+            proxy_host=args.proxy_host,
+            proxy_port=args.proxy_port,
+        )
+    )
+    rec = result.record
+    print("enrolled %s" % rec.name)
+    print(
+        "  matrix user  %s%s"
+        % (rec.user_id, " (own access token, in the registry)" if rec.access_token else "")
+    )
+    print("  room         %s%s" % (result.room_id, " (created)" if result.created_room else " (joined)"))
+    print("  public key   %s" % rec.public_key.hex())
+    print(
+        "  slots        %s" % (", ".join("%d=%s" % (i, s["name"]) for i, s in enumerate(rec.slots)) or "none")
+    )
+    print("  event types  %s" % ", ".join(rec.event_types))
+    if rec.permissions:
+        print("  permissions  %s" % ", ".join(rec.permissions))
+    print(
+        "  device config %s (mode 0600: it holds the device's private key; copy it to the device)"
+        % result.config_path
+    )
+    return EXIT_OK
+
+
+def _format_ms(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cmd_device_list(args: argparse.Namespace) -> int:
+    from lowbw.proxy.registry import Registry
+
+    cfg = _load_config(args.config)
+    with Registry(cfg.proxy.registry) as registry:
+        devices = registry.devices()
+    if args.json:
+        rows = [
+            {
+                "name": d.name,
+                "public_key": d.public_key.hex(),
+                "user_id": d.user_id,
+                "token_mode": d.access_token is not None,
+                "rooms": d.rooms,
+                "event_types": d.event_types,
+                "slots": d.slots,
+                "permissions": d.permissions,
+                "revoked": d.revoked,
+                "created_ms": d.created_ms,
+            }
+            for d in devices
+        ]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not devices:
+        print("no devices enrolled (registry %s)" % cfg.proxy.registry)
+        return EXIT_OK
+    table = [("NAME", "STATUS", "USER", "ROOMS", "SLOTS", "KEY", "ENROLLED")]
+    for d in devices:
+        table.append(
+            (
+                d.name,
+                "revoked" if d.revoked else "active",
+                d.user_id,
+                ",".join(d.rooms),
+                ",".join(s.get("name", "?") for s in d.slots) or "-",
+                d.public_key.hex()[:16],
+                _format_ms(d.created_ms),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_device_revoke(args: argparse.Namespace) -> int:
+    from lowbw.proxy.registry import Registry
+
+    cfg = _load_config(args.config)
+    with Registry(cfg.proxy.registry) as registry:
+        record = registry.device(args.name)
+        if record is None:
+            raise CommandFailed("no device named %r in %s" % (args.name, cfg.proxy.registry))
+        if not registry.revoke(args.name):
+            print("%s was already revoked" % args.name)
+            return EXIT_OK
+    print("revoked %s (%s): a running proxy drops its sessions at once" % (args.name, record.user_id))
+    print("its Matrix user stays in its rooms; remove it there if you want it gone from Matrix too")
+    return EXIT_OK
+
+
+def device_send(argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
+    """``lowbw device send``: handed to lowbw.device.cli.send_main with its own argv."""
+    try:
+        send_main = _import_runner("lowbw.device.cli", "send_main", "the device client (lowbw device send)")
+    except CommandFailed as exc:
+        # Still answer --help and usage errors as every other command does.
+        parser.parse_args(["device", "send", *argv])
+        raise exc
+    return int(send_main(list(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if args_list[:2] == ["device", "send"]:
+            return device_send(args_list[2:], parser)
+        args = parser.parse_args(args_list)
+        if args.func is not cmd_proxy_run:
+            # The proxy server sets up its own logging (INFO); the operator's commands
+            # print what they did and log only problems.
+            logging.basicConfig(level=logging.WARNING, format="lowbw: %(levelname)s %(name)s: %(message)s")
+        return int(args.func(args))
+    except CommandFailed as exc:
+        print("lowbw: error: %s" % exc, file=sys.stderr)
+        return EXIT_FAILED
+    except LowbwError as exc:
+        print("lowbw: error: %s" % (exc.message or type(exc).__name__), file=sys.stderr)
+        return EXIT_FAILED
+    except sqlite3.Error as exc:
+        print("lowbw: error: registry: %s" % exc, file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        where = " %s" % exc.filename if getattr(exc, "filename", None) else ""
+        print("lowbw: error:%s %s" % (where, exc.strerror or type(exc).__name__), file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("lowbw: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

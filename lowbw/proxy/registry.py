@@ -1,0 +1,403 @@
+"""The enrollment registry: devices, their message counters, sent events, commands, sessions.
+
+One SQLite file (WAL mode) shared by the running proxy and the ``lowbw device``
+commands of the operator.  A device is its Noise static public key; the record
+says which Matrix user it acts as, which rooms and event types it may use and
+how its readings are rendered (``slots``, as in the device config).
+
+Tables (schema version 1, kept in ``PRAGMA user_version``):
+
+``devices``      name (primary key), public_key (unique, revoked devices included:
+                 a revoked key is never let in again under another name), user_id,
+                 access_token (token mode only), rooms/event_types/slots/permissions
+                 as JSON, revoked, created_ms, msg_top (highest message number
+                 seen, -1 before the first)
+``ephemerals``   the last 256 IK ephemeral keys per device (replayed IK1 detection)
+``sent_events``  (device, Matrix txn_id) -> event_id: exactly-once sending
+``commands``     downlink commands; acknowledged ones stay (acked_ms set) so a
+                 transaction the homeserver pushes again is not queued twice
+``sessions``     opaque session states saved at a graceful stop
+
+Revocation across processes: the proxy calls ``changed()`` (``PRAGMA
+data_version``, which moves when another connection commits) on each datagram;
+``device_by_key`` never returns a revoked device, and ``revoke`` deletes the
+device's saved sessions.  ``load_sessions`` hands the saved states out once and
+deletes them: restoring the same Noise state twice (after a crash that followed
+a restore) would reuse nonces.
+
+Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process
+(each commit is in the WAL before the call returns); a power loss may roll back
+the last commits, and a retried reading is then still deduplicated by the
+homeserver's own transaction-ID check.  The file is created 0600 (it may hold
+access tokens); SQLite gives its -wal and -shm files the same mode.
+
+One connection per ``Registry``; a lock makes each method atomic, so it may be
+called from the event loop and from worker threads alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowbw.wire.errors import LowbwError
+
+SCHEMA_VERSION = 1
+EPHEMERALS_KEPT = 256
+PUBLIC_KEY_LEN = 32
+BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA = """
+CREATE TABLE devices (
+    name TEXT PRIMARY KEY NOT NULL,
+    public_key BLOB NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    access_token TEXT,
+    rooms TEXT NOT NULL,
+    event_types TEXT NOT NULL,
+    slots TEXT NOT NULL,
+    permissions TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    msg_top INTEGER NOT NULL DEFAULT -1
+);
+CREATE TABLE ephemerals (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL REFERENCES devices(name),
+    e BLOB NOT NULL,
+    UNIQUE (device, e)
+);
+CREATE TABLE sent_events (
+    device TEXT NOT NULL REFERENCES devices(name),
+    txn_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    sent_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, txn_id)
+);
+CREATE TABLE commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL REFERENCES devices(name),
+    event_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    body TEXT NOT NULL,
+    queued_ms INTEGER NOT NULL,
+    acked_ms INTEGER,
+    UNIQUE (device, event_id)
+);
+CREATE INDEX commands_pending ON commands (device, id) WHERE acked_ms IS NULL;
+CREATE TABLE sessions (
+    device TEXT NOT NULL REFERENCES devices(name),
+    state BLOB NOT NULL
+);
+"""
+
+
+class RegistryError(LowbwError):
+    """A registry operation was refused (duplicate name or key, unknown device, bad value)."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class DeviceRecord:
+    """One enrolled device.  ``repr`` leaves the access token out."""
+
+    name: str
+    public_key: bytes
+    user_id: str
+    access_token: str | None = field(default=None, repr=False)
+    rooms: list[str] = field(default_factory=list)
+    event_types: list[str] = field(default_factory=lambda: ["m.room.message"])
+    slots: list[dict[str, Any]] = field(default_factory=list)
+    permissions: list[str] = field(default_factory=list)
+    revoked: bool = False
+    created_ms: int = field(default_factory=now_ms)
+
+
+def _device_from_row(row: sqlite3.Row) -> DeviceRecord:
+    return DeviceRecord(
+        name=row["name"],
+        public_key=bytes(row["public_key"]),
+        user_id=row["user_id"],
+        access_token=row["access_token"],
+        rooms=json.loads(row["rooms"]),
+        event_types=json.loads(row["event_types"]),
+        slots=json.loads(row["slots"]),
+        permissions=json.loads(row["permissions"]),
+        revoked=bool(row["revoked"]),
+        created_ms=int(row["created_ms"]),
+    )
+
+
+_DEVICE_COLUMNS = (
+    "name, public_key, user_id, access_token, rooms, event_types, slots, permissions, revoked, created_ms"
+)
+
+
+class Registry:
+    """The registry file at ``path`` (created with its schema if missing)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:" and not self.path.exists():
+            # Created here, not by sqlite3, so it never exists with a looser mode.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        self._lock = threading.RLock()
+        try:
+            # isolation_level=None: autocommit; transactions are explicit (_write).
+            self._db = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+        except sqlite3.Error as exc:
+            raise RegistryError("cannot open registry %s: %s" % (path, exc))
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._init_schema()
+            self._data_version = self._current_data_version()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise RegistryError("%s is not a usable lowbw registry: %s" % (path, exc))
+        except RegistryError:
+            self._db.close()
+            raise
+
+    def _init_schema(self) -> None:
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:
+                return
+            if version > SCHEMA_VERSION:
+                raise RegistryError(
+                    "registry %s has schema version %d; this lowbw knows up to %d"
+                    % (self.path, version, SCHEMA_VERSION)
+                )
+            tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+            if version == 0 and tables:
+                raise RegistryError("%s is an SQLite file but not a lowbw registry" % self.path)
+            # executescript would COMMIT our transaction first; run statement by statement.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so two processes never deadlock upgrading."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _require_device(self, db: sqlite3.Connection, name: str) -> None:
+        if db.execute("SELECT 1 FROM devices WHERE name = ?", (name,)).fetchone() is None:
+            raise RegistryError("no device named %r" % name)
+
+    # -- devices ----------------------------------------------------------------
+
+    def add_device(self, rec: DeviceRecord) -> None:
+        if not isinstance(rec.name, str) or not rec.name:
+            raise RegistryError("a device needs a name")
+        if not isinstance(rec.public_key, bytes) or len(rec.public_key) != PUBLIC_KEY_LEN:
+            raise RegistryError("a device public key is %d bytes" % PUBLIC_KEY_LEN)
+        if not rec.user_id.startswith("@") or ":" not in rec.user_id:
+            raise RegistryError("user ID %r is not @localpart:server" % rec.user_id)
+        try:
+            encoded = (
+                json.dumps(list(rec.rooms)),
+                json.dumps(list(rec.event_types)),
+                json.dumps(list(rec.slots), ensure_ascii=False),
+                json.dumps(list(rec.permissions)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise RegistryError("device %r has a field that is not JSON: %s" % (rec.name, exc))
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM devices WHERE name = ?", (rec.name,)).fetchone():
+                raise RegistryError("a device named %r is already enrolled" % rec.name)
+            other = db.execute("SELECT name FROM devices WHERE public_key = ?", (rec.public_key,)).fetchone()
+            if other is not None:
+                raise RegistryError("that public key is already enrolled as device %r" % other["name"])
+            db.execute(
+                "INSERT INTO devices (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" % _DEVICE_COLUMNS,
+                (
+                    rec.name,
+                    rec.public_key,
+                    rec.user_id,
+                    rec.access_token,
+                    *encoded,
+                    int(rec.revoked),
+                    int(rec.created_ms),
+                ),
+            )
+
+    def device(self, name: str) -> DeviceRecord | None:
+        """The device called ``name``, revoked or not."""
+        rows = self._read("SELECT %s FROM devices WHERE name = ?" % _DEVICE_COLUMNS, (name,))
+        return _device_from_row(rows[0]) if rows else None
+
+    def device_by_key(self, public_key: bytes) -> DeviceRecord | None:
+        """The device with this static key; None if unknown or revoked (both get no answer)."""
+        rows = self._read(
+            "SELECT %s FROM devices WHERE public_key = ? AND revoked = 0" % _DEVICE_COLUMNS,
+            (bytes(public_key),),
+        )
+        return _device_from_row(rows[0]) if rows else None
+
+    def devices(self) -> list[DeviceRecord]:
+        rows = self._read("SELECT %s FROM devices ORDER BY name" % _DEVICE_COLUMNS)
+        return [_device_from_row(r) for r in rows]
+
+    def revoke(self, name: str) -> bool:
+        """Cut the device off; True if it was enrolled and not yet revoked."""
+        with self._write() as db:
+            cur = db.execute("UPDATE devices SET revoked = 1 WHERE name = ? AND revoked = 0", (name,))
+            db.execute("DELETE FROM sessions WHERE device = ?", (name,))
+            return cur.rowcount == 1
+
+    def _current_data_version(self) -> int:
+        version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
+    def changed(self) -> bool:
+        """True if another connection (another process) committed since the last call."""
+        with self._lock:
+            version = self._current_data_version()
+            moved = version != self._data_version
+            self._data_version = version
+            return moved
+
+    # -- replay and message counters ---------------------------------------------
+
+    def remember_ephemeral(self, name: str, e: bytes) -> bool:
+        """Record an IK ephemeral key; False if this device used it before (a replayed IK1)."""
+        with self._write() as db:
+            self._require_device(db, name)
+            cur = db.execute("INSERT OR IGNORE INTO ephemerals (device, e) VALUES (?, ?)", (name, bytes(e)))
+            if cur.rowcount == 0:
+                return False
+            db.execute(
+                "DELETE FROM ephemerals WHERE device = ? AND seq <= "
+                "(SELECT seq FROM ephemerals WHERE device = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (name, name, EPHEMERALS_KEPT),
+            )
+            return True
+
+    def msg_top(self, name: str) -> int:
+        """Highest message number seen from the device; -1 if none (or no such device)."""
+        rows = self._read("SELECT msg_top FROM devices WHERE name = ?", (name,))
+        return int(rows[0]["msg_top"]) if rows else -1
+
+    def advance_msg_top(self, name: str, n: int) -> None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise RegistryError("a message number is a non-negative integer")
+        with self._write() as db:
+            cur = db.execute("UPDATE devices SET msg_top = max(msg_top, ?) WHERE name = ?", (n, name))
+            if cur.rowcount == 0:
+                raise RegistryError("no device named %r" % name)
+
+    def sent_event(self, name: str, txn_id: str) -> str | None:
+        rows = self._read("SELECT event_id FROM sent_events WHERE device = ? AND txn_id = ?", (name, txn_id))
+        return str(rows[0]["event_id"]) if rows else None
+
+    def record_event(self, name: str, txn_id: str, event_id: str) -> None:
+        """Remember that ``txn_id`` became ``event_id``; recording the same pair again is fine."""
+        with self._write() as db:
+            self._require_device(db, name)
+            row = db.execute(
+                "SELECT event_id FROM sent_events WHERE device = ? AND txn_id = ?", (name, txn_id)
+            ).fetchone()
+            if row is not None:
+                if row["event_id"] != event_id:
+                    raise RegistryError("transaction %r of %r already made another event" % (txn_id, name))
+                return
+            db.execute(
+                "INSERT INTO sent_events (device, txn_id, event_id, sent_ms) VALUES (?, ?, ?, ?)",
+                (name, txn_id, event_id, now_ms()),
+            )
+
+    # -- downlink commands --------------------------------------------------------
+
+    def enqueue_command(self, name: str, event_id: str, sender: str, body: str) -> int | None:
+        """Queue a command; its id, or None if this event was queued before (acked or not)."""
+        with self._write() as db:
+            self._require_device(db, name)
+            cur = db.execute(
+                "INSERT OR IGNORE INTO commands (device, event_id, sender, body, queued_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, event_id, sender, body, now_ms()),
+            )
+            return cur.lastrowid if cur.rowcount == 1 else None
+
+    def pending_commands(self, name: str, limit: int = 1) -> list[tuple[int, str, str, str]]:
+        """The oldest unacknowledged commands: (id, sender, body, event_id)."""
+        rows = self._read(
+            "SELECT id, sender, body, event_id FROM commands WHERE device = ? AND acked_ms IS NULL "
+            "ORDER BY id LIMIT ?",
+            (name, max(0, int(limit))),
+        )
+        return [(int(r["id"]), str(r["sender"]), str(r["body"]), str(r["event_id"])) for r in rows]
+
+    def count_pending(self, name: str) -> int:
+        rows = self._read("SELECT count(*) AS n FROM commands WHERE device = ? AND acked_ms IS NULL", (name,))
+        return int(rows[0]["n"])
+
+    def ack_command(self, name: str, command_id: int) -> bool:
+        """Mark the device's command delivered; False if unknown, another device's, or acked already."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE commands SET acked_ms = ? WHERE id = ? AND device = ? AND acked_ms IS NULL",
+                (now_ms(), int(command_id), name),
+            )
+            return cur.rowcount == 1
+
+    # -- sessions across a graceful restart ---------------------------------------
+
+    def save_sessions(self, rows: list[tuple[str, bytes]]) -> None:
+        """Replace all saved sessions with ``rows`` of (device name, opaque state)."""
+        with self._write() as db:
+            db.execute("DELETE FROM sessions")
+            for name, state in rows:
+                self._require_device(db, name)
+                db.execute("INSERT INTO sessions (device, state) VALUES (?, ?)", (name, bytes(state)))
+
+    def load_sessions(self) -> list[tuple[str, bytes]]:
+        """The saved sessions of devices not revoked; they are deleted as they are handed out."""
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT s.device, s.state FROM sessions s JOIN devices d ON d.name = s.device "
+                "WHERE d.revoked = 0 ORDER BY s.rowid"
+            ).fetchall()
+            db.execute("DELETE FROM sessions")
+            return [(str(r["device"]), bytes(r["state"])) for r in rows]

@@ -1,0 +1,308 @@
+"""lowbw.proxy.registry: every method, bad inputs, and sharing the file with another connection/process."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lowbw.proxy.registry import EPHEMERALS_KEPT, SCHEMA_VERSION, DeviceRecord, Registry, RegistryError
+from lowbw.wire.errors import LowbwError
+
+
+def record(name: str = "sensor1", key: bytes | None = None, **kw: object) -> DeviceRecord:
+    fields: dict[str, object] = {
+        "name": name,
+        "public_key": key if key is not None else os.urandom(32),
+        "user_id": "@lowbw_%s:lowbw.test" % name,
+        "rooms": ["!room:lowbw.test"],
+        "slots": [{"name": "temperature", "fields": [{"name": "temperature", "unit": "°C", "scale": 1}]}],
+    }
+    fields.update(kw)
+    return DeviceRecord(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Iterator[Registry]:
+    registry = Registry(tmp_path / "registry.sqlite3")
+    yield registry
+    registry.close()
+
+
+def test_file_is_private_wal_and_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    with Registry(path) as r:
+        r.add_device(record())
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        wal = Path(str(path) + "-wal")
+        assert wal.exists() and stat.S_IMODE(wal.stat().st_mode) == 0o600
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
+    # Reopening keeps the data.
+    with Registry(path) as r:
+        assert [d.name for d in r.devices()] == ["sensor1"]
+
+
+def test_refuses_newer_schema_and_foreign_databases(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.sqlite3"
+    Registry(newer).close()
+    db = sqlite3.connect(newer)
+    db.execute("PRAGMA user_version = %d" % (SCHEMA_VERSION + 1))
+    db.close()
+    with pytest.raises(RegistryError, match="schema version"):
+        Registry(newer)
+
+    foreign = tmp_path / "foreign.sqlite3"
+    db = sqlite3.connect(foreign)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(RegistryError, match="not a lowbw registry"):
+        Registry(foreign)
+
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(RegistryError):
+        Registry(garbage)
+
+
+def test_add_and_read_back(reg: Registry) -> None:
+    key = os.urandom(32)
+    rec = record("sensor1", key, access_token="syt_secret", permissions=["create_room"], created_ms=1234)
+    reg.add_device(rec)
+    got = reg.device("sensor1")
+    assert got == rec
+    assert reg.device_by_key(key) == rec
+    assert reg.device("nope") is None
+    assert reg.device_by_key(os.urandom(32)) is None
+    reg.add_device(record("a"))
+    assert [d.name for d in reg.devices()] == ["a", "sensor1"]
+
+
+def test_duplicates_and_bad_records_are_refused(reg: Registry) -> None:
+    key = os.urandom(32)
+    reg.add_device(record("sensor1", key))
+    with pytest.raises(RegistryError, match="already enrolled"):
+        reg.add_device(record("sensor1"))
+    with pytest.raises(RegistryError, match="already enrolled as device 'sensor1'"):
+        reg.add_device(record("other", key))
+    with pytest.raises(RegistryError):
+        reg.add_device(record("short", b"\x01" * 31))
+    with pytest.raises(RegistryError):
+        reg.add_device(record(""))
+    with pytest.raises(RegistryError):
+        reg.add_device(record("x", user_id="not-a-user"))
+    with pytest.raises(RegistryError):
+        reg.add_device(record("y", slots=[{"bad": object()}]))
+    assert isinstance(RegistryError("x"), LowbwError)
+    assert [d.name for d in reg.devices()] == ["sensor1"]
+
+
+def test_revoked_key_cannot_come_back_under_another_name(reg: Registry) -> None:
+    key = os.urandom(32)
+    reg.add_device(record("old", key))
+    assert reg.revoke("old")
+    with pytest.raises(RegistryError):
+        reg.add_device(record("new", key))
+
+
+def test_repr_hides_the_access_token() -> None:
+    rec = record(access_token="syt_TOPSECRET_token")
+    assert "TOPSECRET" not in repr(rec)
+    assert "TOPSECRET" not in str(rec)
+    assert "sensor1" in repr(rec)
+
+
+def test_revoke(reg: Registry) -> None:
+    key = os.urandom(32)
+    reg.add_device(record("sensor1", key))
+    assert reg.revoke("sensor1") is True
+    assert reg.revoke("sensor1") is False  # already revoked
+    assert reg.revoke("unknown") is False
+    assert reg.device_by_key(key) is None
+    got = reg.device("sensor1")
+    assert got is not None and got.revoked
+
+
+def test_changed_sees_another_connections_revoke(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    key = os.urandom(32)
+    proxy = Registry(path)
+    cli = Registry(path)
+    try:
+        proxy.add_device(record("sensor1", key))
+        assert proxy.changed() is False  # own commits do not count
+        assert proxy.device_by_key(key) is not None
+        assert proxy.changed() is False
+        assert cli.revoke("sensor1")
+        assert proxy.changed() is True
+        assert proxy.changed() is False  # only once per change
+        assert proxy.device_by_key(key) is None
+    finally:
+        proxy.close()
+        cli.close()
+
+
+def test_revoke_from_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    key = os.urandom(32)
+    with Registry(path) as proxy:
+        proxy.add_device(record("sensor1", key))
+        proxy.save_sessions([("sensor1", b"state")])
+        assert proxy.changed() is False
+        code = (
+            "import sys; from lowbw.proxy.registry import Registry\n"
+            "r = Registry(sys.argv[1]); sys.exit(0 if r.revoke('sensor1') else 3)"
+        )
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+        assert proxy.changed() is True
+        assert proxy.device_by_key(key) is None
+        # Saved sessions of a revoked device are gone, never restored.
+        assert proxy.load_sessions() == []
+
+
+def test_ephemerals(reg: Registry) -> None:
+    reg.add_device(record("a"))
+    reg.add_device(record("b"))
+    e = os.urandom(32)
+    assert reg.remember_ephemeral("a", e) is True
+    assert reg.remember_ephemeral("a", e) is False
+    assert reg.remember_ephemeral("b", e) is True  # per device
+    with pytest.raises(RegistryError):
+        reg.remember_ephemeral("unknown", os.urandom(32))
+
+
+def test_ephemerals_keep_the_last_256(reg: Registry) -> None:
+    reg.add_device(record("a"))
+    keys = [i.to_bytes(32, "big") for i in range(EPHEMERALS_KEPT + 10)]
+    for k in keys:
+        assert reg.remember_ephemeral("a", k)
+    # The newest 256 are remembered; the oldest were forgotten.
+    assert reg.remember_ephemeral("a", keys[-1]) is False
+    assert reg.remember_ephemeral("a", keys[10]) is False
+    assert reg.remember_ephemeral("a", keys[0]) is True
+
+
+def test_msg_top(reg: Registry) -> None:
+    reg.add_device(record("a"))
+    assert reg.msg_top("a") == -1
+    reg.advance_msg_top("a", 5)
+    reg.advance_msg_top("a", 3)
+    assert reg.msg_top("a") == 5
+    reg.advance_msg_top("a", 70000)
+    assert reg.msg_top("a") == 70000
+    assert reg.msg_top("unknown") == -1
+    with pytest.raises(RegistryError):
+        reg.advance_msg_top("unknown", 1)
+    with pytest.raises(RegistryError):
+        reg.advance_msg_top("a", -1)
+    with pytest.raises(RegistryError):
+        reg.advance_msg_top("a", True)
+
+
+def test_sent_events(reg: Registry) -> None:
+    reg.add_device(record("a"))
+    reg.add_device(record("b"))
+    assert reg.sent_event("a", "lowbw.a.1.0") is None
+    reg.record_event("a", "lowbw.a.1.0", "$e1")
+    reg.record_event("a", "lowbw.a.1.0", "$e1")  # idempotent
+    assert reg.sent_event("a", "lowbw.a.1.0") == "$e1"
+    assert reg.sent_event("b", "lowbw.a.1.0") is None
+    with pytest.raises(RegistryError):
+        reg.record_event("a", "lowbw.a.1.0", "$other")
+    with pytest.raises(RegistryError):
+        reg.record_event("unknown", "t", "$e")
+
+
+def test_commands(reg: Registry) -> None:
+    reg.add_device(record("a"))
+    reg.add_device(record("b"))
+    assert reg.pending_commands("a") == [] and reg.count_pending("a") == 0
+    first = reg.enqueue_command("a", "$c1", "@u:lowbw.test", "reboot")
+    second = reg.enqueue_command("a", "$c2", "@u:lowbw.test", "led on")
+    assert isinstance(first, int) and isinstance(second, int) and second > first
+    assert reg.enqueue_command("a", "$c1", "@u:lowbw.test", "reboot") is None  # pushed twice
+    assert reg.enqueue_command("b", "$c1", "@u:lowbw.test", "x") is not None  # other device
+    assert reg.count_pending("a") == 2
+    assert reg.pending_commands("a") == [(first, "@u:lowbw.test", "reboot", "$c1")]
+    assert [c[0] for c in reg.pending_commands("a", limit=10)] == [first, second]
+    assert reg.ack_command("b", first) is False  # not b's
+    assert reg.ack_command("a", first) is True
+    assert reg.ack_command("a", first) is False
+    assert reg.ack_command("a", 99999) is False
+    assert reg.count_pending("a") == 1
+    assert reg.pending_commands("a")[0][0] == second
+    # An acknowledged command is not queued again when the homeserver re-pushes it.
+    assert reg.enqueue_command("a", "$c1", "@u:lowbw.test", "reboot") is None
+    with pytest.raises(RegistryError):
+        reg.enqueue_command("unknown", "$c", "@u:lowbw.test", "x")
+
+
+def test_sessions(reg: Registry) -> None:
+    reg.add_device(record("a"))
+    reg.add_device(record("b"))
+    reg.save_sessions([("a", b"\x01" * 40), ("b", b"\x02")])
+    reg.save_sessions([("a", b"\x03")])  # replaces all
+    assert reg.load_sessions() == [("a", b"\x03")]
+    # Handed out once: restoring a Noise state twice would reuse nonces.
+    assert reg.load_sessions() == []
+    with pytest.raises(RegistryError):
+        reg.save_sessions([("a", b"x"), ("unknown", b"y")])
+    # The failed save changed nothing.
+    reg.save_sessions([("b", b"keep")])
+    with pytest.raises(RegistryError):
+        reg.save_sessions([("unknown", b"y")])
+    assert reg.load_sessions() == [("b", b"keep")]
+
+
+def test_threads_share_one_registry(reg: Registry) -> None:
+    reg.add_device(record("a"))
+    errors: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            for i in range(50):
+                reg.record_event("a", "t%d.%d" % (offset, i), "$e%d.%d" % (offset, i))
+                reg.advance_msg_top("a", offset * 100 + i)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert reg.msg_top("a") == 349
+    assert reg.sent_event("a", "t3.49") == "$e3.49"
+
+
+def test_two_connections_write_concurrently(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    with Registry(path) as one, Registry(path) as two:
+        one.add_device(record("a"))
+        errors: list[BaseException] = []
+
+        def worker(r: Registry, tag: str) -> None:
+            try:
+                for i in range(40):
+                    assert r.enqueue_command("a", "$%s%d" % (tag, i), "@u:x", "c") is not None
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(r, tag)) for r, tag in ((one, "x"), (two, "y"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert one.count_pending("a") == 80 == two.count_pending("a")
