@@ -42,8 +42,6 @@ WIRE = [
     "errors.py",
     "frames.py",
     "handshake.py",
-    "keys.py",
-    "keytables.py",
     "noise.py",
     "reading.py",
     "slip.py",

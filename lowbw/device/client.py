@@ -75,6 +75,9 @@ _DEFAULT_MAX_AGE = const(60)
 _REQ_HEAD = const(7)  # CoAP header + one-letter Uri-Path + payload marker
 
 # Request states
+# (errcode, error) key ids per key table; tests check them against keys.py.
+_ERROR_KEY_IDS = {1: (102, 103), 2: (103, 104)}
+
 _WAIT_ANSWER = const(0)
 _WAIT_RETRY = const(1)  # answered "later" (5.xx, 4.29): wait Max-Age
 _WAIT_SEPARATE = const(2)  # empty ACK: the answer comes as its own message
@@ -84,18 +87,20 @@ try:
 except ImportError:  # MicroPython: ticks_ms wraps, so accumulate differences
     import time as _time
 
-    _ticks = [None, 0.0]
+    # Integer milliseconds: adding small float steps to a growing single-
+    # precision float (ESP32, RP2040) would stop the clock after about a day.
+    _ticks = [None, 0]
 
     def monotonic():
         """Seconds; call at least every few days (ticks_diff spans half a wrap)."""
         t = _time.ticks_ms()
         last = _ticks[0]
         if last is None:
-            _ticks[1] = t / 1000
+            _ticks[1] = t
         else:
-            _ticks[1] += _time.ticks_diff(t, last) / 1000
+            _ticks[1] += _time.ticks_diff(t, last)
         _ticks[0] = t
-        return _ticks[1]
+        return _ticks[1] / 1000
 
 
 def _urandom(n):
@@ -660,11 +665,12 @@ class Device:
         try:
             obj = cbor.loads(pl, max_depth=4, max_items=64)
             if isinstance(obj, dict):
-                from lowbw.wire import keys
-
-                obj = keys.expand(obj, (self.caps or self.config.caps) & 0x0F)
-                err = obj.get("error")
-                code = obj.get("errcode")
+                # {errcode, error} under the session's key table, looked up by
+                # id: importing keys.py would freeze its tables into the image.
+                table = (self.caps or self.config.caps) & 0x0F
+                ids = _ERROR_KEY_IDS.get(table, ())
+                err = obj.get("error") or (obj.get(ids[1]) if ids else None)
+                code = obj.get("errcode") or (obj.get(ids[0]) if ids else None)
                 if err or code:
                     return "%s %s" % (code or "", err or "")
             if isinstance(obj, str):

@@ -862,3 +862,11 @@ def test_config_errors_name_the_key():
     assert "name" in broken("name", "")
     assert isinstance(raises(config.ConfigError, config.loads, "{nope"), LowbwError)
     raises(config.ConfigError, config.load, "/nonexistent/lowbw/device.json")
+
+
+def test_error_key_ids_match_the_key_tables():
+    from lowbw.device import client as _client
+    from lowbw.wire import keys as _keys
+    for table, (errcode, error) in _client._ERROR_KEY_IDS.items():
+        t = _keys.get_table(table)
+        assert t.ids["errcode"] == errcode and t.ids["error"] == error
