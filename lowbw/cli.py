@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Matrix for things that talk at 100 bit/s: operate the lowbw proxy and its devices.",
     )
     parser.add_argument("--version", action="version", version="lowbw %s" % __version__)
-    top = parser.add_subparsers(dest="group", metavar="{proxy,device}", required=True)
+    top = parser.add_subparsers(dest="group", metavar="{proxy,device,serial-gateway,mqtt-bridge}", required=True)
 
     # -- proxy ------------------------------------------------------------------
     proxy = top.add_parser("proxy", help="set up and run the proxy", description="Set up and run the proxy.")
@@ -255,7 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_send_arguments(send)
     send.set_defaults(func=None)
+
+    # Programs that parse their own arguments; listed here so `lowbw --help` shows them.
+    for name, (_module, help_text) in PASSTHROUGH.items():
+        top.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+# Subcommands handed whole to another module's main(argv).
+PASSTHROUGH = {
+    "serial-gateway": ("lowbw.adapters.serial_gateway",
+                       "bridge a serial line (radio modem or line-protocol sensor) to the proxy"),
+    "mqtt-bridge": ("lowbw.adapters.mqtt_bridge", "bridge MQTT topics into Matrix rooms and back"),
+}
 
 
 def add_send_arguments(send: argparse.ArgumentParser) -> None:
@@ -474,6 +486,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args_list[:2] == ["device", "send"]:
             return device_send(args_list[2:], parser)
+        if args_list and args_list[0] in PASSTHROUGH:
+            module, help_text = PASSTHROUGH[args_list[0]]
+            run = _import_runner(module, "main", "lowbw %s" % args_list[0])
+            return int(run(args_list[1:]))
         args = parser.parse_args(args_list)
         if args.func is not cmd_proxy_run:
             # The proxy server sets up its own logging (INFO); the operator's commands

@@ -374,3 +374,14 @@ def test_device_send_hands_over_argv(
     argv = ["--device-config", "d.json", "21.5", "40", "--slot", "1", "--future-flag"]
     code, _, _ = run(["device", "send", *argv], capsys)
     assert code == 0 and calls == [argv]
+
+
+@pytest.mark.parametrize("command", ["serial-gateway", "mqtt-bridge"])
+def test_adapter_commands_are_wired(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from lowbw import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: lowbw %s" % command in capsys.readouterr().out
+    assert cli.main([command, "--config", "/nonexistent/x.toml"]) in (1, 2)
