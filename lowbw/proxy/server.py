@@ -1,0 +1,374 @@
+"""The running proxy: ``lowbw proxy run`` and an in-process ``ProxyServer`` for tests and benchmarks.
+
+Pieces (each its own module):
+
+* ``transport``: the UDP socket and lowbw frames under aiocoap;
+* ``sessions``: handshakes, the session table, revocation, save/restore;
+* ``resources``: readings, commands, time, the client-server API;
+* ``appservice``: the homeserver's transaction pushes (commands);
+* ``homeserver``: the HTTP client towards the homeserver.
+
+Life cycle: ``start()`` opens the registry, restores the sessions a graceful
+stop saved, binds UDP (and the appservice listener in appservice mode).
+``stop()`` first stops sending anything (a frame sealed after the save would
+reuse a nonce once the saved state is restored), then saves every established
+session to the registry, then closes sockets and the HTTP client. ``main``
+runs until SIGTERM or SIGINT and stops gracefully; a crash loses the sessions
+and devices re-handshake (their retried reading carries the same Message ID, so
+it still lands exactly once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiocoap.message import Message
+from aiocoap.pipe import error_to_message, run_driving_pipe
+from aiocoap.protocol import Context
+
+from lowbw.proxy import config as proxy_config
+from lowbw.proxy.appservice import AppserviceListener
+from lowbw.proxy.homeserver import DEFAULT_TIMEOUT, Homeserver, HomeserverUnavailable, encode_path
+from lowbw.proxy.registry import Registry
+from lowbw.proxy.resources import DEFAULT_RETRY_AFTER, READING_TIMEOUT, ProxySite, Services
+from lowbw.proxy.sessions import SessionTable
+from lowbw.proxy.transport import LinkTuning, LowbwTransport, SessionAddress, add_lowbw_transport
+from lowbw.wire.errors import LowbwError
+
+log = logging.getLogger("lowbw.proxy")
+
+
+class LowbwContext(Context):
+    """aiocoap's Context without one per-request cost: it names every rendering
+    task after ``repr(request)``, a string nobody reads, formatted per reading."""
+
+    def render_to_pipe(self, pipe: Any) -> None:
+        run_driving_pipe(
+            error_to_message(pipe, self.log), self._render_to_pipe(pipe), name="lowbw render"
+        )
+
+
+@dataclass
+class ProxySettings:
+    """Everything the proxy needs to run (``from_config`` reads ``proxy.toml``)."""
+
+    private_key: bytes
+    registry_path: Path
+    homeserver_url: str
+    mode: str = "appservice"
+    bind: str = "127.0.0.1"
+    port: int = 5683
+    link_bps: float = 100.0
+    verify_tls: bool = True
+    as_token: str | None = None
+    hs_token: str | None = None
+    appservice_listen: tuple[str, int] | None = None
+    appservice_id: str | None = None
+    retry_after: int = DEFAULT_RETRY_AFTER
+    reading_timeout: float = READING_TIMEOUT
+    homeserver_timeout: float = DEFAULT_TIMEOUT
+    handshake_impl: str = "noiseprotocol"
+    empty_ack_delay: float | None = None
+
+    def __repr__(self) -> str:
+        # Never the key or tokens.
+        return "ProxySettings(bind=%s:%d, mode=%s, homeserver=%s, registry=%s)" % (
+            self.bind,
+            self.port,
+            self.mode,
+            self.homeserver_url,
+            self.registry_path,
+        )
+
+    @classmethod
+    def from_config(cls, cfg: proxy_config.ProxyConfig) -> ProxySettings:
+        a = cfg.appservice
+        listen = None
+        if a is not None and cfg.mode == "appservice":
+            listen = (a.listen_host, a.listen_port)
+        return cls(
+            private_key=cfg.read_private_key(),
+            registry_path=cfg.proxy.registry,
+            homeserver_url=cfg.homeserver.url,
+            mode=cfg.mode,
+            bind=cfg.proxy.bind,
+            port=cfg.proxy.port,
+            link_bps=float(cfg.proxy.link_bps),
+            verify_tls=cfg.homeserver.verify_tls,
+            as_token=a.as_token if a is not None else None,
+            hs_token=a.hs_token if a is not None else None,
+            appservice_listen=listen,
+            appservice_id=a.id if a is not None else None,
+        )
+
+
+class ProxyServer:
+    """One proxy, in this process. ``async with ProxyServer(settings) as p: p.port``.
+
+    ``registry``: share an open Registry (the caller closes it) instead of
+    opening ``settings.registry_path``. ``ephemeral`` (tests only) supplies the
+    proxy's handshake ephemeral keys.
+    """
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        *,
+        registry: Registry | None = None,
+        ephemeral: Callable[[], bytes] | None = None,
+    ) -> None:
+        if settings.mode not in ("appservice", "token"):
+            raise LowbwError("mode must be appservice or token")
+        if settings.mode == "appservice" and not settings.as_token:
+            raise LowbwError("appservice mode needs the as_token")
+        self.settings = settings
+        self._own_registry = registry is None
+        self.registry: Registry | None = registry
+        self._ephemeral = ephemeral
+        self.table: SessionTable | None = None
+        self.transport: LowbwTransport | None = None
+        self.homeserver: Homeserver | None = None
+        self.appservice: AppserviceListener | None = None
+        self._ctx: Context | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self.restored = 0
+        self.started_at = 0.0
+
+    async def __aenter__(self) -> ProxyServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def host(self) -> str:
+        if self.transport is None:
+            raise LowbwError("proxy not started")
+        return self.transport.local_address[0]
+
+    @property
+    def port(self) -> int:
+        if self.transport is None:
+            raise LowbwError("proxy not started")
+        return self.transport.local_address[1]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def appservice_port(self) -> int | None:
+        return self.appservice.port if self.appservice is not None else None
+
+    async def start(self) -> None:
+        s = self.settings
+        if self.registry is None:
+            self.registry = Registry(s.registry_path)
+        try:
+            tuning = LinkTuning(s.link_bps, s.empty_ack_delay)
+            table = SessionTable(
+                self.registry,
+                s.private_key,
+                tuning,
+                handshake_impl=s.handshake_impl,
+                ephemeral=self._ephemeral,
+            )
+            self.table = table
+            self.homeserver = Homeserver(
+                s.homeserver_url, verify_tls=s.verify_tls, timeout=s.homeserver_timeout
+            )
+            services = Services(
+                table=table,
+                registry=self.registry,
+                homeserver=self.homeserver,
+                mode=s.mode,
+                as_token=s.as_token,
+                reading_timeout=s.reading_timeout,
+                retry_after=s.retry_after,
+            )
+            site = ProxySite(services, blockwise_timeout=max(600.0, 20 * tuning.ACK_TIMEOUT))
+            self._ctx = LowbwContext(
+                loop=asyncio.get_running_loop(), serversite=site, loggername="lowbw.proxy.coap"
+            )
+            self.transport = await add_lowbw_transport(self._ctx, (s.bind, s.port), table)
+            table.transport = self.transport
+            self.transport.on_answer = self._log_answer
+            table.on_commands_changed = site.notify_commands
+            table.on_close = site.session_closed
+            self.restored = table.restore()
+            if s.mode == "appservice" and s.appservice_listen is not None and s.hs_token:
+                host, port = s.appservice_listen
+                self.appservice = AppserviceListener(s.hs_token, table, host, port)
+                await self.appservice.start()
+                await self._ping_homeserver()
+        except BaseException:
+            await self._close()
+            raise
+        self.started_at = time.monotonic()
+        log.info(
+            "listening on udp %s:%d (%s mode, %d device(s), %d session(s) restored, %s)%s",
+            self.host,
+            self.port,
+            s.mode,
+            len(table.devices),
+            self.restored,
+            tuning,
+            " appservice on %s:%d" % (self.appservice.host, self.appservice.port)
+            if self.appservice
+            else "",
+        )
+
+    async def _ping_homeserver(self) -> None:
+        """Ask the homeserver to ping us (MSC2659): it checks the push URL and, if it
+        had marked the appservice down while the proxy was stopped, retries the
+        queued transactions now instead of after its exponential backoff."""
+        s = self.settings
+        if not s.appservice_id or self.homeserver is None:
+            return
+        path = encode_path("/_matrix/client/v1/appservice/{}/ping", s.appservice_id)
+        try:
+            result = await self.homeserver.request(
+                "POST",
+                path,
+                json_body={"transaction_id": "lowbw-start"},
+                access_token=s.as_token,
+                timeout=10.0,
+            )
+        except HomeserverUnavailable as exc:
+            log.warning("homeserver not reachable at start: %s", exc.message)
+            return
+        if result.ok:
+            log.info("homeserver reaches the appservice listener")
+        else:
+            log.warning(
+                "homeserver could not reach the appservice listener: %d %s",
+                result.status,
+                result.errcode or "",
+            )
+
+    async def stop(self, *, save_sessions: bool = True) -> int:
+        """Stop; with ``save_sessions`` keep every established session for the next start.
+
+        ``save_sessions=False`` behaves like a crash as far as devices can tell.
+        Returns the number of sessions saved.
+        """
+        saved = 0
+        if self.transport is not None:
+            # Nothing may be sealed after the states are saved (nonce reuse).
+            await self.transport.shutdown()
+        if save_sessions and self.table is not None:
+            try:
+                saved = self.table.save()
+            except LowbwError as exc:
+                log.error("sessions not saved: %s", exc.message)
+        if self.table is not None:
+            self.table.close_all()
+        await self._close()
+        log.info("stopped (%d session(s) saved)", saved)
+        return saved
+
+    async def _close(self) -> None:
+        if self.appservice is not None:
+            await self.appservice.stop()
+            self.appservice = None
+        if self._ctx is not None:
+            await self._ctx.shutdown()
+            self._ctx = None
+        self.transport = None
+        if self.homeserver is not None:
+            await self.homeserver.close()
+            self.homeserver = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self._own_registry and self.registry is not None:
+            self.registry.close()
+            self.registry = None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for tests and benchmarks."""
+        t = self.transport
+        return {
+            "sessions": len(self.table) if self.table is not None else 0,
+            "rx": t.stats.rx if t else 0,
+            "tx": t.stats.tx if t else 0,
+            "rx_bytes": t.stats.rx_bytes if t else 0,
+            "tx_bytes": t.stats.tx_bytes if t else 0,
+            "dropped": dict(t.stats.dropped) if t else {},
+        }
+
+    def _log_answer(
+        self, addr: SessionAddress, request: Message | None, response: Message, rx: int, tx: int
+    ) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        route = "-"
+        method = "-"
+        if request is not None:
+            method = str(request.code)
+            path = request.opt.uri_path
+            # The route id only: parameters may be room or transaction ids.
+            route = path[0] if path else "/"
+        log.info("%s %s %s -> %s (%d B in, %d B out)", addr.device, method, route, response.code, rx, tx)
+
+
+def _setup_logging() -> None:
+    """INFO by default (one line per answer); ``LOWBW_LOG_LEVEL`` (e.g. WARNING) overrides."""
+    root = logging.getLogger()
+    if not root.handlers:
+        level = os.environ.get("LOWBW_LOG_LEVEL", "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            level = "INFO"
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiocoap logs every duplicate and retransmission at INFO; ours says what matters.
+    logging.getLogger("lowbw.proxy.coap").setLevel(logging.WARNING)
+
+
+async def _run(settings: ProxySettings) -> int:
+    server = ProxyServer(settings)
+    try:
+        await server.start()
+    except (OSError, LowbwError) as exc:
+        log.error("cannot start: %s", getattr(exc, "message", None) or exc)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Everything loaded so far (modules, tables) lives as long as the process:
+    # keep it out of the collector's full passes, which otherwise pause the
+    # loop for tens of milliseconds.
+    gc.collect()
+    gc.freeze()
+    print("lowbw proxy listening on udp %s:%d" % server.address, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop(save_sessions=True)
+    return 0
+
+
+def main(config_path: str | Path) -> int:
+    """``lowbw proxy run --config PATH``: 0 after a graceful stop, 1 on failure."""
+    _setup_logging()
+    try:
+        cfg = proxy_config.load(config_path)
+        settings = ProxySettings.from_config(cfg)
+    except LowbwError as exc:
+        print("lowbw proxy: %s" % (exc.message or exc), file=sys.stderr)
+        return 1
+    return asyncio.run(_run(settings))

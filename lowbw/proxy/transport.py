@@ -1,0 +1,544 @@
+"""An aiocoap message interface that carries CoAP inside lowbw (Noise) frames.
+
+aiocoap does the CoAP work: message-ID deduplication, piggybacked and separate
+responses, CON retransmission, block-wise transfer, Observe. Underneath it this
+module puts one UDP socket and the lowbw frame layer (``lowbw.wire.frames``):
+
+* one remote (``SessionAddress``) is one Noise session, not one UDP address.
+  Its hash and equality are identity, so deduplication, block-wise and Observe
+  state belong to the session and survive the device changing its source
+  address. The UDP address a response goes to is updated ("roaming") only after
+  a frame from the device authenticated with a counter newer than any before
+  it, so a replayed or delayed frame cannot divert the answers.
+* transport frames are opened here (``frames.Session.open``); anything that
+  fails (unknown session id, bad tag, replayed counter, garbage) is dropped
+  without an answer and counted in ``stats``.
+* handshake datagrams go to a ``FrameHandler`` (``lowbw.proxy.sessions``), which
+  may hand back a new session and the 0-RTT request it carried. Until the
+  first answer to that request is sent the session is *pending*: the answer is
+  not sealed as a transport frame but becomes the payload of the Noise IK
+  message 2.
+* each session carries its own ``TransportTuning`` (``LinkTuning``): aiocoap's
+  defaults assume a fast network (an empty ACK after 0.1 s, then a separate
+  response), which on a 100 bit/s link triples the bytes of every proxied
+  request. ``EMPTY_ACK_DELAY`` is 12 s so answers piggyback whenever the
+  homeserver answers in time; the proxy's own CONs wait for two frames' airtime.
+
+Deduplication keeps aiocoap's rule (a duplicate CON gets the stored answer) with
+two changes (``LowbwMessageManager``): a 5.xx or 4.29 answer is not stored (it
+says "try again later", and the device's retry with the same Message ID must be
+processed again rather than be told the old failure), and only the last few
+exchanges of each session are kept, so memory does not grow with the reading
+rate. Exactly-once for readings does not rest on this cache but on the
+registry's sent-events table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from aiocoap import error as coap_error
+from aiocoap import interfaces
+from aiocoap.message import Message
+from aiocoap.messagemanager import MessageManager
+from aiocoap.numbers.codes import Code
+from aiocoap.numbers.constants import TransportTuning
+from aiocoap.numbers.types import CON
+from aiocoap.optiontypes import UintOption
+from aiocoap.protocol import Context
+from aiocoap.tokenmanager import TokenManager
+
+from lowbw.wire import frames
+from lowbw.wire.errors import LowbwError, ReplayError
+
+log = logging.getLogger("lowbw.proxy.transport")
+
+# Elective option carried on every response while commands wait for the device.
+COMMANDS_PENDING_OPTION = 65004
+
+# What a frame around a CoAP message costs: kind byte, session id, long
+# counter, tag. Used to size blocks and timers.
+FRAME_OVERHEAD = 1 + 2 + 3 + frames.TAG_LEN
+# CoAP header, a few options, payload marker.
+COAP_OVERHEAD = 24
+# Deduplication: answers kept per session, and how often expired ones are dropped.
+DEDUP_PER_SESSION = 8
+DEDUP_SWEEP = 30.0
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+Sockaddr = tuple[Any, ...]
+
+
+def block_szx_for(link_bps: float) -> int:
+    """Block size exponent (RFC 7959 SZX: 2**(szx+4) bytes) for a link speed.
+
+    128-byte blocks keep every frame of a block-wise transfer well below the
+    256-byte frames of the slow presets; fast links get 1024.
+    """
+    return 3 if link_bps <= 2400 else 6
+
+
+class LinkTuning(TransportTuning):
+    """aiocoap timings for a link of ``link_bps`` bit/s.
+
+    ``ACK_TIMEOUT``: two maximum-size frames' airtime (request out, answer
+    back) plus two seconds of processing, so the proxy's own CONs (separate
+    responses, notifications) are not retransmitted while still in the air.
+    ``EMPTY_ACK_DELAY``: 12 s, longer than the proxy's reading send timeout
+    (10 s), so a sensor reading is always answered by one piggybacked ACK.
+    """
+
+    EMPTY_ACK_DELAY = 12.0
+    ACK_RANDOM_FACTOR = 1.5
+    MAX_RETRANSMIT = 4
+
+    def __init__(self, link_bps: float = 100.0, empty_ack_delay: float | None = None) -> None:
+        if link_bps <= 0:
+            raise ValueError("link_bps must be positive")
+        self.link_bps = float(link_bps)
+        self.block_szx = block_szx_for(link_bps)
+        frame = (1 << (self.block_szx + 4)) + COAP_OVERHEAD + FRAME_OVERHEAD
+        airtime = frame * 8 / self.link_bps
+        self.ACK_TIMEOUT = 2 * airtime + 2.0
+        self.MAX_LATENCY = airtime + 2.0
+        if empty_ack_delay is not None:
+            self.EMPTY_ACK_DELAY = empty_ack_delay
+
+    def __repr__(self) -> str:
+        return "<LinkTuning %g bit/s ACK_TIMEOUT %.1f s EMPTY_ACK_DELAY %.1f s>" % (
+            self.link_bps,
+            self.ACK_TIMEOUT,
+            self.EMPTY_ACK_DELAY,
+        )
+
+
+class SessionAddress(interfaces.EndpointAddress):
+    """One Noise session with one device, as an aiocoap remote.
+
+    ``session`` is None while the IK answer is still to be sent (``pending``
+    holds the handshake then). ``sockaddr`` is where answers go.
+    """
+
+    scheme = "coap"
+    is_multicast = False
+    is_multicast_locally = False
+
+    # Slots (no per-instance dict: sessions are many and mostly idle). The two
+    # maximum_* slots shadow the base class's read-only properties.
+    __slots__ = (
+        "sid",
+        "session",
+        "pending",
+        "device",
+        "caps",
+        "sockaddr",
+        "tuning",
+        "maximum_block_size_exp",
+        "maximum_payload_size",
+        "created",
+        "pending_timer",
+        "closed",
+    )
+
+    def __init__(
+        self,
+        sid: int,
+        session: frames.Session | None,
+        device: str,
+        caps: int,
+        sockaddr: Sockaddr | None,
+        tuning: LinkTuning,
+        pending: Any = None,
+    ) -> None:
+        self.sid = sid
+        self.session = session
+        self.pending = pending
+        self.device = device
+        self.caps = caps
+        self.sockaddr = sockaddr
+        self.tuning = tuning
+        self.maximum_block_size_exp = tuning.block_szx
+        self.maximum_payload_size = 1 << (tuning.block_szx + 4)
+        self.created = time.monotonic()
+        self.pending_timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return "<SessionAddress %s sid=%04x>" % (self.device, self.sid)
+
+    @property
+    def hostinfo(self) -> str:
+        return "session-%04x" % self.sid
+
+    @property
+    def hostinfo_local(self) -> str:
+        return "lowbw-proxy"
+
+    @property
+    def uri_base(self) -> str:
+        return "coap://" + self.hostinfo
+
+    @property
+    def uri_base_local(self) -> str:
+        return "coap://lowbw-proxy"
+
+    @property
+    def blockwise_key(self) -> tuple[str, int, int]:
+        return ("lowbw", self.sid, id(self))
+
+    @property
+    def authenticated_claims(self) -> list[tuple[str, str]]:
+        return [("lowbw-device", self.device)]
+
+    @property
+    def table_id(self) -> int:
+        return self.caps & 0x0F
+
+
+class FrameHandler(Protocol):
+    """What the transport needs from the session table (lowbw.proxy.sessions)."""
+
+    def poll_changes(self) -> None: ...
+
+    def lookup(self, sid: int) -> SessionAddress | None: ...
+
+    def handshake(self, datagram: bytes, sockaddr: Sockaddr) -> tuple[SessionAddress, bytes] | None: ...
+
+    def complete(self, addr: SessionAddress, response: bytes) -> bytes | None: ...
+
+    def commands_pending(self, device: str) -> int: ...
+
+
+@dataclass
+class TransportStats:
+    """Counters, for tests and benchmarks (never logged per datagram)."""
+
+    rx: int = 0
+    tx: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+class LowbwMessageManager(MessageManager):
+    """aiocoap's message layer with lowbw's rules.
+
+    * Outgoing messages use their session's tuning (timers of the proxy's CONs).
+    * Deduplication (RFC 7252 §4.5) keeps, per session, the answers to the
+      last ``DEDUP_PER_SESSION`` Message IDs for ``EXCHANGE_LIFETIME``. A device
+      has one request outstanding at a time (NSTART=1), so a retransmission is
+      always of one of its latest messages; the bound keeps memory per session
+      fixed at any reading rate, where aiocoap keeps every exchange of the
+      last 750 s (at 100 bit/s) with a timer each. Expired entries go in one
+      sweep per ``DEDUP_SWEEP`` seconds.
+    * 5.xx and 4.29 answers are not kept (module docstring).
+    * NSTART=1 backlogs keep only the newest Observe notification per token.
+    """
+
+    def __init__(self, token_manager: TokenManager) -> None:
+        super().__init__(token_manager)
+        # (remote, mid) -> [expiry (loop time), stored answer or None while processing]
+        self._dedup: dict[tuple[Any, int], list[Any]] = {}
+        self._dedup_mids: dict[Any, list[int]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def send_message(self, message: Message, messageerror_monitor: Any) -> None:
+        tuning = getattr(message.remote, "tuning", None)
+        if tuning is not None:
+            message.transport_tuning = tuning
+        backlog = self._backlogs.get(message.remote)
+        if backlog and message.code.is_response() and message.opt.observe is not None:
+            backlog[:] = [
+                (m, mon)
+                for (m, mon) in backlog
+                if not (m.token == message.token and m.opt.observe is not None)
+            ]
+        super().send_message(message, messageerror_monitor)
+
+    def _drop(self, key: tuple[Any, int]) -> None:
+        if self._dedup.pop(key, None) is None:
+            return
+        remote, mid = key
+        mids = self._dedup_mids.get(remote)
+        if mids is not None:
+            if mid in mids:
+                mids.remove(mid)
+            if not mids:
+                del self._dedup_mids[remote]
+
+    def _deduplicate_message(self, message: Message) -> bool:
+        remote = message.remote
+        key = (remote, message.mid)
+        now = self.loop.time()
+        entry = self._dedup.get(key)
+        if entry is not None:
+            if entry[0] >= now:
+                if message.mtype is CON and entry[1] is not None:
+                    log.debug("%s: duplicate CON mid %d, answer resent", remote, message.mid)
+                    self._send_initially(entry[1])
+                return True
+            self._drop(key)
+        self._dedup[key] = [now + message.transport_tuning.EXCHANGE_LIFETIME, None]
+        mids = self._dedup_mids.setdefault(remote, [])
+        mids.append(message.mid)
+        while len(mids) > DEDUP_PER_SESSION:
+            self._dedup.pop((remote, mids.pop(0)), None)
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(DEDUP_SWEEP, self._sweep_expired)
+        return False
+
+    def _sweep_expired(self) -> None:
+        now = self.loop.time()
+        for key in [k for k, entry in self._dedup.items() if entry[0] < now]:
+            self._drop(key)
+        self._sweep = self.loop.call_later(DEDUP_SWEEP, self._sweep_expired) if self._dedup else None
+
+    def _store_response_for_duplicates(self, message: Message) -> None:
+        key = (message.remote, message.mid)
+        entry = self._dedup.get(key)
+        if entry is None:
+            return
+        code = message.code
+        if code.is_response() and (code.class_ == 5 or code == Code.TOO_MANY_REQUESTS):
+            self._drop(key)
+        else:
+            entry[1] = message
+
+    def dedup_size(self) -> int:
+        return len(self._dedup)
+
+    def forget_remote(self, remote: Any) -> None:
+        """Drop every trace of a closed session (revocation, re-handshake)."""
+        for mid in list(self._dedup_mids.get(remote, ())):
+            self._drop((remote, mid))
+        if self._active_exchanges is not None:
+            for key in [k for k in self._active_exchanges if k[0] is remote]:
+                _, handle = self._active_exchanges.pop(key)
+                handle.cancel()
+        self._backlogs.pop(remote, None)
+        for pkey in [k for k in self._piggyback_opportunities if k[0] is remote]:
+            _, handle = self._piggyback_opportunities.pop(pkey)
+            handle.cancel()
+
+    async def shutdown(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        await super().shutdown()
+
+
+class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
+    """The UDP socket and frame layer under aiocoap (module docstring)."""
+
+    def __init__(self, mman: LowbwMessageManager, handler: FrameHandler) -> None:
+        self._mman: LowbwMessageManager | None = mman
+        self.handler = handler
+        self.stats = TransportStats()
+        self._transport: asyncio.DatagramTransport | None = None
+        # Called with (addr, request, response, bytes_in, bytes_out) for each answer sent.
+        self.on_answer: Callable[[SessionAddress, Message | None, Message, int, int], None] | None = None
+
+    @classmethod
+    async def create(
+        cls, mman: LowbwMessageManager, handler: FrameHandler, bind: tuple[str, int]
+    ) -> LowbwTransport:
+        loop = asyncio.get_running_loop()
+        self = cls(mman, handler)
+        family = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            # Many devices answering a burst at once: the default receive buffer
+            # (~200 small datagrams) would drop frames while the loop is busy.
+            # The kernel caps the value at net.core.rmem_max.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.bind(bind)
+        except OSError:
+            sock.close()
+            raise
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        return self
+
+    @property
+    def message_manager(self) -> LowbwMessageManager | None:
+        return self._mman
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        if self._transport is None:
+            raise LowbwError("transport not bound")
+        name = self._transport.get_extra_info("sockname")
+        return str(name[0]), int(name[1])
+
+    # -- asyncio.DatagramProtocol ---------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable from a device that went away: nothing to do.
+        log.debug("socket error: %s", type(exc).__name__)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def datagram_received(self, data: bytes, sockaddr: Sockaddr) -> None:
+        mman = self._mman
+        if mman is None:
+            return
+        self.stats.rx += 1
+        self.stats.rx_bytes += len(data)
+        try:
+            self.handler.poll_changes()
+            kind = frames.kind_of(data)
+            if kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
+                found = self._open(data, sockaddr)
+            else:
+                found = self.handler.handshake(data, sockaddr)
+        except LowbwError as exc:
+            self.stats.drop(type(exc).__name__)
+            return
+        except Exception:  # noqa: BLE001 - one bad datagram must never stop the proxy
+            log.exception("datagram from %s dropped: internal error", sockaddr[0])
+            self.stats.drop("internal")
+            return
+        if found is None:
+            return
+        addr, plaintext = found
+        if not plaintext:
+            # An IK without a 0-RTT request: answer the handshake at once.
+            if addr.pending is not None:
+                self._send_pending(addr, b"")
+            return
+        try:
+            msg = Message.decode(plaintext, remote=addr)
+        except coap_error.UnparsableMessage:
+            self.stats.drop("coap")
+            log.info("%s: unparsable CoAP message (%d B) dropped", addr.device, len(plaintext))
+            if addr.pending is not None:
+                self._send_pending(addr, b"")
+            return
+        msg.transport_tuning = addr.tuning
+        msg.lowbw_rx_bytes = len(data)  # type: ignore[attr-defined]
+        try:
+            mman.dispatch_message(msg)
+        except Exception:  # noqa: BLE001 - as above: log, count, carry on
+            log.exception("%s: message dropped: internal error", addr.device)
+            self.stats.drop("internal")
+
+    def _open(self, data: bytes, sockaddr: Sockaddr) -> tuple[SessionAddress, bytes] | None:
+        sid = frames.peek_session_id(data)
+        addr = self.handler.lookup(sid)
+        if addr is None or addr.session is None:
+            self.stats.drop("unknown_session")
+            return None
+        session = addr.session
+        top = session.window.top
+        try:
+            plaintext = session.open(data)
+        except ReplayError:
+            self.stats.drop("replay")
+            return None
+        # Roam only on a frame newer than everything before it: a delayed or
+        # replayed older frame (even a genuine one) must not divert answers.
+        if session.window.top > top and addr.sockaddr != sockaddr:
+            if addr.sockaddr is not None:
+                log.info("%s: session %04x moved to a new address", addr.device, addr.sid)
+            addr.sockaddr = sockaddr
+        return addr, plaintext
+
+    # -- sending ---------------------------------------------------------------
+
+    def sendto(self, datagram: bytes, sockaddr: Sockaddr) -> None:
+        if self._transport is None:
+            return
+        self.stats.tx += 1
+        self.stats.tx_bytes += len(datagram)
+        self._transport.sendto(datagram, sockaddr)
+
+    def _send_pending(self, addr: SessionAddress, plaintext: bytes) -> int:
+        dgram = self.handler.complete(addr, plaintext)
+        if dgram is None or addr.sockaddr is None:
+            return 0
+        self.sendto(dgram, addr.sockaddr)
+        return len(dgram)
+
+    def send(self, message: Message) -> None:
+        if self._mman is None:
+            return
+        addr = message.remote
+        if not isinstance(addr, SessionAddress) or addr.closed:
+            return
+        code = message.code
+        if code.is_response():
+            message.opt.delete_option(COMMANDS_PENDING_OPTION)
+            count = self.handler.commands_pending(addr.device)
+            if count:
+                message.opt.add_option(UintOption(COMMANDS_PENDING_OPTION, count))
+        plaintext = message.encode()
+        if addr.pending is not None:
+            sent = self._send_pending(addr, plaintext)
+        elif addr.session is None or addr.sockaddr is None:
+            log.debug("%s: no address to answer to yet", addr.device)
+            return
+        else:
+            try:
+                dgram = addr.session.seal(plaintext)
+            except LowbwError as exc:
+                # Counter exhausted: the device re-handshakes.
+                log.warning("%s: cannot seal (%s)", addr.device, type(exc).__name__)
+                return
+            self.sendto(dgram, addr.sockaddr)
+            sent = len(dgram)
+        if code.is_response():
+            request = getattr(message, "request", None)
+            if self.on_answer is not None:
+                rx = getattr(request, "lowbw_rx_bytes", 0) if request is not None else 0
+                self.on_answer(addr, request, message, rx, sent)
+            # The answer may stay in the deduplication cache: without the request
+            # it holds no more than itself.
+            message.request = None
+
+    async def determine_remote(self, message: Message) -> None:
+        # The proxy never starts requests towards a device by URI.
+        return None
+
+    async def recognize_remote(self, remote: Any) -> bool:
+        return isinstance(remote, SessionAddress) and not remote.closed
+
+    async def shutdown(self) -> None:
+        self._mman = None
+        if self._transport is not None:
+            self._transport.abort()
+            self._transport = None
+
+    def forget(self, addr: SessionAddress) -> None:
+        """Close a session at the CoAP layer too (nothing more is sent to it)."""
+        addr.closed = True
+        if addr.pending_timer is not None:
+            addr.pending_timer.cancel()
+            addr.pending_timer = None
+        if self._mman is not None:
+            self._mman.forget_remote(addr)
+
+
+async def add_lowbw_transport(
+    ctx: Context, bind: tuple[str, int], handler: FrameHandler
+) -> LowbwTransport:
+    """Attach a lowbw transport to an aiocoap Context (as Context's own
+    ``_append_tokenmanaged_messagemanaged_transport`` does for UDP)."""
+    tman = TokenManager(ctx)
+    mman = LowbwMessageManager(tman)
+    transport = await LowbwTransport.create(mman, handler, bind)
+    mman.message_interface = transport
+    tman.token_interface = mman
+    ctx.request_interfaces.append(tman)
+    return transport
