@@ -19,11 +19,13 @@ test: $(STAMP) lint typecheck
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/wire_bytes.py
+	$(VENV)/bin/python bench/frozen_size.py
+	$(VENV)/bin/python bench/proxy_load.py --quick
+	$(VENV)/bin/python bench/device.py --quick
 
+# Local Synapse + proxy + radio_sim at 100 bit/s + a MicroPython sensor; Ctrl-C stops it all.
 demo: $(STAMP)
-	@echo "make demo arrives with the device issue (#5): the proxy and the MicroPython device are not built yet."
-	@echo "Today you can run: make test, make bench, and python -m radio_sim --help"
-	@exit 2
+	$(VENV)/bin/python scripts/demo.py $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .stubs .mypy_cache .ruff_cache .hypothesis
