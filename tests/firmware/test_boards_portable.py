@@ -1,6 +1,6 @@
 """Board, link, sensor and application pieces, on CPython and on MicroPython.
 
-Plain ``test_*`` functions with asserts (tests/firmware/mp_run_firmware.py
+Plain ``test_*`` functions with asserts (tests/portable/mp_run.py
 runs this module under the MicroPython unix port; pytest runs it here). The
 hardware is replaced by named test doubles: ``fake_machine`` for MicroPython's
 machine module (RTC memory, reset cause, sleep), ``FakeSerial`` for a UART

@@ -2,7 +2,7 @@
 
 - every firmware module imports under MicroPython (the ESP32 and RP2040 board
   modules with tests/firmware/fake_machine.py standing in for ``machine``);
-- tests/firmware/test_*_portable.py pass there (mp_run_firmware.py), the same
+- tests/firmware/test_*_portable.py pass there (run by tests/portable/mp_run.py), the same
   functions pytest runs on CPython;
 - main.py answers --help.
 (tests/portable/test_bme280.py runs on MicroPython with the other portable
@@ -74,9 +74,9 @@ def portable_names() -> set[str]:
 
 
 def test_portable_firmware_tests_pass_on_micropython() -> None:
-    runner = str(ROOT / "tests/firmware/mp_run_firmware.py")
-    proc = subprocess.run([micropython(), "-X", "heapsize=8M", runner, str(ROOT)], capture_output=True,
-                          text=True, timeout=300)
+    runner = str(ROOT / "tests/portable/mp_run.py")
+    argv = [micropython(), "-X", "heapsize=8M", runner, str(ROOT), "tests/firmware", "_portable.py"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     ran = set(re.findall(r"^ok (\S+)$", proc.stdout, re.M))
     expected = portable_names()

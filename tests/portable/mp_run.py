@@ -1,8 +1,9 @@
 """Run the portable tests under the MicroPython unix port.
 
-Usage: micropython tests/portable/mp_run.py [REPO_ROOT]
+Usage: micropython tests/portable/mp_run.py [REPO_ROOT [PACKAGE_DIR [SUFFIX]]]
 
-Imports every tests/portable/test_*.py module, calls each ``test_*`` function,
+Imports every PACKAGE_DIR/test_*SUFFIX module (default tests/portable, ".py";
+the firmware's portable tests use tests/firmware "_portable.py"), calls each ``test_*`` function,
 prints one line per test and a final ``RESULT passed=N failed=M`` line, and exits
 1 if anything failed. tests/test_micropython.py runs this as part of the suite.
 """
@@ -12,16 +13,18 @@ import sys
 
 root = sys.argv[1] if len(sys.argv) > 1 else "."
 sys.path.insert(0, root)
-here = root + "/tests/portable"
+package = sys.argv[2] if len(sys.argv) > 2 else "tests/portable"
+suffix = sys.argv[3] if len(sys.argv) > 3 else ".py"
+here = root + "/" + package
 
 passed = 0
 failed = 0
 for name in sorted(os.listdir(here)):
-    if not (name.startswith("test_") and name.endswith(".py")):
+    if not (name.startswith("test_") and name.endswith(suffix)):
         continue
     modname = name[:-3]
     try:
-        mod = __import__("tests.portable." + modname, None, None, [modname])
+        mod = __import__(package.replace("/", ".") + "." + modname, None, None, [modname])
     except Exception as exc:  # an import failure fails the whole module
         failed += 1
         print("FAIL", modname, "import:", repr(exc))
