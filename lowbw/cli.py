@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Matrix for things that talk at 100 bit/s: operate the lowbw proxy and its devices.",
     )
     parser.add_argument("--version", action="version", version="lowbw %s" % __version__)
-    top = parser.add_subparsers(dest="group", metavar="{proxy,device,serial-gateway,mqtt-bridge}", required=True)
+    top = parser.add_subparsers(
+        dest="group", metavar="{proxy,device,serial-gateway,mqtt-bridge}", required=True
+    )
 
     # -- proxy ------------------------------------------------------------------
     proxy = top.add_parser("proxy", help="set up and run the proxy", description="Set up and run the proxy.")

@@ -35,6 +35,14 @@ never retransmitted as is (the proxy refuses a repeated ephemeral as a
 replay): each attempt is a fresh handshake; an answer to either of the last
 two is accepted.
 
+Counter epoch: a fresh store (no blob yet) gets a random non-zero 32-bit
+epoch, and every IK announces it (4 more bytes, ``handshake.CAP_EPOCH``)
+until an answer's caps carry CAP_EPOCH back; then it is marked confirmed in
+the store and handshakes leave it out. The proxy keys its transaction ids by
+epoch too, so a device whose store was wiped (message numbers from 0 again)
+does not have its new readings taken for delivered ones. A store from before
+epochs (format 1) is epoch 0, confirmed: its counter never restarted.
+
 Timers: a transmission waits ``airtime(request) + airtime(expected answer) +
 proxy_allowance`` seconds, times a random 1..1.5 on the first try, doubling on
 each retry up to ``max_rto``. Answers: 2.xx done; 5.xx and 4.29 -> wait
@@ -67,7 +75,7 @@ UNANSWERED_LIMIT = const(2)
 # IK2 = kind + e + sid/caps + tag + CoAP.
 _DOWN_OVERHEAD = const(17)
 _IK2_OVERHEAD = const(52)
-_IK1_OVERHEAD = const(98)
+_IK1_OVERHEAD = const(98)  # without the 4-byte counter epoch
 _UP_OVERHEAD = const(22)  # long form, the worst case
 _ANSWER_COAP = const(9)  # 4-byte header + Commands-Pending option (delta 65004: 5 B)
 _ANSWER_EXTRA = {"f": 64, "t": 10, "v": 0, "a": 0}
@@ -179,6 +187,11 @@ class Device:
             store.session = None
             store.keyid = kid
             self._dirty = True
+        if store.epoch is None:
+            store.epoch = self._draw_epoch()
+            store.epoch_confirmed = False
+            self._dirty = True
+            self._say("fresh store: counter epoch %08x" % store.epoch)
         if store.session is not None:
             self.session = frames.Session.from_state(store.session)
             self._ctr_limit = self.session.next_send
@@ -380,6 +393,19 @@ class Device:
         st.save()
         self._dirty = False
 
+    def _draw_epoch(self):
+        # Never 0: that is the epoch of every device that announced none, and
+        # an announced epoch equal to the recorded one resets nothing.
+        for _ in range(8):
+            e = int.from_bytes(bytes(self.random(4)), "big")
+            if e:
+                return e
+        raise LowbwError("random source returns only zeros")
+
+    def _epoch_to_announce(self):
+        st = self.store
+        return None if st.epoch_confirmed else st.epoch
+
     def _alloc_msgnum(self):
         n = self._next_msgnum
         self._next_msgnum = n + 1
@@ -412,7 +438,11 @@ class Device:
     def _take_batch(self, now):
         cfg = self.config
         q = self.store.queue
-        room = cfg.mtu - _REQ_HEAD - (_UP_OVERHEAD if self.session is not None else _IK1_OVERHEAD)
+        if self.session is not None:
+            room = cfg.mtu - _REQ_HEAD - _UP_OVERHEAD
+        else:
+            room = cfg.mtu - _REQ_HEAD - _IK1_OVERHEAD - (0 if self.store.epoch_confirmed
+                                                           else handshake.EPOCH_LEN)
         n = 1
         limit = min(cfg.batch_limit, len(q), reading.MAX_READINGS)
         while n < limit and len(self._payload(q[:n + 1], now)) <= room:
@@ -478,7 +508,7 @@ class Device:
                 answer = _DOWN_OVERHEAD
         if dgram is None:
             ini = handshake.Initiator(cfg.private_key, cfg.proxy_public_key, caps=cfg.caps,
-                                      random=self.random)
+                                      random=self.random, epoch=self._epoch_to_announce())
             dgram = ini.start(plaintext)
             self._hs.append(ini)
             if len(self._hs) > 2:
@@ -515,8 +545,13 @@ class Device:
             except LowbwError:
                 i -= 1
                 continue
+            ini = hs[i]
             self.session = session
             self.caps = caps
+            st = self.store
+            if ini.epoch is not None and caps & handshake.CAP_EPOCH and ini.epoch == st.epoch:
+                st.epoch_confirmed = True
+                self._say("counter epoch %08x confirmed by the proxy" % st.epoch)
             self._hs = []
             self._ctr_limit = 0
             self._unanswered = 0

@@ -4,7 +4,7 @@ Everything a device needs to carry on after a reboot or deep sleep without a
 handshake, without losing a reading and without reusing a nonce or a message
 ID. The blob is one CBOR array (``lowbw.wire.cbor``)::
 
-    [1,            format version
+    [2,            format version
      keyid,        8 bytes: SHA-256(device private key | proxy public key)[:8],
                    so a state file from other keys is not used with these
      session,      null, or Session.export_state() as an array:
@@ -21,7 +21,19 @@ ID. The blob is one CBOR array (``lowbw.wire.cbor``)::
                    data: command id), "f" (command fetch), "t" (time), data
                    null for the last two
      next_rid,     local id for the next reading
-     mono]         the monotonic clock (seconds) when this was written
+     mono,         the monotonic clock (seconds) when this was written
+     epoch,        the counter epoch (0..2**32-1): drawn at random when the
+                   store is created, so the proxy can tell a message counter
+                   that started again from 0 from one it knows
+                   (lowbw.wire.handshake, CAP_EPOCH)
+     epoch_confirmed]  true once a handshake answer confirmed the proxy
+                   recorded the epoch; until then every handshake announces it
+
+Format version 1 (no epoch fields) is still read: its counter was never lost,
+so it is taken as epoch 0, confirmed (the proxy's default for every device).
+A store with no blob yet has ``epoch`` None (confirmed false); the device
+draws it (``lowbw.device.client``) before it sends anything, and it is
+written with the next save.
 
 A queue entry's ``t`` is Unix seconds when ``absolute`` is true (the device
 knew the wall time when it measured), else the monotonic clock's seconds.
@@ -44,7 +56,9 @@ from lowbw.wire import cbor
 from lowbw.wire._compat import const
 from lowbw.wire.errors import DecodeError
 
-FORMAT_VERSION = const(1)
+FORMAT_VERSION = const(2)
+_V1_ITEMS = const(9)
+_V2_ITEMS = const(11)
 KINDS = ("v", "a", "f", "t")
 # The largest state a device writes is a full queue of full readings.
 _MAX_ITEMS = const(20000)
@@ -95,6 +109,8 @@ class Store:
         self.inflight = None
         self.next_rid = 0
         self.mono = 0.0
+        self.epoch = None
+        self.epoch_confirmed = False
         self.saves = 0
 
     # Subclasses: bytes or None (nothing stored yet), and the write.
@@ -108,12 +124,13 @@ class Store:
         return cbor.dumps([
             FORMAT_VERSION, self.keyid, self.session, self.mid_limit, self.queue,
             self.dropped, self.inflight, self.next_rid, self.mono,
+            self.epoch, self.epoch_confirmed,
         ])
 
     def decode(self, blob):
         """Load fields from a blob; DecodeError (nothing changed) if it is not a valid state."""
         (self.keyid, self.session, self.mid_limit, self.queue, self.dropped, self.inflight,
-         self.next_rid, self.mono) = parse(blob)
+         self.next_rid, self.mono, self.epoch, self.epoch_confirmed) = parse(blob)
 
     def save(self):
         self._write(self.encode())
@@ -121,13 +138,26 @@ class Store:
 
 
 def parse(blob):
-    """The 8 fields after the version, validated; DecodeError if ``blob`` is not a state."""
+    """The 10 fields after the version, validated (a version 1 blob gets epoch 0,
+    confirmed); DecodeError if ``blob`` is not a state."""
     obj = cbor.loads(blob, max_depth=6, max_items=_MAX_ITEMS)
-    if not isinstance(obj, list) or len(obj) != 9:
+    if not isinstance(obj, list) or not obj:
         raise DecodeError("state: not a lowbw device state")
-    version, kid, session, mid_limit, queue, dropped, inflight, next_rid, mono = obj
-    if version != FORMAT_VERSION:
+    version = obj[0]
+    if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
         raise DecodeError("state: unsupported format version %r" % (version,))
+    if version == 1 and len(obj) == _V1_ITEMS:
+        epoch, confirmed = 0, True
+    elif version == FORMAT_VERSION and len(obj) == _V2_ITEMS:
+        epoch, confirmed = obj[9], obj[10]
+        # None: saved before any device drew one (nothing was sent yet).
+        if epoch is not None and not (_is_int(epoch) and 0 <= epoch <= 0xFFFFFFFF):
+            raise DecodeError("state: bad counter epoch")
+        if (confirmed is not True and confirmed is not False) or (confirmed and epoch is None):
+            raise DecodeError("state: bad counter epoch")
+    else:
+        raise DecodeError("state: not a lowbw device state")
+    kid, session, mid_limit, queue, dropped, inflight, next_rid, mono = obj[1:9]
     if kid is not None and (not isinstance(kid, bytes) or len(kid) != 8):
         raise DecodeError("state: bad key id")
     if session is not None:
@@ -162,7 +192,7 @@ def parse(blob):
                 _check_entry(e)
         elif kind == "a" and not _is_int(data):
             raise DecodeError("state: bad in-flight command ack")
-    return kid, session, mid_limit, queue, dropped, inflight, next_rid, mono
+    return kid, session, mid_limit, queue, dropped, inflight, next_rid, mono, epoch, confirmed
 
 
 class MemoryStore(Store):

@@ -3,9 +3,10 @@
 The datagrams are exactly those of ``lowbw.wire.handshake`` (module docstring
 there): IK ``0x81``/``0x82`` with the first request as 0-RTT payload, XX
 ``0x83``/``0x84``/``0x85`` for pairing, Noise prologue ``frames.PROLOGUE``.
-``Responder`` here has the same methods and return values as
-``lowbw.wire.handshake.Responder`` and gives byte-identical answers for the
-same keys (tests/proxy/test_server_noise.py proves it with fixed ephemerals);
+``Responder`` here has the same methods as ``lowbw.wire.handshake.Responder``
+and gives byte-identical answers for the same keys, except that an optional
+counter epoch (caps bit 5) is left at the front of the request for the caller
+to take off with ``handshake.split_epoch`` (tests/proxy/test_server_noise.py proves it with fixed ephemerals);
 the device keeps the plain-Python state machine, the proxy uses
 ``noiseprotocol`` as DESIGN.md asks.
 

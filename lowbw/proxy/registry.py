@@ -5,13 +5,16 @@ commands of the operator.  A device is its Noise static public key; the record
 says which Matrix user it acts as, which rooms and event types it may use and
 how its readings are rendered (``slots``, as in the device config).
 
-Tables (schema version 1, kept in ``PRAGMA user_version``):
+Tables (schema version 2, kept in ``PRAGMA user_version``):
 
 ``devices``      name (primary key), public_key (unique, revoked devices included:
                  a revoked key is never let in again under another name), user_id,
                  access_token (token mode only), rooms/event_types/slots/permissions
                  as JSON, revoked, created_ms, msg_top (highest message number
-                 seen, -1 before the first)
+                 seen, -1 before the first), epoch (the device's counter epoch,
+                 0 until it announces one; ``lowbw.wire.handshake``: a new epoch
+                 means its message counter started again, so msg_top goes back
+                 to -1 in the same transaction)
 ``ephemerals``   the last 256 IK ephemeral keys per device (replayed IK1 detection)
 ``sent_events``  (device, Matrix txn_id) -> event_id: exactly-once sending
 ``commands``     downlink commands; acknowledged ones stay (acked_ms set) so a
@@ -24,6 +27,9 @@ data_version``, which moves when another connection commits) on each datagram;
 device's saved sessions.  ``load_sessions`` hands the saved states out once and
 deletes them: restoring the same Noise state twice (after a crash that followed
 a restore) would reuse nonces.
+
+Schema history: version 1 had no ``epoch`` column; opening a version 1 file
+adds it (default 0, the epoch of every device that never announced one).
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process
 (each commit is in the WAL before the call returns); a power loss may roll back
@@ -50,7 +56,8 @@ from typing import Any
 
 from lowbw.wire.errors import LowbwError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MAX_EPOCH = 0xFFFFFFFF
 EPHEMERALS_KEPT = 256
 PUBLIC_KEY_LEN = 32
 BUSY_TIMEOUT_MS = 5000
@@ -67,7 +74,8 @@ CREATE TABLE devices (
     permissions TEXT NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0,
     created_ms INTEGER NOT NULL,
-    msg_top INTEGER NOT NULL DEFAULT -1
+    msg_top INTEGER NOT NULL DEFAULT -1,
+    epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE ephemerals (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,6 +106,11 @@ CREATE TABLE sessions (
     state BLOB NOT NULL
 );
 """
+
+# Each step takes the schema from version N to N + 1, inside _init_schema's transaction.
+_MIGRATIONS = {
+    1: ("ALTER TABLE devices ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",),
+}
 
 
 class RegistryError(LowbwError):
@@ -189,6 +202,13 @@ class Registry:
             tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
             if version == 0 and tables:
                 raise RegistryError("%s is an SQLite file but not a lowbw registry" % self.path)
+            if version > 0:
+                while version < SCHEMA_VERSION:
+                    for statement in _MIGRATIONS[version]:
+                        db.execute(statement)
+                    version += 1
+                db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+                return
             # executescript would COMMIT our transaction first; run statement by statement.
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -326,6 +346,28 @@ class Registry:
             cur = db.execute("UPDATE devices SET msg_top = max(msg_top, ?) WHERE name = ?", (n, name))
             if cur.rowcount == 0:
                 raise RegistryError("no device named %r" % name)
+
+    def device_epoch(self, name: str) -> int:
+        """The device's counter epoch; 0 if it never announced one (or no such device)."""
+        rows = self._read("SELECT epoch FROM devices WHERE name = ?", (name,))
+        return int(rows[0]["epoch"]) if rows else 0
+
+    def set_device_epoch(self, name: str, epoch: int) -> bool:
+        """Record the device's counter epoch; True if it changed, and then msg_top is -1 again.
+
+        The same epoch again (a retried handshake of a fresh device) changes
+        nothing, so the retried message keeps its number.
+        """
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= MAX_EPOCH:
+            raise RegistryError("a counter epoch is a 32-bit unsigned integer")
+        with self._write() as db:
+            row = db.execute("SELECT epoch FROM devices WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise RegistryError("no device named %r" % name)
+            if int(row["epoch"]) == epoch:
+                return False
+            db.execute("UPDATE devices SET epoch = ?, msg_top = -1 WHERE name = ?", (epoch, name))
+            return True
 
     def sent_event(self, name: str, txn_id: str) -> str | None:
         rows = self._read("SELECT event_id FROM sent_events WHERE device = ? AND txn_id = ?", (name, txn_id))

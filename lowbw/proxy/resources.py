@@ -281,6 +281,7 @@ class ProxySite(resource.ObservableResource):
             return error_message(coap.BAD_REQUEST, "M_BAD_JSON", exc.message or "bad reading", table_id)
         registry = self.s.registry
         table = self.s.table
+        epoch = table.epoch(rec.name)
         msgnum = sensor.full_msgnum(request.mid, table.msg_top(rec.name))
         table.advance_msg_top(rec.name, msgnum)
         many = len(readings) > 1
@@ -291,7 +292,7 @@ class ProxySite(resource.ObservableResource):
                 content = sensor.render(
                     rec.name, rec.slots, slot, values, msgnum, measured, i if many else None
                 )
-                contents.append((sensor.txn_id(rec.name, msgnum, i), content, measured))
+                contents.append((sensor.txn_id(rec.name, msgnum, i, epoch), content, measured))
         except sensor.SchemaError as exc:
             return error_message(coap.BAD_REQUEST, "M_BAD_JSON", exc.message, table_id)
         if not rec.rooms:

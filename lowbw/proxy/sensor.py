@@ -31,6 +31,7 @@ Body: one field named like its slot reads ``temperature 21.5 °C``; otherwise
 ``slot: field value unit, field value unit``. A missing or empty unit is
 left out. A request with several readings makes one event each; they share
 ``seq`` (the device's message number) and carry ``index`` (0, 1, ...).
+``seq`` counts from 0 again when the device starts a new counter epoch.
 """
 
 from __future__ import annotations
@@ -138,10 +139,14 @@ def render(
     return {"msgtype": "m.notice", "body": body, CONTENT_KEY: reading}
 
 
-def txn_id(device: str, msgnum: int, index: int) -> str:
-    """Matrix transaction ID of reading ``index`` of message ``msgnum``: the same
-    on every retry, so a retried send never makes a second event."""
-    return "lowbw.%s.%d.%d" % (device, msgnum, index)
+def txn_id(device: str, msgnum: int, index: int, epoch: int = 0) -> str:
+    """Matrix transaction ID of reading ``index`` of message ``msgnum``:
+    ``lowbw.<device>.<epoch as 8 hex digits>.<msgnum>.<index>``, the same on
+    every retry, so a retried send never makes a second event. The counter
+    epoch (``lowbw.wire.handshake``; 0 for a device that never announced one)
+    keeps the numbers of a device that lost its store and counts from 0 again
+    apart from those it used before."""
+    return "lowbw.%s.%08x.%d.%d" % (device, epoch, msgnum, index)
 
 
 def full_msgnum(mid: int, top: int) -> int:

@@ -24,6 +24,16 @@ Who gets in (everything else gets no answer at all):
 Session ids are 16-bit, random and unused. One session per device: a new
 handshake replaces the device's old session.
 
+Counter epochs (``lowbw.wire.handshake``, CAP_EPOCH): an authenticated
+handshake that announces an epoch other than the device's recorded one means
+the device lost its store and counts its messages from 0 again. The epoch is
+recorded and the device's message top goes back to -1 (registry and cache)
+before the handshake's 0-RTT request is handled, and the answer echoes
+CAP_EPOCH so the device stops announcing it. The same epoch again (the answer
+to a fresh device's first handshake was lost) changes nothing. XX: the proxy
+echoes CAP_EPOCH in message 2 when message 1 offered it (it will read the
+epoch from message 3) and records the epoch once message 3 authenticates.
+
 Saved sessions (graceful stop): one opaque blob per session, CBOR
 ``[1, sid, caps, send_key, recv_key, next_send, recv_top, recv_mask, unheard,
 host, port]``: exactly ``frames.Session.export_state`` plus the caps and the
@@ -130,6 +140,7 @@ class SessionTable:
         self._commands: dict[str, int] = {}
         self._tops: dict[str, int] = {}
         self._persisted_tops: dict[str, int] = {}
+        self._epochs: dict[str, int] = {}
         self.transport: LowbwTransport | None = None
         # Called with the device name when a command was queued for it.
         self.on_commands_changed: Callable[[str], None] | None = None
@@ -193,6 +204,27 @@ class SessionTable:
         if n - self._persisted_tops.get(device, -1) >= MSG_TOP_PERSIST_EVERY:
             self.registry.advance_msg_top(device, n)
             self._persisted_tops[device] = n
+
+    def epoch(self, device: str) -> int:
+        """The device's counter epoch (0 if it never announced one)."""
+        epoch = self._epochs.get(device)
+        if epoch is None:
+            epoch = self.registry.device_epoch(device)
+            self._epochs[device] = epoch
+        return epoch
+
+    def set_epoch(self, device: str, epoch: int) -> bool:
+        """Record a counter epoch the device announced; True if it is new (message top reset)."""
+        if epoch == self._epochs.get(device):
+            return False
+        changed = self.registry.set_device_epoch(device, epoch)
+        self._epochs[device] = epoch
+        if changed:
+            # Numbers of the old epoch say nothing about the new count.
+            self._tops[device] = -1
+            self._persisted_tops[device] = -1
+            log.info("%s: new counter epoch %08x, message numbers start again", device, epoch)
+        return changed
 
     def flush_msg_tops(self) -> None:
         for device, top in self._tops.items():
@@ -261,13 +293,23 @@ class SessionTable:
             return self._xx_final(datagram, sockaddr)
         raise DecodeError("not a handshake a proxy receives")
 
+    @staticmethod
+    def _take_epoch(responder: Any, offered: int, payload: bytes) -> tuple[int | None, bytes]:
+        # The wire Responder takes the epoch off itself; noise_ik's leaves it in the payload.
+        if isinstance(responder, handshake.Responder):
+            return responder.epoch, payload
+        epoch, rest = handshake.split_epoch(offered, payload)
+        return epoch, bytes(rest)
+
     def _initiation(self, datagram: bytes, sockaddr: Sockaddr) -> tuple[SessionAddress, bytes] | None:
         responder = self._responder()
         device_pub, offered, request = responder.read_init(datagram)
         caps = handshake.negotiate_caps(offered)
         if device_pub is None:
-            self._xx_start(responder, caps, datagram, sockaddr)
+            # XX message 1 is not authenticated: the epoch comes in message 3.
+            self._xx_start(responder, caps | (offered & handshake.CAP_EPOCH), datagram, sockaddr)
             return None
+        epoch, request = self._take_epoch(responder, offered, request)
         rec = self.registry.device_by_key(device_pub)
         if rec is None:
             raise AuthError("static key not enrolled (or revoked)")
@@ -275,6 +317,9 @@ class SessionTable:
             log.info("%s: replayed handshake dropped", rec.name)
             raise ReplayError("IK message 1 with an ephemeral seen before")
         self.devices[rec.name] = rec
+        if epoch is not None:
+            self.set_epoch(rec.name, epoch)
+            caps |= handshake.CAP_EPOCH
         addr = SessionAddress(
             self._new_sid(), None, rec.name, caps, sockaddr, self.tuning, pending=responder
         )
@@ -337,12 +382,15 @@ class SessionTable:
         if deadline < time.monotonic():
             raise AuthError("pairing timed out")
         device_pub, request, session = responder.read_final(datagram)
+        epoch, request = self._take_epoch(responder, caps, request)
         rec = self.registry.device_by_key(device_pub)
         if rec is None:
             raise AuthError("static key not enrolled (or revoked)")
         if not self.registry.remember_ephemeral(rec.name, e):
             raise ReplayError("XX with an ephemeral seen before")
         self.devices[rec.name] = rec
+        if epoch is not None:
+            self.set_epoch(rec.name, epoch)
         addr = SessionAddress(sid, session, rec.name, caps, sockaddr, self.tuning)
         self._add(addr)
         log.info("%s: XX pairing, session %04x (caps 0x%02x)", rec.name, sid, caps)

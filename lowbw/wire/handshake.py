@@ -2,7 +2,7 @@
 
 IK, one round trip, first request as 0-RTT payload::
 
-    device -> proxy   0x81 | e(32) | enc(s)(48) | enc(caps(1) | coap request)(+16)
+    device -> proxy   0x81 | e(32) | enc(s)(48) | enc(caps(1) | [epoch(4)] | coap request)(+16)
     proxy  -> device  0x82 | e(32) | enc(sid(2) | caps(1) | coap response)(+16)
 
 XX, for a device that does not yet hold the proxy's key (pairing); the proxy
@@ -10,7 +10,7 @@ still admits only enrolled device keys::
 
     device -> proxy   0x83 | e(32) | caps(1) | zero padding (frame >= 100 bytes)
     proxy  -> device  0x84 | e(32) | enc(s)(48) | enc(sid(2) | caps(1))(+16)
-    device -> proxy   0x85 | sid(2) | enc(s)(48) | enc(coap request)(+16)
+    device -> proxy   0x85 | sid(2) | enc(s)(48) | enc([epoch(4)] | coap request)(+16)
 
 XX message 1 is padded to at least the size of message 2 so an unauthenticated
 datagram never draws a larger answer. The Noise prologue is frames.PROLOGUE, so
@@ -18,19 +18,34 @@ a lowbw handshake cannot be spliced into another protocol's.
 
 ``caps`` agrees table versions and capabilities once per session (never per
 request): bits 0..3 the key table id (keys.py), bit 4 the preset body
-dictionary, bits 5..7 reserved (sent 0, ignored).
+dictionary, bit 5 ``CAP_EPOCH``, bits 6..7 reserved (sent 0, ignored).
+
+Counter epoch (``CAP_EPOCH``): the proxy names a device's messages by its
+message counter, which lives in the device's store. A device that loses its
+store starts counting again at 0, and the proxy would take its new messages
+for old ones it already delivered. So a device draws a random 32-bit epoch
+when it creates a fresh store, and announces it (big-endian, right after the
+caps byte of IK message 1, or at the start of XX message 3's payload: XX
+message 1 is not authenticated) until a handshake answer carries CAP_EPOCH
+back: the proxy echoes the bit only when it has recorded the epoch. A new
+epoch restarts the proxy's count for that device. Announcing costs 4 bytes
+once per fresh store; ordinary handshakes do not carry it.
 
 This module is sans-I/O and shared with MicroPython.
 """
 
 from lowbw.wire import frames
 from lowbw.wire._compat import const
-from lowbw.wire.errors import DecodeError, StateError
+from lowbw.wire.errors import DecodeError, EncodeError, StateError
 from lowbw.wire.noise import HandshakeState
 
 CAPS_TABLE_MASK = const(0x0F)
 CAP_DICT_V1 = const(0x10)
+CAP_EPOCH = const(0x20)
+# Flags negotiate_caps intersects. CAP_EPOCH is not one: it is answered per
+# handshake by whoever processed the epoch (see negotiate_caps).
 CAPS_KNOWN_FLAGS = const(0x10)
+EPOCH_LEN = const(4)
 # Key table ids of keys.py (TABLE_MSC3079_V1, TABLE_LOWBW_V1). Not imported:
 # keys.py pulls in the tables, ~14 KB of heap a device never needs.
 SUPPORTED_TABLES = (1, 2)
@@ -41,11 +56,38 @@ DH_LEN = const(32)
 
 
 def negotiate_caps(offered, supported_flags=CAPS_KNOWN_FLAGS):
-    """The caps a responder accepts: the offered table if known, else ours; flags both support."""
+    """The caps a responder accepts: the offered table if known, else ours; flags both support.
+
+    Never CAP_EPOCH: the caller adds it to its answer only after it has
+    recorded the epoch the handshake carried (the device stops announcing it
+    once it sees the bit).
+    """
     table = offered & CAPS_TABLE_MASK
     if table not in SUPPORTED_TABLES:
         table = DEFAULT_CAPS & CAPS_TABLE_MASK
-    return table | (offered & supported_flags & 0xF0)
+    return table | (offered & supported_flags & 0xF0 & ~CAP_EPOCH)
+
+
+def split_epoch(caps, payload):
+    """``(epoch or None, rest)`` of a handshake payload whose sender offered ``caps``.
+
+    IK message 1 after its caps byte, XX message 3 whole: with CAP_EPOCH in
+    ``caps`` the first 4 bytes are the epoch (big-endian). DecodeError if they
+    are missing.
+    """
+    if not caps & CAP_EPOCH:
+        return None, payload
+    if len(payload) < EPOCH_LEN:
+        raise DecodeError("handshake payload lacks its counter epoch")
+    return int.from_bytes(bytes(payload[:EPOCH_LEN]), "big"), payload[EPOCH_LEN:]
+
+
+def _epoch_bytes(epoch):
+    if epoch is None:
+        return b""
+    if not isinstance(epoch, int) or epoch is True or epoch is False or not 0 <= epoch <= 0xFFFFFFFF:
+        raise EncodeError("counter epoch is a 32-bit unsigned integer")
+    return epoch.to_bytes(EPOCH_LEN, "big")
 
 
 def _split_session(hs, sid, initiator):
@@ -61,11 +103,19 @@ class Initiator:
     reads the proxy's answer and returns ``(session, caps, response)``; for XX,
     ``finish`` returns the third datagram to send instead of a response:
     ``(session, caps, xx3_datagram)``.
+
+    ``epoch`` (an int, 0..2**32-1) announces the device's counter epoch
+    (module docstring); it sets CAP_EPOCH in the offered caps. The proxy took
+    it if the answer's caps have CAP_EPOCH (for XX, that only says it will read
+    it from message 3).
     """
 
-    def __init__(self, s_priv, proxy_pub=None, caps=DEFAULT_CAPS, e_priv=None, random=None):
+    def __init__(self, s_priv, proxy_pub=None, caps=DEFAULT_CAPS, e_priv=None, random=None, epoch=None):
         self.pattern = "IK" if proxy_pub is not None else "XX"
-        self.caps = caps
+        self._epoch = _epoch_bytes(epoch)
+        self.epoch = epoch
+        # The bit says what follows the caps byte, so it follows ``epoch``, never the caller.
+        self.caps = (caps | CAP_EPOCH) if epoch is not None else (caps & ~CAP_EPOCH)
         self.hs = HandshakeState(self.pattern, True, s_priv, rs=proxy_pub, prologue=frames.PROLOGUE,
                                  e_priv=e_priv, random=random)
         self.state = 0
@@ -76,7 +126,7 @@ class Initiator:
             raise StateError("handshake already started")
         self.state = 1
         if self.pattern == "IK":
-            return bytes([frames.HS_IK1]) + self.hs.write_message(bytes([self.caps]) + request)
+            return bytes([frames.HS_IK1]) + self.hs.write_message(bytes([self.caps]) + self._epoch + request)
         # XX message 1 is plaintext: no request may ride on it.
         self.request = request
         pad = XX1_MIN_LEN - 1 - DH_LEN - 1
@@ -96,7 +146,7 @@ class Initiator:
         self.state = 2
         if self.pattern == "IK":
             return _split_session(self.hs, sid, True), caps, bytes(payload[3:])
-        msg3 = self.hs.write_message(self.request)
+        msg3 = self.hs.write_message(self._epoch + self.request)
         xx3 = bytes([frames.HS_XX3, sid >> 8, sid & 0xFF]) + msg3
         return _split_session(self.hs, sid, True), caps, xx3
 
@@ -113,6 +163,11 @@ class Responder:
     session)``. XX: ``read_init`` returns ``(None, caps, b"")``,
     ``respond(sid, caps)`` gives the XX2 datagram and ``None``, and
     ``read_final(xx3) -> (device_pub, request, session)``.
+
+    ``caps`` is the byte as offered (CAP_EPOCH included); ``request`` never
+    holds the epoch. ``self.epoch`` is the device's counter epoch, or None if
+    it announced none: set by ``read_init`` (IK) or ``read_final`` (XX). The
+    caller adds CAP_EPOCH to the caps it answers once it has recorded it.
     """
 
     def __init__(self, s_priv, e_priv=None, random=None):
@@ -122,6 +177,8 @@ class Responder:
         self.hs = None
         self.pattern = None
         self.sid = None
+        self.epoch = None
+        self.offered = 0
 
     def read_init(self, datagram):
         if self.hs is not None:
@@ -142,9 +199,11 @@ class Responder:
         payload = self.hs.read_message(bytes(datagram[1:]))
         if len(payload) < 1:
             raise DecodeError("handshake payload lacks caps")
+        self.offered = payload[0]
         if self.pattern == "IK":
-            return self.hs.remote_static(), payload[0], bytes(payload[1:])
-        return None, payload[0], b""
+            self.epoch, request = split_epoch(self.offered, payload[1:])
+            return self.hs.remote_static(), self.offered, bytes(request)
+        return None, self.offered, b""
 
     def respond(self, sid, caps, response=b""):
         if self.hs is None or self.sid is not None:
@@ -165,8 +224,9 @@ class Responder:
             raise DecodeError("not an XX message 3")
         if ((datagram[1] << 8) | datagram[2]) != self.sid:
             raise DecodeError("XX message 3 for another session")
-        request = self.hs.read_message(bytes(datagram[3:]))
-        return self.hs.remote_static(), request, _split_session(self.hs, self.sid, False)
+        payload = self.hs.read_message(bytes(datagram[3:]))
+        self.epoch, request = split_epoch(self.offered, payload)
+        return self.hs.remote_static(), bytes(request), _split_session(self.hs, self.sid, False)
 
 
 def init_ephemeral(datagram):

@@ -116,8 +116,12 @@ def test_udp_loop_delivers_readings(responder: UdpResponder) -> None:
         link.close()
     assert sorted(r[1][0] for r in responder.proxy.events.values()) == [21.5, 22.0, 22.5]
     assert responder.proxy.handshakes == 1
-    assert [len(d) for d in responder.up] == [110, 31, 31]
-    assert dev.counters["bytes_up"] == 172 and dev.counters["bytes_down"] == sum(map(len, responder.down))
+    # A fresh store's first handshake announces its counter epoch (4 bytes); the
+    # answer confirms it, so a later cold start is 110 again.
+    assert [len(d) for d in responder.up] == [114, 31, 31]
+    assert dev.counters["bytes_up"] == 176
+    assert dev.counters["bytes_down"] == sum(map(len, responder.down))
+    assert dev.store.epoch_confirmed and responder.proxy.epochs == [dev.store.epoch]
 
 
 def test_udp_loop_retransmits_through_loss(responder: UdpResponder) -> None:
@@ -168,6 +172,7 @@ def test_cli_send_acknowledged_then_warm(tmp_path: Path, responder: UdpResponder
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
     assert cli.send_main(["--device-config", str(conf), "--slot", "1", "215", "40"]) == 0
     assert responder.proxy.handshakes == 1  # the second run resumed the stored session
+    assert store.FileStore(str(state)).epoch_confirmed
     assert sorted(r[1] for r in responder.proxy.events.values()) == [[21.5], [215, 40]]
     assert [type(v) for r in responder.proxy.events.values() for v in r[1]].count(int) == 2
 

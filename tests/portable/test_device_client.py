@@ -67,6 +67,9 @@ class FakeProxy:
         self.sessions = {}
         self.next_sid = 0x101
         self.top = -1
+        self.epoch = 0  # the device's counter epoch as recorded (0: never announced)
+        self.echo_epoch = True  # False: a proxy that ignores epochs (never confirms)
+        self.epochs = []  # every epoch announced, in order
         self.events = {}  # txn_id -> (slot, values, t)
         self.requests = []  # (msgnum, method, path, readings or payload)
         self.cache = {}
@@ -81,6 +84,9 @@ class FakeProxy:
         self.sep_mid = 0x7000
 
     # -- helpers for tests
+    def txn(self, msgnum, index):
+        return "lowbw.%s.%08x.%d.%d" % (self.name, self.epoch, msgnum, index)
+
     def msgnum(self, mid):
         if self.top < 0:
             return mid
@@ -123,10 +129,18 @@ class FakeProxy:
             if pub != self.device_pub:
                 return []
             self.handshakes += 1
+            accepted = handshake.negotiate_caps(caps)
+            if resp.epoch is not None:
+                self.epochs.append(resp.epoch)
+                if self.echo_epoch:
+                    if resp.epoch != self.epoch:
+                        self.epoch = resp.epoch
+                        self.top = -1
+                    accepted |= handshake.CAP_EPOCH
             sid = self.next_sid
             self.next_sid += 1
             answer = self.handle(sid, request)
-            out, session = resp.respond(sid, handshake.negotiate_caps(caps), answer or b"")
+            out, session = resp.respond(sid, accepted, answer or b"")
             self.sessions[sid] = session
             return [out]
         if kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
@@ -177,7 +191,7 @@ class FakeProxy:
                 opts = [] if max_age is None else [(coap.MAX_AGE, coap.uint_encode(max_age))]
                 return coap.make_response(msg, code, b"", opts)
             for i, r in enumerate(readings):
-                txn = "lowbw.%s.%d.%d" % (self.name, n, i)
+                txn = self.txn(n, i)
                 if txn not in self.events:
                     self.events[txn] = r
             if n > self.top:
@@ -281,7 +295,8 @@ def test_cold_start_is_one_ik_datagram_carrying_the_reading():
     assert net.run(dev, lambda: dev.pending() == 0)
     assert len(net.up) == 1 and len(net.down) == 1
     d = net.up[0][1]
-    assert d[0] == frames.HS_IK1 and len(d) == 110
+    # A fresh store's first handshake also announces its counter epoch: 4 bytes.
+    assert d[0] == frames.HS_IK1 and len(d) == 114
     assert len(net.down[0][1]) == 56
     kind, _, msg = proxy.inspect(d)
     assert kind == "IK" and msg.code == coap.POST and msg.payload == reading.encode_readings([(0, [21.5], 0)])
@@ -290,9 +305,27 @@ def test_cold_start_is_one_ik_datagram_carrying_the_reading():
     assert results == [(rid, client.ACKED, coap.CHANGED)]
     c = dev.counters
     assert (c["sent"], c["acked"], c["handshakes"], c["retransmissions"]) == (1, 1, 1, 0)
-    assert (c["bytes_up"], c["bytes_down"]) == (110, 56)
+    assert (c["bytes_up"], c["bytes_down"]) == (114, 56)
     assert dev.store.inflight is None and dev.store.queue == []
     assert dev.idle()
+    assert proxy.epochs == [dev.store.epoch] and dev.store.epoch_confirmed
+
+
+def test_cold_handshake_of_a_confirmed_store_is_110_bytes():
+    proxy = FakeProxy()
+    net = Net(proxy)
+    st = store.MemoryStore()
+    dev = net.device(st)
+    warm(net, dev)
+    dev2 = net.device(store.MemoryStore(st.blob))
+    dev2.session = None  # e.g. the session was lost: a new IK
+    n = len(net.up)
+    dev2.send(0, [21.5])
+    assert net.run(dev2, lambda: dev2.pending() == 0)
+    assert len(net.up) == n + 1
+    assert net.up[n][1][0] == frames.HS_IK1 and len(net.up[n][1]) == 110
+    assert len(net.down[-1][1]) == 56
+    assert proxy.handshakes == 2 and proxy.epochs == [st.epoch] and len(proxy.events) == 2
 
 
 def test_warm_send_is_31_bytes_and_answer_21():
@@ -344,17 +377,19 @@ def test_loss_retransmits_same_mid_after_airtime_based_timeout():
 def test_backoff_doubles_and_is_capped_and_every_ik_is_fresh():
     proxy = FakeProxy()
     net = Net(proxy)
-    dev = net.device(cfg=make_config(max_rto=60))
+    # base is 26..27 s, so the first timeout is 26..40 s, the second 52..80 s
+    # and the third is capped whatever the random factor was.
+    dev = net.device(cfg=make_config(max_rto=100))
     net.drop_up = [0, 1, 2, 3]
     dev.send(0, [1])
     assert net.run(dev, lambda: dev.pending() == 0)
     assert len(net.up) == 5
     times = [u[0] for u in net.up]
     gaps = [times[i + 1] - times[i] for i in range(4)]
-    base = (110 + 52 + 9) * 8 / 100 + 12
+    base = (len(net.up[0][1]) + 52 + 9) * 8 / 100 + 12
     assert base <= gaps[0] <= 1.5 * base
     assert abs(gaps[1] - 2 * gaps[0]) < 1e-6
-    assert gaps[2] == 60 and gaps[3] == 60  # the cap
+    assert gaps[2] == 100 and gaps[3] == 100  # the cap
     mids = [i[2].mid for i in net.info]
     assert len(set(mids)) == 1
     ephs = [handshake.init_ephemeral(u[1]) for u in net.up]
@@ -471,7 +506,7 @@ def test_queue_bound_drops_oldest_and_counts_across_restart():
     # the backed-up queue went out as one batch
     assert len(net.up) == 1
     assert proxy.requests[0][3] == [(0, [2], 0), (0, [3], 0), (0, [4], 0), (0, [5], 0)]
-    assert sorted(proxy.events) == ["lowbw.sensor1.%d.%d" % (proxy.top, i) for i in range(4)]
+    assert sorted(proxy.events) == [proxy.txn(proxy.top, i) for i in range(4)]
 
 
 def test_batching_when_queue_backs_up():
@@ -782,6 +817,114 @@ def test_store_roundtrip_and_corruption():
             store.MemoryStore(bytes(b))
         except DecodeError:
             pass
+
+    st.epoch, st.epoch_confirmed = 0xFEDCBA98, True
+    st.save()
+    st3 = store.MemoryStore(st.blob)
+    assert (st3.epoch, st3.epoch_confirmed) == (0xFEDCBA98, True)
+    for epoch, confirmed in ((-1, False), (1 << 32, False), (1.5, False), ("e", False), (5, 1),
+                             (None, True), (5, None)):
+        bad = cbor.loads(st.blob)
+        bad[9], bad[10] = epoch, confirmed
+        raises(DecodeError, store.MemoryStore, cbor.dumps(bad))
+    raises(DecodeError, store.MemoryStore, cbor.dumps([True] + cbor.loads(st.blob)[1:9]))
+
+
+def test_store_format_1_is_epoch_0_confirmed():
+    st = store.MemoryStore()
+    st.mid_limit = 32
+    st.save()
+    v1 = cbor.loads(st.blob)[:9]
+    v1[0] = 1
+    old = store.MemoryStore(cbor.dumps(v1))
+    assert (old.epoch, old.epoch_confirmed, old.mid_limit) == (0, True, 32)
+    raises(DecodeError, store.MemoryStore, cbor.dumps(v1 + [0, True]))  # version 1 has 9 items
+    # A device on it announces nothing: its counter never restarted.
+    proxy = FakeProxy()
+    net = Net(proxy)
+    dev = net.device(old)
+    dev.send(0, [21.5])
+    assert net.run(dev, lambda: dev.pending() == 0)
+    assert len(net.up[0][1]) == 110 and proxy.epochs == [] and proxy.requests[0][0] == 32
+    assert cbor.loads(old.blob)[0] == store.FORMAT_VERSION == 2
+
+
+def test_fresh_store_draws_a_nonzero_epoch_saved_before_anything_is_sent():
+    st = store.MemoryStore()
+    assert st.epoch is None and not st.epoch_confirmed
+    zeros_first = DetRandom()
+    draws = [b"\0\0\0\0", b"\0\0\0\x07"]
+
+    def rnd(n):
+        return draws.pop(0) if draws and n == 4 else zeros_first(n)
+
+    dev = client.Device(make_config(), st, clock=lambda: 1000.0, random=rnd)
+    assert st.epoch == 7 and not st.epoch_confirmed
+    dev.send(0, [21.5])
+    assert store.MemoryStore(st.blob).epoch == 7
+    out = dev.step(1000.0)
+    assert len(out) == 1 and len(out[0]) == 114
+    resp = handshake.Responder(PROXY_PRIV)
+    resp.read_init(out[0])
+    assert resp.epoch == 7
+    # Another device on the same (reloaded) store keeps the epoch.
+    assert client.Device(make_config(), store.MemoryStore(st.blob), clock=lambda: 1000.0).store.epoch == 7
+    raises(LowbwError, client.Device, make_config(), store.MemoryStore(), clock=lambda: 0.0,
+           random=lambda n: bytes(n))
+
+
+def test_epoch_announced_until_an_answer_confirms_it():
+    proxy = FakeProxy()
+    net = Net(proxy)
+    st = store.MemoryStore()
+    dev = net.device(st)
+    net.drop_down = [0]  # the proxy recorded the epoch, but its answer is lost
+    dev.send(0, [21.5])
+    assert net.run(dev, lambda: dev.pending() == 0)
+    assert len(net.up) == 2 and len(net.up[0][1]) == 114
+    assert proxy.epochs == [st.epoch, st.epoch] and st.epoch_confirmed
+    # The retried handshake kept its message number: one event.
+    assert proxy.handshakes == 2 and len(proxy.events) == 1
+    assert store.MemoryStore(st.blob).epoch_confirmed
+    # Confirmed: a later handshake leaves the epoch out.
+    dev._drop_session()
+    dev.send(0, [22.5])
+    assert net.run(dev, lambda: dev.pending() == 0)
+    assert len(net.up[-1][1]) == 110 and len(proxy.epochs) == 2 and len(proxy.events) == 2
+
+
+def test_epoch_announced_on_every_handshake_to_a_proxy_that_does_not_echo_it():
+    proxy = FakeProxy()
+    proxy.echo_epoch = False
+    net = Net(proxy)
+    dev = net.device()
+    for v in (21.5, 22.5):
+        dev._drop_session()
+        dev.send(0, [v])
+        assert net.run(dev, lambda: dev.pending() == 0)
+    assert [len(u[1]) for u in net.up] == [114, 114]
+    assert proxy.epochs == [dev.store.epoch] * 2 and proxy.handshakes == 2
+    assert not dev.store.epoch_confirmed and not dev.caps & handshake.CAP_EPOCH
+
+
+def test_wiped_store_readings_are_new_messages_to_the_proxy():
+    proxy = FakeProxy()
+    net = Net(proxy)
+    st = store.MemoryStore()
+    dev = net.device(st, seed=b"first")
+    for v in (1, 2, 3):
+        dev.send(0, [v])
+        assert net.run(dev, lambda: dev.pending() == 0)
+    first_epoch = st.epoch
+    wiped = net.device(store.MemoryStore(), seed=b"second")  # flash wiped
+    assert wiped.store.epoch != first_epoch
+    for v in (4, 5):
+        wiped.send(0, [v])
+        assert net.run(wiped, lambda: wiped.pending() == 0)
+    # The numbers start again at 0 but the epoch tells them apart.
+    assert [r[0] for r in proxy.requests] == [0, 1, 2, 0, 1]
+    assert sorted(r[1][0] for r in proxy.events.values()) == [1, 2, 3, 4, 5]
+    assert proxy.epochs == [first_epoch, wiped.store.epoch]
 
 
 def _tmpdir():

@@ -1,7 +1,7 @@
 """Handshake datagrams: IK with 0-RTT request, XX pairing, sizes, bad input."""
 
 from lowbw.wire import crypto, frames, handshake
-from lowbw.wire.errors import AuthError, DecodeError, StateError
+from lowbw.wire.errors import AuthError, DecodeError, EncodeError, StateError
 from tests.portable.check import raises
 
 DEV = bytes(range(1, 33))
@@ -73,6 +73,9 @@ def test_caps_negotiation():
     assert handshake.negotiate_caps(0x0F) == 0x02
     assert handshake.negotiate_caps(0x12) == 0x12
     assert handshake.negotiate_caps(0xE2) == 0x02
+    # CAP_EPOCH is never negotiated: the caller echoes it once it recorded the epoch.
+    assert handshake.negotiate_caps(0x22) == 0x02
+    assert handshake.negotiate_caps(0x32, 0x30) == 0x12
 
 
 def test_bad_input_and_order():
@@ -96,3 +99,80 @@ def test_supported_tables_match_keys_module():
     from lowbw.wire import keys
     assert handshake.SUPPORTED_TABLES == keys.TABLE_IDS
     assert handshake.DEFAULT_CAPS & handshake.CAPS_TABLE_MASK == keys.TABLE_LOWBW_V1
+
+
+def test_ik_sizes_without_and_with_counter_epoch():
+    """The worked sizes: 110 + 56 bytes cold, 114 + 56 when the epoch rides along."""
+    for epoch, up in ((None, 110), (0x89ABCDEF, 114)):
+        dev = handshake.Initiator(DEV, PROXY_PUB, epoch=epoch)
+        prx = handshake.Responder(PROXY)
+        first = dev.start(b"R" * 12)
+        assert len(first) == up
+        pub, caps, request = prx.read_init(first)
+        assert pub == crypto.x25519_base(DEV) and request == b"R" * 12
+        assert prx.epoch == epoch and dev.epoch == epoch
+        assert bool(caps & handshake.CAP_EPOCH) == (epoch is not None)
+        assert caps & ~handshake.CAP_EPOCH == handshake.DEFAULT_CAPS
+        accepted = handshake.negotiate_caps(caps)
+        assert not accepted & handshake.CAP_EPOCH
+        if prx.epoch is not None:
+            accepted |= handshake.CAP_EPOCH
+        answer, p_sess = prx.respond(0x0102, accepted, b"A" * 4)
+        assert len(answer) == 56
+        d_sess, caps2, response = dev.finish(answer)
+        assert caps2 == accepted and response == b"A" * 4
+        assert p_sess.open(d_sess.seal(b"up")) == b"up"
+
+
+def test_epoch_is_big_endian_after_the_caps_byte():
+    from lowbw.wire.noise import HandshakeState
+
+    dev = handshake.Initiator(DEV, PROXY_PUB, epoch=0x01020304)
+    first = dev.start(b"xyz")
+    raw = HandshakeState("IK", False, PROXY, prologue=frames.PROLOGUE)
+    payload = raw.read_message(first[1:])
+    assert bytes(payload) == bytes([handshake.DEFAULT_CAPS | handshake.CAP_EPOCH]) + b"\x01\x02\x03\x04xyz"
+    assert handshake.split_epoch(handshake.CAP_EPOCH | 2, b"\x01\x02\x03\x04xyz") == (0x01020304, b"xyz")
+    assert handshake.split_epoch(2, b"\x01\x02\x03\x04xyz") == (None, b"\x01\x02\x03\x04xyz")
+    raises(DecodeError, handshake.split_epoch, handshake.CAP_EPOCH, b"\x01\x02\x03")
+
+
+def test_epoch_bounds_and_caps_bit_follows_the_epoch():
+    for epoch in (0, 1, 0xFFFFFFFF):
+        dev = handshake.Initiator(DEV, PROXY_PUB, epoch=epoch)
+        prx = handshake.Responder(PROXY)
+        prx.read_init(dev.start(b""))
+        assert prx.epoch == epoch
+    for bad in (-1, 1 << 32, True, 1.0, "1"):
+        raises(EncodeError, handshake.Initiator, DEV, PROXY_PUB, epoch=bad)
+    # A caller's stray CAP_EPOCH without an epoch is cleared, never sent.
+    dev = handshake.Initiator(DEV, PROXY_PUB, caps=handshake.DEFAULT_CAPS | handshake.CAP_EPOCH)
+    prx = handshake.Responder(PROXY)
+    _, caps, req = prx.read_init(dev.start(b"abcd"))
+    assert caps == handshake.DEFAULT_CAPS and req == b"abcd" and prx.epoch is None
+
+
+def test_ik_claiming_an_epoch_it_lacks_is_refused():
+    dev = handshake.Initiator(DEV, PROXY_PUB)
+    dev.caps |= handshake.CAP_EPOCH  # a broken device: the bit, then only 3 bytes
+    raises(DecodeError, handshake.Responder(PROXY).read_init, dev.start(b"abc"))
+
+
+def test_xx_pairing_with_epoch_in_message_3():
+    for epoch in (None, 0xCAFEF00D):
+        dev = handshake.Initiator(DEV, None, epoch=epoch)
+        prx = handshake.Responder(PROXY)
+        first = dev.start(b"REQ")
+        assert len(first) == handshake.XX1_MIN_LEN
+        _, caps, _ = prx.read_init(first)
+        # Message 1 is not authenticated: the epoch is not in it.
+        assert prx.epoch is None
+        assert bool(caps & handshake.CAP_EPOCH) == (epoch is not None)
+        accepted = handshake.negotiate_caps(caps) | (caps & handshake.CAP_EPOCH)
+        second, _ = prx.respond(9, accepted)
+        d_sess, caps2, third = dev.finish(second)
+        assert caps2 == accepted
+        assert len(third) == 3 + 48 + 3 + 16 + (0 if epoch is None else 4)
+        dev_pub, request, p_sess = prx.read_final(third)
+        assert dev_pub == crypto.x25519_base(DEV) and request == b"REQ" and prx.epoch == epoch
+        assert p_sess.open(d_sess.seal(b"hi")) == b"hi"

@@ -209,16 +209,72 @@ def test_msg_top(reg: Registry) -> None:
         reg.advance_msg_top("a", True)
 
 
+def test_device_epoch(reg: Registry) -> None:
+    reg.add_device(record("a"))
+    reg.add_device(record("b"))
+    assert reg.device_epoch("a") == 0 and reg.device_epoch("unknown") == 0
+    reg.advance_msg_top("a", 500)
+    reg.advance_msg_top("b", 9)
+    # The epoch a device never announced is 0: announcing 0 changes nothing.
+    assert reg.set_device_epoch("a", 0) is False and reg.msg_top("a") == 500
+    assert reg.set_device_epoch("a", 0xDEADBEEF) is True
+    assert reg.device_epoch("a") == 0xDEADBEEF and reg.msg_top("a") == -1
+    assert reg.msg_top("b") == 9 and reg.device_epoch("b") == 0
+    reg.advance_msg_top("a", 3)
+    # The same epoch again (a retried fresh handshake) keeps the count.
+    assert reg.set_device_epoch("a", 0xDEADBEEF) is False and reg.msg_top("a") == 3
+    assert reg.set_device_epoch("a", 0xFFFFFFFF) is True and reg.msg_top("a") == -1
+    for bad in (-1, 1 << 32, True, 1.5, "1"):
+        with pytest.raises(RegistryError):
+            reg.set_device_epoch("a", bad)  # type: ignore[arg-type]
+    with pytest.raises(RegistryError):
+        reg.set_device_epoch("unknown", 1)
+    assert reg.device_epoch("a") == 0xFFFFFFFF
+
+
+def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
+    from lowbw.proxy import registry as registry_module
+
+    path = tmp_path / "v1.sqlite3"
+    # A version 1 file as the previous lowbw wrote it: today's schema without
+    # devices.epoch, one device that has sent messages.
+    v1_schema = registry_module._SCHEMA.replace(",\n    epoch INTEGER NOT NULL DEFAULT 0", "")
+    assert v1_schema != registry_module._SCHEMA
+    db = sqlite3.connect(path)
+    db.executescript(v1_schema)
+    db.execute(
+        "INSERT INTO devices (name, public_key, user_id, rooms, event_types, slots, permissions, "
+        "created_ms, msg_top) VALUES ('old', ?, '@lowbw_old:lowbw.test', '[\"!r:lowbw.test\"]', "
+        "'[\"m.room.message\"]', '[]', '[]', 1, 1234)",
+        (os.urandom(32),),
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with Registry(path) as r:
+        assert r.device_epoch("old") == 0 and r.msg_top("old") == 1234
+        assert [d.name for d in r.devices()] == ["old"]
+        r.record_event("old", "lowbw.old.00000000.1234.0", "$e")
+        assert r.set_device_epoch("old", 5) is True and r.msg_top("old") == -1
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    db.close()
+    with Registry(path) as r:  # opening a migrated file again changes nothing
+        assert r.device_epoch("old") == 5
+        assert r.sent_event("old", "lowbw.old.00000000.1234.0") == "$e"
+
+
 def test_sent_events(reg: Registry) -> None:
     reg.add_device(record("a"))
     reg.add_device(record("b"))
-    assert reg.sent_event("a", "lowbw.a.1.0") is None
-    reg.record_event("a", "lowbw.a.1.0", "$e1")
-    reg.record_event("a", "lowbw.a.1.0", "$e1")  # idempotent
-    assert reg.sent_event("a", "lowbw.a.1.0") == "$e1"
-    assert reg.sent_event("b", "lowbw.a.1.0") is None
+    txn = "lowbw.a.00000000.1.0"
+    assert reg.sent_event("a", txn) is None
+    reg.record_event("a", txn, "$e1")
+    reg.record_event("a", txn, "$e1")  # idempotent
+    assert reg.sent_event("a", txn) == "$e1"
+    assert reg.sent_event("b", txn) is None
     with pytest.raises(RegistryError):
-        reg.record_event("a", "lowbw.a.1.0", "$other")
+        reg.record_event("a", txn, "$other")
     with pytest.raises(RegistryError):
         reg.record_event("unknown", "t", "$e")
 
