@@ -105,11 +105,20 @@ CREATE TABLE sessions (
     device TEXT NOT NULL REFERENCES devices(name),
     state BLOB NOT NULL
 );
+CREATE TABLE retired_epochs (
+    device TEXT NOT NULL REFERENCES devices(name),
+    epoch INTEGER NOT NULL,
+    PRIMARY KEY (device, epoch)
+);
 """
 
 # Each step takes the schema from version N to N + 1, inside _init_schema's transaction.
 _MIGRATIONS = {
-    1: ("ALTER TABLE devices ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",),
+    1: (
+        "ALTER TABLE devices ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+        "CREATE TABLE retired_epochs (device TEXT NOT NULL REFERENCES devices(name), "
+        "epoch INTEGER NOT NULL, PRIMARY KEY (device, epoch))",
+    ),
 }
 
 
@@ -366,8 +375,23 @@ class Registry:
                 raise RegistryError("no device named %r" % name)
             if int(row["epoch"]) == epoch:
                 return False
+            if db.execute(
+                "SELECT 1 FROM retired_epochs WHERE device = ? AND epoch = ?", (name, epoch)
+            ).fetchone():
+                # Going back would reuse transaction ids of that epoch: only a
+                # replayed old handshake can ask for it.
+                raise RegistryError("counter epoch %08x of %r was retired" % (epoch, name))
+            db.execute(
+                "INSERT OR IGNORE INTO retired_epochs (device, epoch) VALUES (?, ?)",
+                (name, int(row["epoch"])),
+            )
             db.execute("UPDATE devices SET epoch = ?, msg_top = -1 WHERE name = ?", (epoch, name))
             return True
+
+    def epoch_retired(self, name: str, epoch: int) -> bool:
+        """True if the device used ``epoch`` before and moved on (a replay wants it back)."""
+        rows = self._read("SELECT 1 FROM retired_epochs WHERE device = ? AND epoch = ?", (name, epoch))
+        return bool(rows)
 
     def sent_event(self, name: str, txn_id: str) -> str | None:
         rows = self._read("SELECT event_id FROM sent_events WHERE device = ? AND txn_id = ?", (name, txn_id))

@@ -316,6 +316,9 @@ class SessionTable:
         if not self.registry.remember_ephemeral(rec.name, noise_ik.init_ephemeral(datagram)):
             log.info("%s: replayed handshake dropped", rec.name)
             raise ReplayError("IK message 1 with an ephemeral seen before")
+        if epoch is not None and self.registry.epoch_retired(rec.name, epoch):
+            log.info("%s: handshake for a retired counter epoch dropped (replay)", rec.name)
+            raise ReplayError("IK message 1 announcing a retired counter epoch")
         self.devices[rec.name] = rec
         if epoch is not None:
             self.set_epoch(rec.name, epoch)
@@ -388,6 +391,8 @@ class SessionTable:
             raise AuthError("static key not enrolled (or revoked)")
         if not self.registry.remember_ephemeral(rec.name, e):
             raise ReplayError("XX with an ephemeral seen before")
+        if epoch is not None and self.registry.epoch_retired(rec.name, epoch):
+            raise ReplayError("XX announcing a retired counter epoch")
         self.devices[rec.name] = rec
         if epoch is not None:
             self.set_epoch(rec.name, epoch)

@@ -230,6 +230,12 @@ def test_device_epoch(reg: Registry) -> None:
     with pytest.raises(RegistryError):
         reg.set_device_epoch("unknown", 1)
     assert reg.device_epoch("a") == 0xFFFFFFFF
+    # Epochs a device moved away from never come back (a replayed old handshake).
+    assert reg.epoch_retired("a", 0xDEADBEEF) and reg.epoch_retired("a", 0)
+    assert not reg.epoch_retired("a", 0xFFFFFFFF) and not reg.epoch_retired("b", 0xDEADBEEF)
+    with pytest.raises(RegistryError):
+        reg.set_device_epoch("a", 0xDEADBEEF)
+    assert reg.device_epoch("a") == 0xFFFFFFFF
 
 
 def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
@@ -238,7 +244,8 @@ def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
     path = tmp_path / "v1.sqlite3"
     # A version 1 file as the previous lowbw wrote it: today's schema without
     # devices.epoch, one device that has sent messages.
-    v1_schema = registry_module._SCHEMA.replace(",\n    epoch INTEGER NOT NULL DEFAULT 0", "")
+    v1_schema = registry_module._SCHEMA.split("CREATE TABLE retired_epochs")[0]
+    v1_schema = v1_schema.replace(",\n    epoch INTEGER NOT NULL DEFAULT 0", "")
     assert v1_schema != registry_module._SCHEMA
     db = sqlite3.connect(path)
     db.executescript(v1_schema)

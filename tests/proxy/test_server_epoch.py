@@ -177,3 +177,29 @@ def test_ik_claiming_an_epoch_it_does_not_carry_gets_no_answer(device_factory, p
     wire.expect_silence()
     assert proxy.server.stats()["sessions"] == 0
     assert proxy.run(lambda: proxy.server.table.epoch(dev.name)) == 0
+
+
+def test_replayed_old_epoch_handshake_is_refused_after_its_ephemeral_is_forgotten(
+    device_factory, proxy_factory, synapse, matrix_user
+):
+    dev = device_factory()
+    proxy = proxy_factory()
+    first = epoch_device(dev, 0x11111111)
+    captured, _ = first.ik_datagram(first.reading([1], mid=1))
+    first.send(captured)
+    first.recv()
+    second = epoch_device(dev, 0x22222222)  # wiped again
+    assert second.exchange(second.reading([2], mid=1)).code == coap.CHANGED
+    # Long after: the replay cache has forgotten the captured ephemeral
+    # (the proxy keeps the last 256 per device); drop it by hand.
+    import sqlite3
+
+    db = sqlite3.connect(proxy.settings.registry_path)
+    db.execute("DELETE FROM ephemerals")
+    db.commit()
+    db.close()
+    attacker = dev.wire()
+    attacker.send(captured)
+    attacker.expect_silence()
+    assert proxy.run(lambda: proxy.server.table.epoch(dev.name)) == 0x22222222
+    assert bodies(synapse, matrix_user, dev) == ["temperature 0.1 °C", "temperature 0.2 °C"]
