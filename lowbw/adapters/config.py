@@ -5,7 +5,7 @@ raise ``AdapterConfigError`` naming the file and the key, e.g.
 ``gw.toml: serial.baud: expected an integer in 50..4000000``. Relative paths
 in a file are relative to the file's directory. Unknown keys are errors (a
 misspelt key would otherwise silently keep its default). The keys, defaults
-and meaning are documented in docs/fragments/adapters.md.
+and meaning are documented in docs/adapters.md.
 """
 
 from __future__ import annotations

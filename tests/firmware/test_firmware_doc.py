@@ -1,6 +1,6 @@
 """The byte examples of the firmware documentation are what the code produces.
 
-The fragment docs/fragments/firmware.md is merged into docs/PROTOCOL.md; the
+The fragment docs/firmware.md is merged into docs/PROTOCOL.md; the
 test reads whichever holds the "## Firmware" section (both, if both do).
 """
 
@@ -17,7 +17,7 @@ from tests.firmware import fake_machine
 from tests.portable.test_bme280 import FakeBus
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-DOCS = [p for p in (ROOT / "docs/fragments/firmware.md", ROOT / "docs/PROTOCOL.md")
+DOCS = [p for p in (ROOT / "docs/firmware.md", ROOT / "docs/PROTOCOL.md")
         if p.is_file() and "## Firmware" in p.read_text(encoding="utf-8")]
 
 
@@ -69,4 +69,4 @@ def test_rtc_memory_example_bytes(doc: Path) -> None:
 
 
 def test_the_firmware_section_exists() -> None:
-    assert DOCS, "neither docs/fragments/firmware.md nor docs/PROTOCOL.md has a Firmware section"
+    assert DOCS, "neither docs/firmware.md nor docs/PROTOCOL.md has a Firmware section"
