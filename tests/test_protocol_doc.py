@@ -36,3 +36,12 @@ def test_budget_figures_in_the_document_match_the_code() -> None:
     text = DOC.read_text(encoding="utf-8")
     assert "%d + %d = %d bytes" % (f["warm_request"], f["warm_response"], f["warm_total"]) in text
     assert "%d + %d = %d" % (f["cold_request"], f["cold_response"], f["cold_total"]) in text
+
+
+def test_commands_pending_example_matches_the_codec() -> None:
+    from lowbw.proxy.transport import COMMANDS_PENDING_OPTION
+    from lowbw.wire import coap
+
+    ack = coap.Message(mtype=coap.ACK, code=coap.CHANGED, mid=2)
+    ack.add_option(COMMANDS_PENDING_OPTION, coap.uint_encode(1))
+    assert "`%s`" % ack.encode().hex(" ") in DOC.read_text(encoding="utf-8")
