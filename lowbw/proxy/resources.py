@@ -92,6 +92,16 @@ class Services:
     as_token: str | None = None
     reading_timeout: float = READING_TIMEOUT
     retry_after: int = DEFAULT_RETRY_AFTER
+    # The radio's bit rate: a reading's age counts from when its datagram
+    # started on the air, so its own airtime is taken off the arrival time.
+    link_bps: float = 0.0
+
+
+def airtime_ms(nbytes: int, link_bps: float) -> int:
+    """Milliseconds ``nbytes`` spend on a ``link_bps`` radio (0 when the rate is unknown)."""
+    if link_bps <= 0:
+        return 0
+    return int(nbytes * 8 * 1000 / link_bps)
 
 
 def check_permission(method: str, path: str, rec: DeviceRecord) -> str | None:
@@ -273,7 +283,7 @@ class ProxySite(resource.ObservableResource):
     # -- sensor readings ---------------------------------------------------------------
 
     async def post_reading(self, request: Message, addr: SessionAddress, rec: DeviceRecord) -> Message:
-        received = now_ms()
+        received = now_ms() - airtime_ms(getattr(request, "lowbw_rx_bytes", 0), self.s.link_bps)
         table_id = addr.table_id
         try:
             readings = reading.decode_readings(request.payload)

@@ -197,6 +197,7 @@ class ProxyServer:
                 as_token=s.as_token,
                 reading_timeout=s.reading_timeout,
                 retry_after=s.retry_after,
+                link_bps=s.link_bps,
             )
             site = ProxySite(services, blockwise_timeout=max(600.0, 20 * tuning.ACK_TIMEOUT))
             self._ctx = LowbwContext(

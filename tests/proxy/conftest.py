@@ -94,6 +94,8 @@ def proxy_config_path(
         synapse.url,
         server_name=SERVER_NAME,
         port=_free_udp_port(),
+        # Loopback, no radio: the proxy's timers and airtime correction follow this.
+        link_bps=1_000_000,
         mode="appservice",
         appservice_listen=appservice.url.removeprefix("http://"),
         user_prefix="lowbw_",
@@ -115,6 +117,7 @@ def token_proxy_config_path(synapse: SynapseServer, tmp_path_factory: pytest.Tem
         synapse.url,
         server_name=SERVER_NAME,
         port=_free_udp_port(),
+        link_bps=1_000_000,
         mode="token",
         # Outside the appservice's exclusive namespace, so ordinary registration may claim it.
         user_prefix="tok_",

@@ -120,7 +120,7 @@ def test_enroll_new_room_appservice(
         "port": cfg.proxy.port,
         "public_key": cfg.read_public_key().hex(),
     }
-    assert dev["caps"] == 2 and dev["link_bps"] == 100
+    assert dev["caps"] == 2 and dev["link_bps"] == load(str(config)).proxy.link_bps
     assert dev["slots"] == [
         {"name": "temperature", "fields": [{"name": "temperature", "unit": "°C", "scale": 1}]},
         {

@@ -191,3 +191,11 @@ def test_link_tuning():
     assert fast.ACK_TIMEOUT < 3 and fast.block_szx == 6 and slow.block_szx == 3
     with pytest.raises(ValueError):
         LinkTuning(0)
+
+
+def test_airtime_correction_of_reading_arrival() -> None:
+    from lowbw.proxy.resources import airtime_ms
+
+    assert airtime_ms(31, 100) == 2480  # a warm reading at 100 bit/s
+    assert airtime_ms(110, 100) == 8800
+    assert airtime_ms(31, 0) == 0
