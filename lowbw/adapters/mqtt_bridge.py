@@ -48,7 +48,6 @@ import logging
 import math
 import queue
 import selectors
-import signal
 import socket
 import sys
 import time
@@ -67,6 +66,7 @@ from lowbw.adapters.bridge_state import BridgeState, StateFileError, digest
 from lowbw.adapters.devicelink import DeviceLink, DeviceLinkError, load_device_config
 from lowbw.adapters.line_protocol import LineError, parse_json_object
 from lowbw.adapters.logutil import Throttle, setup_logging
+from lowbw.adapters.runner import run_until_signal
 from lowbw.adapters.values import (
     NULL_WORDS,
     MappingError,
@@ -664,30 +664,7 @@ def main(argv: list[str]) -> int:
         print("lowbw mqtt-bridge: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
         return 1
 
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        bridge.stop()
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    code = 0
-    try:
-        bridge.run()
-    except BridgeFatal as exc:
-        log.error("stopping: %s", exc.message)
-        code = 1
-    except Exception:
-        log.exception("MQTT bridge failed")
-        code = 1
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        if args.stats:
-            try:
-                with open(args.stats, "w", encoding="utf-8") as f:
-                    json.dump(bridge.stats(), f, indent=1, sort_keys=True)
-            except OSError as exc:
-                log.error("cannot write %s: %s", args.stats, exc)
-    return code
+    return run_until_signal(bridge, args.stats, log, "MQTT bridge")
 
 
 if __name__ == "__main__":

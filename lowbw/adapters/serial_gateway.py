@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import selectors
-import signal
 import socket
 import sys
 import time
@@ -52,6 +51,7 @@ from lowbw.adapters import config as adapter_config
 from lowbw.adapters.devicelink import DeviceLink, DeviceLinkError, load_device_config
 from lowbw.adapters.line_protocol import LineError, LineSplitter, parse_line
 from lowbw.adapters.logutil import Throttle, setup_logging
+from lowbw.adapters.runner import run_until_signal
 from lowbw.adapters.values import SlotMapper, describe, when_from_timestamp
 from lowbw.wire import frames, slip
 from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
@@ -587,26 +587,7 @@ def main(argv: list[str]) -> int:
         print("lowbw serial-gateway: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
         return 1
 
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        gw.stop()
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        gw.run()
-    except Exception:
-        log.exception("serial gateway failed")
-        return 1
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        if args.stats:
-            try:
-                with open(args.stats, "w", encoding="utf-8") as f:
-                    json.dump(gw.stats(), f, indent=1, sort_keys=True)
-            except OSError as exc:
-                log.error("cannot write %s: %s", args.stats, exc)
-    return 0
+    return run_until_signal(gw, args.stats, log, "serial gateway")
 
 
 if __name__ == "__main__":
