@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- proxy ------------------------------------------------------------------
     proxy = top.add_parser("proxy", help="set up and run the proxy", description="Set up and run the proxy.")
-    proxy_sub = proxy.add_subparsers(dest="command", metavar="{init,run}", required=True)
+    proxy_sub = proxy.add_subparsers(dest="command", metavar="{init,run,enroll-client}", required=True)
 
     init = proxy_sub.add_parser(
         "init",
@@ -161,6 +161,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", required=True, metavar="FILE", help="proxy.toml")
     run.set_defaults(func=cmd_proxy_run)
+
+    ec = proxy_sub.add_parser(
+        "enroll-client",
+        help="enroll a client-proxy (a stock Matrix client across the radio)",
+        description=(
+            "Enroll a client-proxy key: writes the config for `lowbw client-proxy` (mode 0600, it "
+            "holds the key). No Matrix user is made: whoever uses the client logs in as themselves."
+        ),
+    )
+    ec.add_argument("--config", required=True, metavar="FILE", help="proxy.toml")
+    ec.add_argument("name", metavar="NAME", help="a name for this client-proxy (a-z 0-9 _ -)")
+    ec.add_argument("--out", metavar="FILE", help="config to write (default DIR/devices/NAME.client.toml)")
+    ec.add_argument(
+        "--proxy-host", metavar="HOST", help="address the client-proxy reaches the proxy at (default: bind)"
+    )
+    ec.add_argument("--proxy-port", type=_port, metavar="N", help="port it reaches the proxy at")
+    ec.add_argument(
+        "--listen", default="127.0.0.1:8008", metavar="HOST:PORT", help="HTTP address for the Matrix client"
+    )
+    ec.set_defaults(func=cmd_proxy_enroll_client)
 
     # -- device -----------------------------------------------------------------
     device = top.add_parser(
@@ -269,6 +289,7 @@ PASSTHROUGH = {
     "serial-gateway": ("lowbw.adapters.serial_gateway",
                        "bridge a serial line (radio modem or line-protocol sensor) to the proxy"),
     "mqtt-bridge": ("lowbw.adapters.mqtt_bridge", "bridge MQTT topics into Matrix rooms and back"),
+    "client-proxy": ("lowbw.clientproxy.main", "serve a stock Matrix client across the radio link"),
 }
 
 
@@ -361,6 +382,25 @@ def cmd_proxy_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     server_main = _import_runner("lowbw.proxy.server", "main", "the proxy server")
     return int(server_main(str(cfg.path)))
+
+
+def cmd_proxy_enroll_client(args: argparse.Namespace) -> int:
+    from lowbw.proxy.enroll import enroll_client
+
+    cfg = _load_config(args.config)
+    result = enroll_client(
+        cfg,
+        args.name,
+        out=args.out,
+        proxy_host=args.proxy_host,
+        proxy_port=args.proxy_port,
+        listen=args.listen,
+    )
+    print("enrolled client-proxy %s" % result.record.name)
+    print("  public key   %s" % result.record.public_key.hex())
+    print("  config       %s (mode 0600: it holds the private key)" % result.config_path)
+    print("  run it with  lowbw client-proxy --config %s" % result.config_path)
+    return EXIT_OK
 
 
 def cmd_device_enroll(args: argparse.Namespace) -> int:

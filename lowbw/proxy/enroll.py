@@ -454,3 +454,73 @@ async def enroll(
             raise
     log.info("enrolled %s as %s in %s", name, user_id, room_id)
     return EnrollResult(record=record, config_path=target, room_id=room_id, created_room=created)
+
+
+# -- client-proxies ------------------------------------------------------------------
+
+
+@dataclass
+class ClientEnrollResult:
+    record: DeviceRecord
+    config_path: Path
+
+
+def enroll_client(
+    cfg: ProxyConfig,
+    name: str,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    proxy_host: str | None = None,
+    proxy_port: int | None = None,
+    listen: str = "127.0.0.1:8008",
+) -> ClientEnrollResult:
+    """Enroll a client-proxy key (``lowbw proxy enroll-client``): registry record, config file.
+
+    No Matrix user and no room: the person using the client logs in as
+    themselves (``lowbw.proxy.clients``). The key gets the permission ``client``.
+    """
+    from lowbw.clientproxy.config import ClientProxyConfig
+
+    check_device_name(name)
+    host = proxy_host if proxy_host is not None else cfg.proxy.bind
+    if host in _WILDCARD_BINDS:
+        raise EnrollError("the proxy binds to %r: give the address clients reach it at (--proxy-host)" % host)
+    port = proxy_port if proxy_port is not None else cfg.proxy.port
+    if not 0 < port < 65536:
+        raise EnrollError("proxy port %d: give the port clients reach the proxy at (--proxy-port)" % port)
+    target = Path(out) if out is not None else cfg.devices_dir / ("%s.client.toml" % name)
+    with Registry(cfg.proxy.registry) as registry:
+        existing = registry.device(name)
+        if existing is not None:
+            raise EnrollError(
+                "a device named %r is already enrolled%s" % (name, " (revoked)" if existing.revoked else "")
+            )
+        if os.path.lexists(target):
+            raise EnrollError("%s exists; it holds another key (remove it or use --out)" % target)
+        priv, pub = keyfile.generate_keypair()
+        record = DeviceRecord(
+            name=name, public_key=pub, user_id="", rooms=[], event_types=[], permissions=["client"]
+        )
+        config = ClientProxyConfig(
+            path=target,
+            name=name,
+            listen=listen,
+            proxy_host=host,
+            proxy_port=port,
+            proxy_public_key=cfg.read_public_key(),
+            private_key=priv,
+            link_bps=float(cfg.proxy.link_bps),
+        )
+        if not target.parent.exists():
+            target.parent.mkdir(mode=0o700, parents=True)
+        try:
+            keyfile.write_secret_text(target, config.to_toml())
+        except keyfile.KeyFileError:
+            raise EnrollError("%s exists; it holds another key (remove it or use --out)" % target)
+        try:
+            registry.add_device(record)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+    log.info("enrolled client-proxy %s", name)
+    return ClientEnrollResult(record=record, config_path=target)

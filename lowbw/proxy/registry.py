@@ -5,7 +5,7 @@ commands of the operator.  A device is its Noise static public key; the record
 says which Matrix user it acts as, which rooms and event types it may use and
 how its readings are rendered (``slots``, as in the device config).
 
-Tables (schema version 2, kept in ``PRAGMA user_version``):
+Tables (schema version 3, kept in ``PRAGMA user_version``):
 
 ``devices``      name (primary key), public_key (unique, revoked devices included:
                  a revoked key is never let in again under another name), user_id,
@@ -20,6 +20,10 @@ Tables (schema version 2, kept in ``PRAGMA user_version``):
 ``commands``     downlink commands; acknowledged ones stay (acked_ms set) so a
                  transaction the homeserver pushes again is not queued twice
 ``sessions``     opaque session states saved at a graceful stop
+``client_tokens`` for client-proxy keys (permission ``client``): handle ->
+                 the Matrix access token it stands for. A login through a
+                 client-proxy answers the client with the handle, so the real
+                 token never crosses the radio (``lowbw.proxy.clients``).
 
 Revocation across processes: the proxy calls ``changed()`` (``PRAGMA
 data_version``, which moves when another connection commits) on each datagram;
@@ -30,6 +34,7 @@ a restore) would reuse nonces.
 
 Schema history: version 1 had no ``epoch`` column; opening a version 1 file
 adds it (default 0, the epoch of every device that never announced one).
+Version 2 had no ``client_tokens``; opening it adds the (empty) table.
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process
 (each commit is in the WAL before the call returns); a power loss may roll back
@@ -56,7 +61,7 @@ from typing import Any
 
 from lowbw.wire.errors import LowbwError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_EPOCH = 0xFFFFFFFF
 EPHEMERALS_KEPT = 256
 PUBLIC_KEY_LEN = 32
@@ -110,6 +115,13 @@ CREATE TABLE retired_epochs (
     epoch INTEGER NOT NULL,
     PRIMARY KEY (device, epoch)
 );
+CREATE TABLE client_tokens (
+    device TEXT NOT NULL REFERENCES devices(name),
+    handle TEXT NOT NULL,
+    token TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, handle)
+);
 """
 
 # Each step takes the schema from version N to N + 1, inside _init_schema's transaction.
@@ -118,6 +130,11 @@ _MIGRATIONS = {
         "ALTER TABLE devices ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
         "CREATE TABLE retired_epochs (device TEXT NOT NULL REFERENCES devices(name), "
         "epoch INTEGER NOT NULL, PRIMARY KEY (device, epoch))",
+    ),
+    2: (
+        "CREATE TABLE client_tokens (device TEXT NOT NULL REFERENCES devices(name), "
+        "handle TEXT NOT NULL, token TEXT NOT NULL, created_ms INTEGER NOT NULL, "
+        "PRIMARY KEY (device, handle))",
     ),
 }
 
@@ -261,7 +278,9 @@ class Registry:
             raise RegistryError("a device needs a name")
         if not isinstance(rec.public_key, bytes) or len(rec.public_key) != PUBLIC_KEY_LEN:
             raise RegistryError("a device public key is %d bytes" % PUBLIC_KEY_LEN)
-        if not rec.user_id.startswith("@") or ":" not in rec.user_id:
+        # A client-proxy (permission "client") acts for whoever logs in: no user of its own.
+        client = "client" in rec.permissions
+        if not (client and rec.user_id == "") and (not rec.user_id.startswith("@") or ":" not in rec.user_id):
             raise RegistryError("user ID %r is not @localpart:server" % rec.user_id)
         try:
             encoded = (
@@ -313,6 +332,7 @@ class Registry:
         with self._write() as db:
             cur = db.execute("UPDATE devices SET revoked = 1 WHERE name = ? AND revoked = 0", (name,))
             db.execute("DELETE FROM sessions WHERE device = ?", (name,))
+            db.execute("DELETE FROM client_tokens WHERE device = ?", (name,))
             return cur.rowcount == 1
 
     def _current_data_version(self) -> int:
@@ -467,3 +487,25 @@ class Registry:
             ).fetchall()
             db.execute("DELETE FROM sessions")
             return [(str(r["device"]), bytes(r["state"])) for r in rows]
+
+    # -- client-proxy token handles ----------------------------------------------
+
+    def add_client_token(self, name: str, handle: str, token: str) -> None:
+        with self._write() as db:
+            self._require_device(db, name)
+            db.execute(
+                "INSERT INTO client_tokens (device, handle, token, created_ms) VALUES (?, ?, ?, ?)",
+                (name, handle, token, now_ms()),
+            )
+
+    def client_token(self, name: str, handle: str) -> str | None:
+        rows = self._read(
+            "SELECT token FROM client_tokens WHERE device = ? AND handle = ?", (name, handle)
+        )
+        return str(rows[0]["token"]) if rows else None
+
+    def drop_client_token(self, name: str, token: str) -> int:
+        """Forget every handle of ``name`` standing for ``token`` (after a logout)."""
+        with self._write() as db:
+            cur = db.execute("DELETE FROM client_tokens WHERE device = ? AND token = ?", (name, token))
+            return int(cur.rowcount)

@@ -17,6 +17,10 @@ other         any     the Matrix client-server API (``lowbw.wire.routes``):
                       CBOR with integer keys <-> JSON, within permissions
 ============  ======  =========================================================
 
+A client-proxy's session (permission ``client``) is served by
+``lowbw.proxy.clients`` instead: every path is the client-server API, with the
+person's own token.
+
 Generic API rules:
 
 * Path: ``routes.decode_segments``. Query: each Uri-Query ``k=v`` becomes a
@@ -56,6 +60,7 @@ from aiocoap.optiontypes import OpaqueOption
 from aiocoap.util.asyncio.timeoutdict import TimeoutDict
 
 from lowbw.proxy import sensor
+from lowbw.proxy.clients import ClientService, is_client
 from lowbw.proxy.homeserver import CLIENT_V3, Homeserver, HomeserverUnavailable, encode_path
 from lowbw.proxy.registry import DeviceRecord, Registry
 from lowbw.proxy.sessions import SessionTable
@@ -208,6 +213,7 @@ class ProxySite(resource.ObservableResource):
         self._block1._assemblies = TimeoutDict(blockwise_timeout)
         self._block2 = Block2Cache()
         self._block2._completes = TimeoutDict(blockwise_timeout)
+        self.clients = ClientService(services)
 
     async def add_observation(self, request: Message, serverobservation: Any) -> None:
         addr = request.remote
@@ -236,6 +242,7 @@ class ProxySite(resource.ObservableResource):
 
     def session_closed(self, addr: SessionAddress) -> None:
         """End the observations of a closed session (their token dies with it)."""
+        self.clients.session_closed(addr)
         for obs in list(self._watchers.get(addr.device, ())):
             # ServerObservation keeps no public handle on its request; ending all
             # of the device's observations is right: it has one session.
@@ -255,6 +262,8 @@ class ProxySite(resource.ObservableResource):
         rec = self.s.table.device(addr.device)
         if rec is None or addr.closed:
             return Message(code=Code.FORBIDDEN)
+        if is_client(rec):
+            return await self.clients.render(request, addr, rec)
         path = list(request.opt.uri_path)
         if path == [routes.ROUTE_READING]:
             if request.code != Code.POST:

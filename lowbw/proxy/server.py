@@ -206,6 +206,7 @@ class ProxyServer:
             self.transport = await add_lowbw_transport(self._ctx, (s.bind, s.port), table)
             table.transport = self.transport
             self.transport.on_answer = self._log_answer
+            self.transport.tuning_for = site.clients.tuning_for
             table.on_commands_changed = site.notify_commands
             table.on_close = site.session_closed
             self.restored = table.restore()

@@ -344,6 +344,9 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self.handler = handler
         self.stats = TransportStats()
         self._transport: asyncio.DatagramTransport | None = None
+        # Timings for one incoming message (default: its session's); the proxy
+        # acknowledges a parked sync sooner (lowbw.proxy.clients).
+        self.tuning_for: Callable[[SessionAddress, Message], TransportTuning] | None = None
         # Called with (addr, request, response, bytes_in, bytes_out) for each answer sent.
         self.on_answer: Callable[[SessionAddress, Message | None, Message, int, int], None] | None = None
 
@@ -426,7 +429,7 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
             if addr.pending is not None:
                 self._send_pending(addr, b"")
             return
-        msg.transport_tuning = addr.tuning
+        msg.transport_tuning = addr.tuning if self.tuning_for is None else self.tuning_for(addr, msg)
         msg.lowbw_rx_bytes = len(data)  # type: ignore[attr-defined]
         try:
             mman.dispatch_message(msg)

@@ -554,3 +554,26 @@ def fault_injector(synapse: SynapseServer) -> Iterator[FaultInjector]:
 
 
 # ---- end of proxy server fixtures ------------------------------------------------
+
+
+# ---- stock-client stack (lowbw client-proxy, issue 7) ----------------------------
+
+
+@pytest.fixture
+def client_stack(
+    synapse: SynapseServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Any]]:
+    """``client_stack(preset="1kbps", seed=None)``: proxy + radio_sim relay + client-proxy
+    as real processes (tests/proxy/clientstack.py); stopped at the end of the test."""
+    from tests.proxy.clientstack import ClientStack
+
+    stacks: list[ClientStack] = []
+
+    def start(preset: str = "1kbps", seed: int | None = None, request_timeout: float = 300.0) -> ClientStack:
+        stack = ClientStack(tmp_path_factory.mktemp("clientstack"))
+        stacks.append(stack)
+        return stack.start(synapse, SERVER_NAME, preset=preset, seed=seed, request_timeout=request_timeout)
+
+    yield start
+    for stack in stacks:
+        stack.close()

@@ -1,0 +1,145 @@
+"""The client-proxy's configuration file (TOML), written by ``lowbw proxy enroll-client``.
+
+::
+
+    # lowbw client-proxy "laptop" (mode 0600: holds its private key)
+    name = "laptop"
+    listen = "127.0.0.1:8008"          # where the Matrix client connects (HTTP)
+    proxy = "203.0.113.5:5683"         # the lowbw proxy (or the radio in front of it), UDP
+    proxy_public_key = "<64 hex>"      # the proxy's Noise static key
+    private_key = "<64 hex>"           # this client-proxy's Noise static key (enrolled)
+    link_bps = 1000                    # the radio's bit rate: sizes timers and blocks
+    request_timeout = 300              # seconds before a request is answered 504
+    dictionary = true                  # offer the preset body dictionary (false: to measure it)
+
+Every key but the keys and ``proxy`` has a default; ``--listen``, ``--proxy``
+and ``--link-bps`` on the command line override the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lowbw.proxy import keyfile
+from lowbw.wire.errors import LowbwError
+
+DEFAULT_LISTEN = "127.0.0.1:8008"
+DEFAULT_LINK_BPS = 1000.0
+DEFAULT_REQUEST_TIMEOUT = 300.0
+
+
+class ClientProxyConfigError(LowbwError):
+    """The client-proxy's configuration is missing, unreadable or wrong."""
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ClientProxyConfigError("%s %r: expected HOST:PORT" % (what, text))
+    return host, int(port)
+
+
+@dataclass
+class ClientProxyConfig:
+    path: Path
+    name: str
+    listen: str
+    proxy_host: str
+    proxy_port: int
+    proxy_public_key: bytes
+    private_key: bytes
+    link_bps: float = DEFAULT_LINK_BPS
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    dictionary: bool = True
+
+    def __repr__(self) -> str:  # never the private key
+        return "<ClientProxyConfig %s listen=%s proxy=%s:%d>" % (
+            self.name,
+            self.listen,
+            self.proxy_host,
+            self.proxy_port,
+        )
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_hostport(self.listen, "listen")
+
+    def to_toml(self) -> str:
+        host = "[%s]" % self.proxy_host if ":" in self.proxy_host else self.proxy_host
+        return (
+            '# lowbw client-proxy "%s" (mode 0600: it holds its private key)\n'
+            "# Run it with: lowbw client-proxy --config %s\n"
+            'name = "%s"\n'
+            'listen = "%s"\n'
+            'proxy = "%s:%d"\n'
+            'proxy_public_key = "%s"\n'
+            'private_key = "%s"\n'
+            "link_bps = %g\n"
+            "request_timeout = %g\n"
+            "dictionary = %s\n"
+            % (
+                self.name,
+                self.path,
+                self.name,
+                self.listen,
+                host,
+                self.proxy_port,
+                keyfile.key_to_hex(self.proxy_public_key),
+                keyfile.key_to_hex(self.private_key),
+                self.link_bps,
+                self.request_timeout,
+                "true" if self.dictionary else "false",
+            )
+        )
+
+
+def _number(data: dict[str, Any], key: str, default: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ClientProxyConfigError("%s must be a positive number" % key)
+    return float(value)
+
+
+def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise ClientProxyConfigError("cannot read %s: %s" % (p, exc.strerror or exc))
+    except (tomllib.TOMLDecodeError, UnicodeError) as exc:
+        raise ClientProxyConfigError("%s is not valid TOML: %s" % (p, exc))
+    if os.name == "posix" and p.stat().st_mode & 0o077:
+        raise ClientProxyConfigError("%s is readable by others; it holds a private key (chmod 600)" % p)
+    for key in ("proxy", "proxy_public_key", "private_key"):
+        if not isinstance(data.get(key), str):
+            raise ClientProxyConfigError("%s: %s is missing (a string)" % (p, key))
+    host, port = parse_hostport(data["proxy"], "proxy")
+    listen = data.get("listen", DEFAULT_LISTEN)
+    if not isinstance(listen, str):
+        raise ClientProxyConfigError("listen must be HOST:PORT")
+    parse_hostport(listen, "listen")
+    try:
+        proxy_pub = keyfile.key_from_hex(data["proxy_public_key"], "proxy_public_key")
+        priv = keyfile.key_from_hex(data["private_key"], "private_key")
+    except keyfile.KeyFileError as exc:
+        raise ClientProxyConfigError("%s: %s" % (p, exc.message))
+    dictionary = data.get("dictionary", True)
+    if not isinstance(dictionary, bool):
+        raise ClientProxyConfigError("dictionary must be true or false")
+    return ClientProxyConfig(
+        path=p,
+        dictionary=dictionary,
+        name=str(data.get("name", p.stem)),
+        listen=listen,
+        proxy_host=host,
+        proxy_port=port,
+        proxy_public_key=proxy_pub,
+        private_key=priv,
+        link_bps=_number(data, "link_bps", DEFAULT_LINK_BPS),
+        request_timeout=_number(data, "request_timeout", DEFAULT_REQUEST_TIMEOUT),
+    )

@@ -1,0 +1,263 @@
+"""The client-proxy's side of the radio: aiocoap over one Noise IK session to the proxy.
+
+aiocoap does the CoAP work (CON retransmission, deduplication, block-wise
+transfer, separate responses); underneath, this module is its message
+interface: one UDP socket towards the proxy (or the radio in front of it) and
+the lowbw frame layer (``lowbw.wire.frames``, ``lowbw.wire.handshake``).
+
+* The first message of a session goes as the 0-RTT payload of Noise IK message
+  1; messages sent while the handshake is in flight wait, and go out sealed as
+  soon as IK message 2 arrives. If aiocoap retransmits the 0-RTT message, a new
+  handshake (fresh ephemeral key) carries it: the proxy refuses a replayed IK
+  message 1, so resending the old datagram could never succeed. An answer to
+  any of the last few handshakes is accepted.
+  When the proxy answers a newer handshake after an older one, the newer
+  session wins (the proxy keeps only the latest session of a key).
+* ``reset()`` forgets the session (the proxy restarted and lost it, or the
+  counter nears its limit); the next message starts a new handshake.
+* The caps offered are the key table (``keys.TABLE_LOWBW_V1``) and
+  ``CAP_DICT_V1`` (unless the config turns the dictionary off, to measure
+  it); what the proxy answered is ``caps`` (the body codec follows
+  it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiocoap import error as coap_error
+from aiocoap import interfaces
+from aiocoap.message import Message
+from aiocoap.protocol import Context
+from aiocoap.tokenmanager import TokenManager
+
+from lowbw.proxy.transport import LinkTuning, LowbwMessageManager
+from lowbw.wire import frames, handshake, keys
+from lowbw.wire.errors import LowbwError
+
+log = logging.getLogger("lowbw.clientproxy.link")
+
+CLIENT_CAPS = keys.TABLE_LOWBW_V1 | handshake.CAP_DICT_V1
+HANDSHAKES_KEPT = 3
+
+
+class ProxyRemote(interfaces.EndpointAddress):
+    """The proxy, as aiocoap's remote: one object for the life of the link."""
+
+    scheme = "coap"
+    is_multicast = False
+    is_multicast_locally = False
+
+    def __init__(self, tuning: LinkTuning) -> None:
+        self.tuning = tuning
+
+    def __repr__(self) -> str:
+        return "<ProxyRemote>"
+
+    @property
+    def hostinfo(self) -> str:
+        return "lowbw-proxy"
+
+    @property
+    def hostinfo_local(self) -> str:
+        return "lowbw-client-proxy"
+
+    @property
+    def uri_base(self) -> str:
+        return "coap://lowbw-proxy"
+
+    @property
+    def uri_base_local(self) -> str:
+        return "coap://lowbw-client-proxy"
+
+    @property
+    def blockwise_key(self) -> tuple[str, int]:
+        return ("lowbw-proxy", id(self))
+
+    @property
+    def maximum_block_size_exp(self) -> int:
+        return self.tuning.block_szx
+
+    @property
+    def maximum_payload_size(self) -> int:
+        return 1 << (self.tuning.block_szx + 4)
+
+
+@dataclass
+class LinkStats:
+    tx: int = 0
+    tx_bytes: int = 0
+    rx: int = 0
+    rx_bytes: int = 0
+    handshakes: int = 0
+    dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
+    """aiocoap's message interface towards the proxy (module docstring)."""
+
+    def __init__(
+        self,
+        mman: LowbwMessageManager,
+        private_key: bytes,
+        proxy_public_key: bytes,
+        tuning: LinkTuning,
+        caps: int = CLIENT_CAPS,
+    ) -> None:
+        self._mman: LowbwMessageManager | None = mman
+        self.private_key = private_key
+        self.proxy_public_key = proxy_public_key
+        self.remote = ProxyRemote(tuning)
+        self.offered_caps = caps
+        self.stats = LinkStats()
+        self.session: frames.Session | None = None
+        self.caps = 0
+        self._handshakes: list[tuple[handshake.Initiator, int]] = []  # (initiator, mid of 0-RTT)
+        self._waiting: list[tuple[int, bytes]] = []  # (mid, plaintext) until the session is up
+        self._transport: asyncio.DatagramTransport | None = None
+
+    @property
+    def message_manager(self) -> LowbwMessageManager | None:
+        return self._mman
+
+    # -- asyncio ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable: the radio or the proxy is not there (yet); CoAP retries.
+        log.debug("socket error: %s", type(exc).__name__)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.stats.rx += 1
+        self.stats.rx_bytes += len(data)
+        try:
+            plaintext = self._open(data)
+        except LowbwError as exc:
+            self.stats.dropped += 1
+            log.debug("datagram dropped: %s", type(exc).__name__)
+            return
+        if not plaintext or self._mman is None:
+            return
+        try:
+            msg = Message.decode(plaintext, remote=self.remote)
+        except coap_error.UnparsableMessage:
+            self.stats.dropped += 1
+            log.info("unparsable CoAP message from the proxy dropped")
+            return
+        msg.transport_tuning = self.remote.tuning
+        self._mman.dispatch_message(msg)
+
+    def _open(self, data: bytes) -> bytes:
+        kind = frames.kind_of(data)
+        if kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
+            if self.session is None:
+                raise LowbwError("transport frame without a session")
+            return bytes(self.session.open(data))
+        if data[0] != frames.HS_IK2:
+            raise LowbwError("unexpected handshake frame")
+        for i, (ini, _mid) in enumerate(self._handshakes):
+            try:
+                session, caps, response = ini.finish(data)
+            except LowbwError:
+                continue
+            self.session = session
+            self.caps = caps
+            # Newer handshakes may still be answered: the proxy keeps only the
+            # latest session of a key, so their answer must win when it comes.
+            self._handshakes = self._handshakes[i + 1 :]
+            log.info("session %04x established (caps 0x%02x)", session.sid, caps)
+            waiting, self._waiting = self._waiting, []
+            for _mid, plaintext in waiting:
+                self._seal_and_send(plaintext)
+            return bytes(response)
+        raise LowbwError("handshake answer matches no handshake in flight")
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _sendto(self, datagram: bytes) -> None:
+        if self._transport is None:
+            return
+        self.stats.tx += 1
+        self.stats.tx_bytes += len(datagram)
+        self._transport.sendto(datagram)
+
+    def _seal_and_send(self, plaintext: bytes) -> None:
+        session = self.session
+        if session is None:
+            return
+        if session.needs_rekey():
+            self.reset()
+            self._start(None, plaintext)
+            return
+        self._sendto(bytes(session.seal(plaintext)))
+
+    def _start(self, mid: int | None, plaintext: bytes) -> None:
+        ini = handshake.Initiator(self.private_key, self.proxy_public_key, caps=self.offered_caps)
+        dgram = ini.start(plaintext)
+        self._handshakes = (self._handshakes + [(ini, -1 if mid is None else mid)])[-HANDSHAKES_KEPT:]
+        self.stats.handshakes += 1
+        self._sendto(bytes(dgram))
+
+    def send(self, message: Message) -> None:
+        plaintext = message.encode()
+        if self.session is not None:
+            self._seal_and_send(plaintext)
+            return
+        mid = message.mid
+        if not self._handshakes or any(m == mid for _, m in self._handshakes):
+            # First message, or aiocoap retransmitting the 0-RTT one: a fresh handshake.
+            self._start(mid, plaintext)
+            return
+        self._waiting = [(m, p) for (m, p) in self._waiting if m != mid] + [(mid, plaintext)]
+
+    def reset(self) -> None:
+        """Forget the session; the next message starts a new handshake."""
+        if self.session is not None:
+            log.info("session %04x dropped", self.session.sid)
+        self.session = None
+        self._handshakes = []
+
+    async def determine_remote(self, message: Message) -> Any:
+        return self.remote
+
+    async def recognize_remote(self, remote: Any) -> bool:
+        return remote is self.remote
+
+    async def shutdown(self) -> None:
+        self._mman = None
+        if self._transport is not None:
+            self._transport.abort()
+            self._transport = None
+
+
+async def open_link(
+    ctx: Context,
+    proxy: tuple[str, int],
+    private_key: bytes,
+    proxy_public_key: bytes,
+    tuning: LinkTuning,
+    caps: int = CLIENT_CAPS,
+) -> ClientLink:
+    """A ClientLink towards ``proxy``, attached to an aiocoap client Context."""
+    loop = asyncio.get_running_loop()
+    tman = TokenManager(ctx)
+    mman = LowbwMessageManager(tman)
+    link = ClientLink(mman, private_key, proxy_public_key, tuning, caps)
+    family = socket.AF_INET6 if ":" in proxy[0] else socket.AF_INET
+    await loop.create_datagram_endpoint(lambda: link, remote_addr=proxy, family=family)
+    mman.message_interface = link
+    tman.token_interface = mman
+    ctx.request_interfaces.append(tman)
+    return link

@@ -1,0 +1,125 @@
+"""``lowbw client-proxy --config FILE``: run the client-proxy until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from lowbw.clientproxy import config as cp_config
+from lowbw.clientproxy.app import ClientProxy
+from lowbw.wire.errors import LowbwError
+
+log = logging.getLogger("lowbw.clientproxy")
+
+DESCRIPTION = """\
+Serve a stock Matrix client (Element, matrix-nio, ...) on localhost and carry its
+traffic across a low-bandwidth radio link to the lowbw proxy beside the homeserver.
+Point the client at the printed URL as its homeserver. The config file comes from
+`lowbw proxy enroll-client` on the proxy's machine."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lowbw client-proxy",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="client-proxy TOML (from enroll-client)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="HTTP address for the client (default: config)")
+    p.add_argument("--proxy", metavar="HOST:PORT", help="UDP address of the proxy or radio (default: config)")
+    p.add_argument(
+        "--link-bps", type=float, metavar="N", help="radio bit rate, sizes timers (default: config)"
+    )
+    p.add_argument(
+        "--no-dictionary", action="store_true", help="do not offer the preset body dictionary (to measure it)"
+    )
+    p.add_argument(
+        "--public-url", metavar="URL", help="base URL clients are told in .well-known (default: request host)"
+    )
+    return p
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        level = os.environ.get("LOWBW_LOG_LEVEL", "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            level = "INFO"
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lowbw.clientproxy.coap").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def serve(cfg: cp_config.ClientProxyConfig, public_url: str | None = None) -> int:
+    proxy = ClientProxy(cfg, public_url=public_url)
+    await proxy.start()
+    runner = web.AppRunner(proxy.web_app(), access_log=None)
+    await runner.setup()
+    host, port = cfg.listen_address
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await proxy.close()
+        raise cp_config.ClientProxyConfigError("cannot listen on %s: %s" % (cfg.listen, exc.strerror or exc))
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname() if sockets else (host, port)
+    shown = "[%s]" % bound[0] if ":" in str(bound[0]) else bound[0]
+    print("listening http://%s:%d" % (shown, bound[1]), flush=True)
+    log.info(
+        "client-proxy %s: HTTP on %s:%d, lowbw proxy at %s:%d, %g bit/s",
+        cfg.name,
+        bound[0],
+        bound[1],
+        cfg.proxy_host,
+        cfg.proxy_port,
+        cfg.link_bps,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        log.info("stopping")
+        await runner.cleanup()
+        await proxy.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _setup_logging()
+    try:
+        cfg = cp_config.load(args.config)
+        if args.listen:
+            cp_config.parse_hostport(args.listen, "--listen")
+            cfg.listen = args.listen
+        if args.proxy:
+            cfg.proxy_host, cfg.proxy_port = cp_config.parse_hostport(args.proxy, "--proxy")
+        if args.link_bps is not None:
+            if args.link_bps <= 0:
+                raise cp_config.ClientProxyConfigError("--link-bps must be positive")
+            cfg.link_bps = args.link_bps
+        if args.no_dictionary:
+            cfg.dictionary = False
+        return asyncio.run(serve(cfg, args.public_url))
+    except LowbwError as exc:
+        print("lowbw client-proxy: %s" % (exc.message or exc), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Bodies of the client-server API on a client session: JSON <-> compact bytes.
+
+A body crosses the link as CBOR with integer keys (``lowbw.wire.keys``, the
+table the handshake agreed). When the handshake also agreed the preset
+dictionary (caps bit 4, ``CAP_DICT_V1``), a body may instead go as raw DEFLATE
+(RFC 1951) of those CBOR bytes with dictionary v1 preset
+(``lowbw.compact.dictionary``). The sender picks whichever is shorter for each
+body and says which by the CoAP Content-Format:
+
+==========  ==================================================================
+format      payload
+==========  ==================================================================
+absent, 60  CBOR, integer keys
+65060       raw DEFLATE of the same CBOR, window preset with dictionary v1
+==========  ==================================================================
+
+Why both: DEFLATE costs a few bytes of block framing, so a 20-byte message send
+is shorter as plain CBOR; a sync answer carrying Synapse's default push rules
+(4.4 KB of JSON) is almost entirely found in the dictionary.
+
+Limits: a body decodes to at most ``MAX_BODY`` bytes of CBOR, ``MAX_ITEMS``
+items and ``MAX_DEPTH`` levels; anything beyond is ``LimitError``, anything
+malformed ``DecodeError`` (never a zlib or cbor exception).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from lowbw.compact import dictionary
+from lowbw.wire import cbor, keys
+from lowbw.wire.errors import DecodeError, LimitError
+
+CF_CBOR = 60
+CF_CBOR_DEFLATE_V1 = 65060
+# Decoded CBOR size, items and nesting a body may have (a large initial sync is a few MB).
+MAX_BODY = 16 * 1024 * 1024
+MAX_ITEMS = 1_000_000
+MAX_DEPTH = 64
+
+
+class BodyCodec:
+    """JSON values <-> (payload, Content-Format) for one session's agreed caps."""
+
+    def __init__(self, table_id: int, dict_version: int | None = None) -> None:
+        keys.get_table(table_id)  # unknown table: DecodeError now, not per body
+        self.table_id = table_id
+        self.dict_version = dict_version
+        self._zdict = dictionary.dictionary(dict_version) if dict_version is not None else None
+
+    def encode(self, obj: Any) -> tuple[bytes, int]:
+        """``(payload, content_format)`` for a JSON value, the shorter form."""
+        plain = bytes(cbor.dumps(keys.compress(obj, self.table_id)))
+        if self._zdict is None or len(plain) < 8:
+            return plain, CF_CBOR
+        comp = zlib.compressobj(level=9, wbits=-15, memLevel=9, zdict=self._zdict)
+        packed = comp.compress(plain) + comp.flush()
+        if len(packed) < len(plain):
+            return packed, CF_CBOR_DEFLATE_V1
+        return plain, CF_CBOR
+
+    def decode(self, payload: bytes, content_format: int | None) -> Any:
+        """The JSON value of a payload; DecodeError/LimitError for anything else."""
+        if content_format is None or content_format == CF_CBOR:
+            raw = payload
+        elif content_format == CF_CBOR_DEFLATE_V1:
+            if self._zdict is None:
+                raise DecodeError("DEFLATE body on a session without the dictionary")
+            raw = inflate(payload, self._zdict)
+        else:
+            raise DecodeError("unsupported Content-Format %d" % content_format, coap_code=143)
+        if len(raw) > MAX_BODY:
+            raise LimitError("body larger than %d bytes" % MAX_BODY)
+        value = cbor.loads(raw, max_depth=MAX_DEPTH, max_items=MAX_ITEMS)
+        return keys.expand(value, self.table_id, max_depth=MAX_DEPTH)
+
+
+def inflate(payload: bytes, zdict: bytes) -> bytes:
+    """Raw DEFLATE with a preset dictionary, bounded by MAX_BODY."""
+    d = zlib.decompressobj(wbits=-15, zdict=zdict)
+    try:
+        out = d.decompress(payload, MAX_BODY + 1)
+    except zlib.error as exc:
+        raise DecodeError("bad DEFLATE data: %s" % exc) from None
+    if len(out) > MAX_BODY or d.unconsumed_tail:
+        raise LimitError("body inflates beyond %d bytes" % MAX_BODY)
+    if not d.eof:
+        raise DecodeError("truncated DEFLATE data")
+    if d.unused_data:
+        raise DecodeError("trailing bytes after DEFLATE data")
+    return out

@@ -1,0 +1,340 @@
+"""What the proxy serves to client-proxies: the whole client-server API for a stock Matrix client.
+
+A client-proxy (``lowbw client-proxy``, ``lowbw.clientproxy``) is enrolled like
+a device but with the permission ``client`` and no Matrix identity of its own:
+the person at the far end logs in as themselves, and their requests are made
+with their own access token. So, unlike a device's requests, nothing is checked
+against a room or event-type list; the homeserver decides.
+
+Wire rules (docs/PROTOCOL.md, "Client sessions"):
+
+* **Tokens never per request.** A request carries ``Bearer-Slot`` (option
+  65012, uint): which of the session's bound tokens to use. The first request
+  with a token carries ``Bearer-Bind`` (65008: slot byte, then the token)
+  instead. A slot the session does not know draws 4.01 with the empty option
+  ``Bind-Required`` (65016) and nothing reaches the homeserver; the client-proxy
+  binds again and retries (after a proxy restart, say).
+* **Logins hand out handles.** A successful ``login``, ``register`` or
+  ``refresh`` answer has its ``access_token`` replaced by a handle
+  (``lbwh_`` + 20 random characters) kept in the registry for this client key;
+  binding the handle binds the real token. So a token obtained through lowbw
+  never crosses the radio at all; a token obtained elsewhere crosses once per
+  session, inside the Noise channel. ``logout`` forgets the handle.
+* **Parked syncs.** ``GET sync`` with ``since`` and without ``timeout`` is
+  *parked*: the proxy long-polls the homeserver itself, again and again, and
+  answers only once the result holds something (``sync_is_empty``), or with
+  2.03 and no payload after ``PARK_MAX`` seconds. An idle client therefore costs
+  nothing on the air; its client-proxy answers the client's own long-polls with
+  an empty result locally. The request is acknowledged (empty ACK) after
+  ``PARK_ACK_DELAY`` instead of the usual 12 s, so the client's other requests
+  are not held behind it (NSTART=1).
+* **Bodies** go through ``lowbw.compact.codec.BodyCodec`` (integer keys, and the
+  preset dictionary when the handshake agreed ``CAP_DICT_V1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiocoap.message import Message
+from aiocoap.numbers.codes import Code
+from aiocoap.numbers.constants import TransportTuning
+from aiocoap.optiontypes import OpaqueOption
+
+from lowbw.compact.codec import BodyCodec
+from lowbw.proxy.homeserver import HomeserverUnavailable
+from lowbw.proxy.registry import DeviceRecord
+from lowbw.proxy.transport import LinkTuning, SessionAddress
+from lowbw.wire import coap, handshake, routes, status
+from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
+
+log = logging.getLogger("lowbw.proxy.clients")
+
+PERMISSION_CLIENT = "client"
+BEARER_BIND_OPTION = 65008
+BEARER_SLOT_OPTION = 65012
+BIND_REQUIRED_OPTION = 65016
+MAX_SLOTS = 16
+HANDLE_PREFIX = "lbwh_"
+CF_OCTETS = 42
+# A parked sync is answered (2.03, nothing new) after this long at the latest,
+# so a client-proxy that went away stops costing the homeserver long-polls.
+PARK_MAX = 900.0
+# Each homeserver long-poll of a parked sync, in milliseconds.
+PARK_POLL_MS = 30_000
+PARK_ACK_DELAY = 1.0
+SYNC_SECTIONS = ("rooms", "presence", "account_data", "to_device", "device_lists")
+_LOGIN_ENDINGS = ("/login", "/register", "/refresh")
+_METHODS = {Code.GET: "GET", Code.POST: "POST", Code.PUT: "PUT", Code.DELETE: "DELETE"}
+
+
+def is_client(rec: DeviceRecord) -> bool:
+    return PERMISSION_CLIENT in rec.permissions
+
+
+def _has_content(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_content(v) for v in value.values())
+    if isinstance(value, list):
+        return len(value) > 0
+    return value is not None
+
+
+def sync_is_empty(body: Any) -> bool:
+    """True if a sync answer holds nothing a client would act on.
+
+    Only the sections count (rooms, presence, account data, to-device, device
+    lists); the counters beside them (one-time keys, fallback key types) ride
+    along with the next result that has something.
+    """
+    if not isinstance(body, dict):
+        return False
+    return not any(_has_content(body.get(k)) for k in SYNC_SECTIONS)
+
+
+def _is_sync(segments: list[str]) -> bool:
+    try:
+        rid, _, _ = routes.parse_segments(segments)
+    except DecodeError:
+        return False
+    if rid is not None:
+        return routes.decode_segments(segments).endswith("/sync")
+    return len(segments) >= 4 and segments[-1] == "sync" and segments[:2] == ["_matrix", "client"]
+
+
+@dataclass
+class ClientState:
+    """What the proxy keeps for one client session (gone with the session)."""
+
+    # slot -> access token; never logged (repr off)
+    bearers: dict[int, str] = field(default_factory=dict, repr=False)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _options(msg: Message, number: int) -> list[bytes]:
+    return [bytes(o.value) for o in msg.opt.get_option(number)]
+
+
+class ClientService:
+    """Serves client sessions (module docstring); one per proxy."""
+
+    def __init__(self, services: Any, park_tuning: TransportTuning | None = None) -> None:
+        self.s = services
+        self._states: dict[SessionAddress, ClientState] = {}
+        self.park_max = PARK_MAX
+        self.park_poll_ms = PARK_POLL_MS
+        link_bps = services.link_bps if services.link_bps > 0 else 100.0
+        self.park_tuning = park_tuning or LinkTuning(link_bps, empty_ack_delay=PARK_ACK_DELAY)
+
+    # -- hooks for the transport and the site ------------------------------------------
+
+    def tuning_for(self, addr: SessionAddress, msg: Message) -> TransportTuning:
+        """A parked sync is acknowledged quickly; everything else uses the session's timings."""
+        if msg.code == Code.GET and self._parks(list(msg.opt.uri_path), list(msg.opt.uri_query)):
+            rec = self.s.table.device(addr.device)
+            if rec is not None and is_client(rec):
+                return self.park_tuning
+        return addr.tuning
+
+    def session_closed(self, addr: SessionAddress) -> None:
+        state = self._states.pop(addr, None)
+        if state is not None:
+            state.closed.set()
+            state.bearers.clear()
+
+    def _state(self, addr: SessionAddress) -> ClientState:
+        state = self._states.get(addr)
+        if state is None:
+            state = self._states[addr] = ClientState()
+        return state
+
+    @staticmethod
+    def _parks(segments: list[str], query: list[str]) -> bool:
+        names = {q.partition("=")[0] for q in query}
+        return "since" in names and "timeout" not in names and _is_sync(segments)
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def render(self, request: Message, addr: SessionAddress, rec: DeviceRecord) -> Message:
+        codec = self._codec(addr)
+        method = _METHODS.get(request.code)
+        if method is None:
+            return self._error(codec, coap.METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "method not carried")
+        segments = list(request.opt.uri_path)
+        try:
+            path = routes.decode_segments(segments)
+        except DecodeError as exc:
+            return self._error(codec, coap.NOT_FOUND, "M_UNRECOGNIZED", exc.message or "unknown route")
+        try:
+            token = self._bearer(request, addr, rec)
+        except _BindRequired:
+            msg = self._error(codec, coap.UNAUTHORIZED, "M_UNKNOWN_TOKEN", "bind the token again")
+            msg.opt.add_option(OpaqueOption(BIND_REQUIRED_OPTION, b""))
+            return msg
+        except DecodeError as exc:
+            return self._error(codec, coap.BAD_REQUEST, "M_BAD_JSON", exc.message)
+        query: dict[str, Any] = {}
+        for item in request.opt.uri_query:
+            key, _, value = item.partition("=")
+            if key == "access_token":
+                return self._error(codec, coap.BAD_REQUEST, "M_INVALID_PARAM", "tokens go in Bearer-Bind")
+            if key in query:
+                prev = query[key]
+                query[key] = (prev if isinstance(prev, list) else [prev]) + [value]
+            else:
+                query[key] = value
+        body: Any = None
+        if request.payload:
+            cf = request.opt.content_format
+            try:
+                body = codec.decode(request.payload, None if cf is None else int(cf))
+            except LowbwError as exc:
+                return self._error(codec, exc.coap_code, "M_NOT_JSON", exc.message or "bad body")
+        if method == "GET" and self._parks(segments, list(request.opt.uri_query)):
+            return await self._parked_sync(path, query, token, addr, codec)
+        timeout = None
+        if path.endswith("/sync"):
+            try:
+                timeout = self.s.homeserver.timeout + int(query.get("timeout", "0")) / 1000 + 10.0
+            except (TypeError, ValueError):
+                return self._error(codec, coap.BAD_REQUEST, "M_INVALID_PARAM", "timeout")
+        try:
+            result = await self.s.homeserver.request(
+                method, path, query=query, json_body=body, access_token=token, timeout=timeout
+            )
+        except HomeserverUnavailable as exc:
+            return self._unavailable(codec, exc)
+        except LowbwError as exc:
+            return self._error(codec, coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad request")
+        if method == "POST" and result.ok and isinstance(result.json, dict):
+            if path.endswith(_LOGIN_ENDINGS) and isinstance(result.json.get("access_token"), str):
+                result.json["access_token"] = self._issue_handle(rec, result.json["access_token"])
+            elif path.endswith("/logout") and token is not None:
+                self.s.registry.drop_client_token(rec.name, token)
+                bearers = self._state(addr).bearers
+                for slot in [s for s, t in bearers.items() if t == token]:
+                    del bearers[slot]
+        return self._answer(codec, result, method)
+
+    def _codec(self, addr: SessionAddress) -> BodyCodec:
+        dict_version = 1 if addr.caps & handshake.CAP_DICT_V1 else None
+        return BodyCodec(addr.table_id, dict_version)
+
+    def _bearer(self, request: Message, addr: SessionAddress, rec: DeviceRecord) -> str | None:
+        binds = _options(request, BEARER_BIND_OPTION)
+        bearers = self._state(addr).bearers
+        if binds:
+            value = binds[0]
+            if len(binds) > 1 or len(value) < 2 or value[0] >= MAX_SLOTS:
+                raise DecodeError("bad Bearer-Bind")
+            try:
+                presented = value[1:].decode("utf-8")
+            except UnicodeError:
+                raise DecodeError("Bearer-Bind token is not UTF-8")
+            token = presented
+            if presented.startswith(HANDLE_PREFIX):
+                # An unknown handle stays as it is: the homeserver answers it
+                # with 401 M_UNKNOWN_TOKEN, which is what the client must see.
+                token = self.s.registry.client_token(rec.name, presented) or presented
+            bearers[value[0]] = token
+            return token
+        slots = _options(request, BEARER_SLOT_OPTION)
+        if not slots:
+            return None
+        if len(slots) > 1 or len(slots[0]) > 1:
+            raise DecodeError("bad Bearer-Slot")
+        slot = coap.uint_decode(slots[0], 1)
+        bound = bearers.get(slot)
+        if bound is None:
+            raise _BindRequired()
+        return bound
+
+    def _issue_handle(self, rec: DeviceRecord, token: str) -> str:
+        handle = HANDLE_PREFIX + secrets.token_urlsafe(15)
+        self.s.registry.add_client_token(rec.name, handle, token)
+        log.info("%s: login answered with a token handle", rec.name)
+        return handle
+
+    async def _parked_sync(
+        self, path: str, query: dict[str, Any], token: str | None, addr: SessionAddress, codec: BodyCodec
+    ) -> Message:
+        state = self._state(addr)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.park_max
+        params = dict(query)
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or state.closed.is_set():
+                return Message(code=Code.VALID)
+            poll_ms = int(min(self.park_poll_ms, remaining * 1000))
+            params["timeout"] = str(poll_ms)
+            call = asyncio.ensure_future(
+                self.s.homeserver.request(
+                    "GET",
+                    path,
+                    query=params,
+                    access_token=token,
+                    timeout=self.s.homeserver.timeout + poll_ms / 1000 + 10.0,
+                )
+            )
+            closed = asyncio.ensure_future(state.closed.wait())
+            try:
+                await asyncio.wait({call, closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+            if not call.done():
+                call.cancel()
+                return Message(code=Code.VALID)
+            try:
+                result = call.result()
+            except HomeserverUnavailable as exc:
+                return self._unavailable(codec, exc)
+            except LowbwError as exc:
+                return self._error(codec, coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad request")
+            if not result.ok or not isinstance(result.json, dict) or not sync_is_empty(result.json):
+                return self._answer(codec, result, "GET")
+            nxt = result.json.get("next_batch")
+            if isinstance(nxt, str):
+                params["since"] = nxt
+
+    # -- answers -----------------------------------------------------------------------
+
+    def _error(self, codec: BodyCodec, code: int, errcode: str, text: str) -> Message:
+        payload, cf = codec.encode({"errcode": errcode, "error": text})
+        return Message(code=Code(code), payload=payload, content_format=cf)
+
+    def _unavailable(self, codec: BodyCodec, exc: HomeserverUnavailable) -> Message:
+        code = exc.coap_code
+        msg = self._error(codec, code, "M_UNKNOWN", "lowbw: homeserver unavailable")
+        if code in (coap.SERVICE_UNAVAILABLE, coap.GATEWAY_TIMEOUT):
+            for number, value in status.retry_after_to_options(self.s.retry_after):
+                if number == coap.MAX_AGE:
+                    msg.opt.max_age = coap.uint_decode(value)
+        return msg
+
+    def _answer(self, codec: BodyCodec, result: Any, method: str) -> Message:
+        code, opts = status.http_to_coap(result.status, method, result.retry_after)
+        if result.json is not None:
+            try:
+                payload, cf = codec.encode(result.json)
+            except EncodeError:
+                return self._error(codec, coap.BAD_GATEWAY, "M_UNKNOWN", "answer not representable")
+            msg = Message(code=Code(code), payload=payload, content_format=cf)
+        elif result.body:
+            msg = Message(code=Code(code), payload=bytes(result.body), content_format=CF_OCTETS)
+        else:
+            msg = Message(code=Code(code))
+        for number, value in opts:
+            if number == coap.MAX_AGE:
+                msg.opt.max_age = coap.uint_decode(value)
+            else:
+                msg.opt.add_option(OpaqueOption(number, value))
+        return msg
+
+
+class _BindRequired(Exception):
+    """The request names a token slot this session has not bound."""
