@@ -52,12 +52,15 @@ from aiohttp import web
 from lowbw.clientproxy.config import ClientProxyConfig
 from lowbw.clientproxy.link import CLIENT_CAPS, ClientLink, open_link
 from lowbw.compact.codec import CF_CBOR, BodyCodec
+from lowbw.compact.refs import ClientRefs
 from lowbw.proxy.clients import (
     BEARER_BIND_OPTION,
     BEARER_SLOT_OPTION,
     BIND_REQUIRED_OPTION,
     CF_OCTETS,
     MAX_SLOTS,
+    REFS_KNOWN_OPTION,
+    SESSION_END_OPTION,
     SYNC_SECTIONS,
 )
 from lowbw.proxy.transport import LinkTuning
@@ -143,6 +146,7 @@ class ClientProxy:
         self._parks: dict[tuple[Any, ...], _Park] = {}
         self._templates: dict[str | None, dict[str, Any]] = {}
         self._versions: Answer | None = None
+        self._refs: tuple[Any, ClientRefs] = (None, ClientRefs())
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -260,12 +264,23 @@ class ClientProxy:
 
     # -- one request across the link --------------------------------------------------
 
-    def _codec(self) -> BodyCodec:
+    def _refs_for(self, session: Any) -> ClientRefs:
+        """The identifier table of ``session`` (a new one when the session changed)."""
+        if self._refs[0] is not session:
+            self._refs = (session, ClientRefs())
+        return self._refs[1]
+
+    def _codec(self, session: Any) -> BodyCodec:
+        """The body codec for ``session``; with no session (a request riding a
+        handshake), plain CBOR with our key table and no references."""
         link = self.link
-        caps = link.caps if link is not None and link.session is not None else 0
+        if session is None or link is None:
+            return BodyCodec(keys.TABLE_LOWBW_V1)
+        caps = link.caps
         return BodyCodec(
             (caps & handshake.CAPS_TABLE_MASK) or keys.TABLE_LOWBW_V1,
             1 if caps & handshake.CAP_DICT_V1 else None,
+            self._refs_for(session),
         )
 
     def _auth_option(self, token: str | None) -> OpaqueOption | UintOption | None:
@@ -294,11 +309,22 @@ class ClientProxy:
         self, method: Code, path: str, query: list[tuple[str, str]], body: Any, token: str | None
     ) -> Answer:
         """One request across the link; its answer in HTTP terms (LinkFailed if none)."""
-        for attempt in (1, 2):
-            msg = self._message(method, path, query, body, token)
+        for attempt in (1, 2, 3):
             session = self.link.session if self.link is not None else None
-            response = await self._exchange(msg)
-            if response.opt.get_option(BIND_REQUIRED_OPTION) and attempt == 1 and token is not None:
+            msg, report = self._message(method, path, query, body, token, session)
+            try:
+                response = await self._exchange(msg, session)
+            except LinkFailed:
+                if report is not None:
+                    self._refs_for(session).unreport(report)
+                raise
+            if response.opt.get_option(SESSION_END_OPTION) and self.link is not None:
+                # The proxy is restarting: a new session, and the request again.
+                self.link.reset()
+                if attempt < 3:
+                    await asyncio.sleep(_retry_after(response))
+                    continue
+            if response.opt.get_option(BIND_REQUIRED_OPTION) and attempt < 3 and token is not None:
                 self._bearers.confirmed.discard(token)
                 continue
             if token is not None and self.link is not None and self.link.session is not None:
@@ -308,29 +334,49 @@ class ClientProxy:
                 if session is self.link.session or session is None:
                     self._bearers.confirmed.add(token)
             return self._answer(response)
-        raise LinkFailed(502, "the proxy refused the token binding")
+        raise LinkFailed(502, "the proxy kept refusing the request's session state")
 
     def _message(
-        self, method: Code, path: str, query: list[tuple[str, str]], body: Any, token: str | None
-    ) -> Message:
+        self,
+        method: Code,
+        path: str,
+        query: list[tuple[str, str]],
+        body: Any,
+        token: str | None,
+        session: Any,
+    ) -> tuple[Message, int | None]:
+        """The CoAP request, and the Refs-Known value it reports (if any)."""
         try:
             segments = routes.encode_path(path)
         except EncodeError as exc:
             raise LinkFailed(400, exc.message) from None
+        report = None
+        if session is not None:
+            refs = self._refs_for(session)
+            segments = [refs.refer_text(seg) for seg in segments]
+            query = [(k, refs.refer_text(v)) for k, v in query]
+            report = refs.to_report()
         msg = Message(code=method, uri_path=segments, uri_query=["%s=%s" % kv for kv in query])
         if body is not None:
-            payload, cf = self._codec().encode(body)
+            try:
+                payload, cf = self._codec(session).encode(body)
+            except EncodeError as exc:
+                raise LinkFailed(400, exc.message) from None
             msg.payload = payload
             if cf != CF_CBOR:
                 msg.opt.content_format = cf
         auth = self._auth_option(token)
         if auth is not None:
             msg.opt.add_option(auth)
+        if report is not None:
+            msg.opt.add_option(UintOption(REFS_KNOWN_OPTION, report))
         assert self.link is not None
         msg.remote = self.link.remote
-        return msg
+        if session is not None:
+            msg.lowbw_bound = session  # type: ignore[attr-defined]
+        return msg, report
 
-    async def _exchange(self, msg: Message) -> Message:
+    async def _exchange(self, msg: Message, session: Any) -> Message:
         if self.ctx is None or self.link is None:
             raise LinkFailed(502, "client-proxy not started")
         request = self.ctx.request(msg)
@@ -340,9 +386,12 @@ class ClientProxy:
             request.response.cancel()
             raise LinkFailed(504, "no answer across the radio link within %g s" % self.config.request_timeout)
         except coap_error.ConRetransmitsExceeded:
-            # The proxy does not know our session any more (it restarted, say):
-            # start a new handshake with the next request.
-            self.link.reset()
+            # Unanswered in the session it was made for: the proxy does not know
+            # that session any more (it crashed, say). Start a new handshake with
+            # the next request. (A request made stale by a session change gets
+            # here too, and must not end the new session.)
+            if self.link.session is session:
+                self.link.reset()
             raise LinkFailed(504, "the homeserver's proxy did not answer across the radio link")
         except coap_error.Error as exc:
             raise LinkFailed(502, "link error: %s" % type(exc).__name__)
@@ -364,11 +413,20 @@ class ClientProxy:
         elif cf is not None and int(cf) == CF_OCTETS:
             body = bytes(response.payload)
         else:
+            session = getattr(response, "lowbw_session", None)
+            if session is None and self.link is not None:
+                # Reassembled block-wise answers lose the attribute: the current session's.
+                session = self.link.session
             try:
-                body = self._codec().decode(response.payload, None if cf is None else int(cf))
+                body = self._codec(session).decode(response.payload, None if cf is None else int(cf))
             except LowbwError as exc:
                 raise LinkFailed(502, "unreadable answer: %s" % exc.message)
         return Answer(http_status, body, retry_after)
+
+
+def _retry_after(response: Message) -> float:
+    age = response.opt.max_age
+    return min(float(age), 30.0) if age is not None else 1.0
 
 
 def _bearer_of(request: web.Request) -> str | None:

@@ -13,6 +13,9 @@ the lowbw frame layer (``lowbw.wire.frames``, ``lowbw.wire.handshake``).
   any of the last few handshakes is accepted.
   When the proxy answers a newer handshake after an older one, the newer
   session wins (the proxy keeps only the latest session of a key).
+* A message the client-proxy bound to a session (``lowbw_bound``: it holds
+  that session's identifier references or token slot) is never sent in
+  another one.
 * ``reset()`` forgets the session (the proxy restarted and lost it, or the
   counter nears its limit); the next message starts a new handshake.
 * The caps offered are the key table (``keys.TABLE_LOWBW_V1``) and
@@ -95,6 +98,7 @@ class LinkStats:
     rx_bytes: int = 0
     handshakes: int = 0
     dropped: int = 0
+    stale: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -157,6 +161,8 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             log.info("unparsable CoAP message from the proxy dropped")
             return
         msg.transport_tuning = self.remote.tuning
+        # Which session it came in: identifier references resolve in that session's table.
+        msg.lowbw_session = self.session  # type: ignore[attr-defined]
         self._mman.dispatch_message(msg)
 
     def _open(self, data: bytes) -> bytes:
@@ -211,6 +217,13 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self._sendto(bytes(dgram))
 
     def send(self, message: Message) -> None:
+        bound = getattr(message, "lowbw_bound", None)
+        if bound is not None and bound is not self.session:
+            # Encoded for an earlier session (identifier references, a token
+            # slot, a Refs-Known report): meaningless in this one. Never sent;
+            # aiocoap gives up on it and the client-proxy sends it afresh.
+            self.stats.stale += 1
+            return
         plaintext = message.encode()
         if self.session is not None:
             self._seal_and_send(plaintext)

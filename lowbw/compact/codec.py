@@ -18,6 +18,10 @@ Why both: DEFLATE costs a few bytes of block framing, so a 20-byte message send
 is shorter as plain CBOR; a sync answer carrying Synapse's default push rules
 (4.4 KB of JSON) is almost entirely found in the dictionary.
 
+With an identifier table (``lowbw.compact.refs``: ``ProxyRefs`` on the proxy,
+``ClientRefs`` on the client-proxy) the CBOR also carries identifiers the
+session has seen as references (byte strings), before DEFLATE.
+
 Limits: a body decodes to at most ``MAX_BODY`` bytes of CBOR, ``MAX_ITEMS``
 items and ``MAX_DEPTH`` levels; anything beyond is ``LimitError``, anything
 malformed ``DecodeError`` (never a zlib or cbor exception).
@@ -26,7 +30,7 @@ malformed ``DecodeError`` (never a zlib or cbor exception).
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, Protocol
 
 from lowbw.compact import dictionary
 from lowbw.wire import cbor, keys
@@ -40,18 +44,31 @@ MAX_ITEMS = 1_000_000
 MAX_DEPTH = 64
 
 
+class Refs(Protocol):
+    """An identifier table (lowbw.compact.refs) as the codec uses it."""
+
+    def encode(self, obj: Any, ids: dict[str, int]) -> Any: ...
+
+    def decode(self, obj: Any, names: dict[int, str]) -> Any: ...
+
+
 class BodyCodec:
     """JSON values <-> (payload, Content-Format) for one session's agreed caps."""
 
-    def __init__(self, table_id: int, dict_version: int | None = None) -> None:
-        keys.get_table(table_id)  # unknown table: DecodeError now, not per body
+    def __init__(self, table_id: int, dict_version: int | None = None, refs: Refs | None = None) -> None:
+        self._table = keys.get_table(table_id)  # unknown table: DecodeError now, not per body
         self.table_id = table_id
         self.dict_version = dict_version
+        self.refs = refs
         self._zdict = dictionary.dictionary(dict_version) if dict_version is not None else None
 
     def encode(self, obj: Any) -> tuple[bytes, int]:
         """``(payload, content_format)`` for a JSON value, the shorter form."""
-        plain = bytes(cbor.dumps(keys.compress(obj, self.table_id)))
+        if self.refs is not None:
+            value = self.refs.encode(obj, self._table.ids)
+        else:
+            value = keys.compress(obj, self.table_id)
+        plain = bytes(cbor.dumps(value))
         if self._zdict is None or len(plain) < 8:
             return plain, CF_CBOR
         comp = zlib.compressobj(level=9, wbits=-15, memLevel=9, zdict=self._zdict)
@@ -73,6 +90,8 @@ class BodyCodec:
         if len(raw) > MAX_BODY:
             raise LimitError("body larger than %d bytes" % MAX_BODY)
         value = cbor.loads(raw, max_depth=MAX_DEPTH, max_items=MAX_ITEMS)
+        if self.refs is not None:
+            return self.refs.decode(value, self._table.names)
         return keys.expand(value, self.table_id, max_depth=MAX_DEPTH)
 
 

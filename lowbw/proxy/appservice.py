@@ -67,9 +67,7 @@ def detect_command(event: Any, devices: Mapping[str, DeviceRecord]) -> tuple[str
             return None
         body = content.get("body")
         text = (
-            body
-            if isinstance(body, str)
-            else json.dumps(content, separators=(",", ":"), ensure_ascii=False)
+            body if isinstance(body, str) else json.dumps(content, separators=(",", ":"), ensure_ascii=False)
         )
     else:
         return None
@@ -82,9 +80,7 @@ def detect_command(event: Any, devices: Mapping[str, DeviceRecord]) -> tuple[str
 class AppserviceListener:
     """aiohttp server for the homeserver's pushes (module docstring)."""
 
-    def __init__(
-        self, hs_token: str, table: SessionTable, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
+    def __init__(self, hs_token: str, table: SessionTable, host: str = "127.0.0.1", port: int = 0) -> None:
         if not hs_token:
             raise ValueError("the appservice listener needs the hs_token")
         self._hs_token = hs_token.encode("utf-8")
@@ -167,12 +163,8 @@ class AppserviceListener:
             try:
                 cid = table.registry.enqueue_command(name, event_id, str(event["sender"]), text)
             except RegistryError as exc:
-                log.error(
-                    "%s: command could not be queued (%s); homeserver will retry", name, exc.message
-                )
-                return web.json_response(
-                    {"errcode": "M_UNKNOWN", "error": "queue unavailable"}, status=500
-                )
+                log.error("%s: command could not be queued (%s); homeserver will retry", name, exc.message)
+                return web.json_response({"errcode": "M_UNKNOWN", "error": "queue unavailable"}, status=500)
             if cid is not None:
                 self.queued += 1
                 log.info("%s: command %d queued (%d B)", name, cid, len(text.encode("utf-8")))

@@ -28,6 +28,12 @@ Wire rules (docs/PROTOCOL.md, "Client sessions"):
   an empty result locally. The request is acknowledged (empty ACK) after
   ``PARK_ACK_DELAY`` instead of the usual 12 s, so the client's other requests
   are not held behind it (NSTART=1).
+* **Restarts.** A client session is not saved at a graceful stop (its token
+  bindings and identifier table live in this process only). Parked syncs are
+  answered 5.03 with the empty option ``Session-End`` (65024) first, so the
+  client-proxy handshakes again at once.
+* **Identifiers** already carried are references (``lowbw.compact.refs``); the
+  client-proxy reports how many it holds in ``Refs-Known`` (65020).
 * **Bodies** go through ``lowbw.compact.codec.BodyCodec`` (integer keys, and the
   preset dictionary when the handshake agreed ``CAP_DICT_V1``).
 """
@@ -46,6 +52,7 @@ from aiocoap.numbers.constants import TransportTuning
 from aiocoap.optiontypes import OpaqueOption
 
 from lowbw.compact.codec import BodyCodec
+from lowbw.compact.refs import ProxyRefs
 from lowbw.proxy.homeserver import HomeserverUnavailable
 from lowbw.proxy.registry import DeviceRecord
 from lowbw.proxy.transport import LinkTuning, SessionAddress
@@ -58,6 +65,8 @@ PERMISSION_CLIENT = "client"
 BEARER_BIND_OPTION = 65008
 BEARER_SLOT_OPTION = 65012
 BIND_REQUIRED_OPTION = 65016
+REFS_KNOWN_OPTION = 65020
+SESSION_END_OPTION = 65024
 MAX_SLOTS = 16
 HANDLE_PREFIX = "lbwh_"
 CF_OCTETS = 42
@@ -113,6 +122,7 @@ class ClientState:
     # slot -> access token; never logged (repr off)
     bearers: dict[int, str] = field(default_factory=dict, repr=False)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    refs: ProxyRefs = field(default_factory=ProxyRefs)
 
 
 def _options(msg: Message, number: int) -> list[bytes]:
@@ -125,6 +135,8 @@ class ClientService:
     def __init__(self, services: Any, park_tuning: TransportTuning | None = None) -> None:
         self.s = services
         self._states: dict[SessionAddress, ClientState] = {}
+        self.stopping = False
+        self._parked = 0
         self.park_max = PARK_MAX
         self.park_poll_ms = PARK_POLL_MS
         link_bps = services.link_bps if services.link_bps > 0 else 100.0
@@ -146,6 +158,25 @@ class ClientService:
             state.closed.set()
             state.bearers.clear()
 
+    async def shutdown(self, drain: float = 2.0) -> None:
+        """The proxy stops: answer every parked sync with Session-End, give them ``drain`` s to go out."""
+        self.stopping = True
+        for state in self._states.values():
+            state.closed.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain
+        while self._parked and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if drain > 0:
+            # The separate responses are CONs: a moment for them to leave and be acknowledged.
+            await asyncio.sleep(min(drain, 1.0))
+
+    def _session_end(self, codec: BodyCodec) -> Message:
+        msg = self._error(codec, coap.SERVICE_UNAVAILABLE, "M_UNKNOWN", "lowbw: proxy restarting")
+        msg.opt.max_age = 1
+        msg.opt.add_option(OpaqueOption(SESSION_END_OPTION, b""))
+        return msg
+
     def _state(self, addr: SessionAddress) -> ClientState:
         state = self._states.get(addr)
         if state is None:
@@ -160,11 +191,24 @@ class ClientService:
     # -- requests ----------------------------------------------------------------------
 
     async def render(self, request: Message, addr: SessionAddress, rec: DeviceRecord) -> Message:
-        codec = self._codec(addr)
+        state = self._state(addr)
+        codec = self._codec(addr, state)
         method = _METHODS.get(request.code)
         if method is None:
             return self._error(codec, coap.METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "method not carried")
-        segments = list(request.opt.uri_path)
+        try:
+            known = _options(request, REFS_KNOWN_OPTION)
+            if known:
+                if len(known) > 1 or len(known[0]) > 2:
+                    raise DecodeError("bad Refs-Known")
+                state.refs.confirm(coap.uint_decode(known[0], 2))
+            segments = [state.refs.resolve_text(seg) for seg in request.opt.uri_path]
+            raw_query = []
+            for item in request.opt.uri_query:
+                key, eq, value = item.partition("=")
+                raw_query.append(key + eq + state.refs.resolve_text(value))
+        except DecodeError as exc:
+            return self._error(codec, coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad reference")
         try:
             path = routes.decode_segments(segments)
         except DecodeError as exc:
@@ -178,7 +222,7 @@ class ClientService:
         except DecodeError as exc:
             return self._error(codec, coap.BAD_REQUEST, "M_BAD_JSON", exc.message)
         query: dict[str, Any] = {}
-        for item in request.opt.uri_query:
+        for item in raw_query:
             key, _, value = item.partition("=")
             if key == "access_token":
                 return self._error(codec, coap.BAD_REQUEST, "M_INVALID_PARAM", "tokens go in Bearer-Bind")
@@ -194,7 +238,7 @@ class ClientService:
                 body = codec.decode(request.payload, None if cf is None else int(cf))
             except LowbwError as exc:
                 return self._error(codec, exc.coap_code, "M_NOT_JSON", exc.message or "bad body")
-        if method == "GET" and self._parks(segments, list(request.opt.uri_query)):
+        if method == "GET" and self._parks(segments, raw_query):
             return await self._parked_sync(path, query, token, addr, codec)
         timeout = None
         if path.endswith("/sync"):
@@ -220,9 +264,9 @@ class ClientService:
                     del bearers[slot]
         return self._answer(codec, result, method)
 
-    def _codec(self, addr: SessionAddress) -> BodyCodec:
+    def _codec(self, addr: SessionAddress, state: ClientState) -> BodyCodec:
         dict_version = 1 if addr.caps & handshake.CAP_DICT_V1 else None
-        return BodyCodec(addr.table_id, dict_version)
+        return BodyCodec(addr.table_id, dict_version, state.refs)
 
     def _bearer(self, request: Message, addr: SessionAddress, rec: DeviceRecord) -> str | None:
         binds = _options(request, BEARER_BIND_OPTION)
@@ -262,12 +306,23 @@ class ClientService:
     async def _parked_sync(
         self, path: str, query: dict[str, Any], token: str | None, addr: SessionAddress, codec: BodyCodec
     ) -> Message:
+        self._parked += 1
+        try:
+            return await self._park(path, query, token, addr, codec)
+        finally:
+            self._parked -= 1
+
+    async def _park(
+        self, path: str, query: dict[str, Any], token: str | None, addr: SessionAddress, codec: BodyCodec
+    ) -> Message:
         state = self._state(addr)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.park_max
         params = dict(query)
         while True:
             remaining = deadline - loop.time()
+            if self.stopping:
+                return self._session_end(codec)
             if remaining <= 0 or state.closed.is_set():
                 return Message(code=Code.VALID)
             poll_ms = int(min(self.park_poll_ms, remaining * 1000))
@@ -288,7 +343,7 @@ class ClientService:
                 closed.cancel()
             if not call.done():
                 call.cancel()
-                return Message(code=Code.VALID)
+                return self._session_end(codec) if self.stopping else Message(code=Code.VALID)
             try:
                 result = call.result()
             except HomeserverUnavailable as exc:

@@ -499,9 +499,7 @@ class Registry:
             )
 
     def client_token(self, name: str, handle: str) -> str | None:
-        rows = self._read(
-            "SELECT token FROM client_tokens WHERE device = ? AND handle = ?", (name, handle)
-        )
+        rows = self._read("SELECT token FROM client_tokens WHERE device = ? AND handle = ?", (name, handle))
         return str(rows[0]["token"]) if rows else None
 
     def drop_client_token(self, name: str, token: str) -> int:

@@ -183,9 +183,7 @@ def http_answer(result: Any, method: str, table_id: int) -> Message:
         msg = Message(code=Code(code), payload=payload, content_format=CF_CBOR)
     elif result.status >= 400:
         payload = bytes(
-            cbor.dumps(
-                keys.compress({"errcode": "M_UNKNOWN", "error": "HTTP %d" % result.status}, table_id)
-            )
+            cbor.dumps(keys.compress({"errcode": "M_UNKNOWN", "error": "HTTP %d" % result.status}, table_id))
         )
         msg = Message(code=Code(code), payload=payload, content_format=CF_CBOR)
     else:
@@ -336,9 +334,7 @@ class ProxySite(resource.ObservableResource):
                 )
             except HomeserverUnavailable as exc:
                 return unavailable_message(exc, self.s.retry_after, table_id)
-            event_id = (
-                result.json.get("event_id") if result.ok and isinstance(result.json, dict) else None
-            )
+            event_id = result.json.get("event_id") if result.ok and isinstance(result.json, dict) else None
             if not isinstance(event_id, str):
                 if result.ok:
                     return error_message(coap.BAD_GATEWAY, "M_UNKNOWN", "no event_id", table_id)
@@ -385,9 +381,7 @@ class ProxySite(resource.ObservableResource):
         try:
             path = routes.decode_segments(segments)
         except DecodeError as exc:
-            return error_message(
-                coap.NOT_FOUND, "M_UNRECOGNIZED", exc.message or "unknown route", table_id
-            )
+            return error_message(coap.NOT_FOUND, "M_UNRECOGNIZED", exc.message or "unknown route", table_id)
         why = check_permission(method, path, rec)
         if why is not None:
             log.info("%s: %s %s refused: %s", rec.name, method, _loggable(path), why)
@@ -396,9 +390,7 @@ class ProxySite(resource.ObservableResource):
         for item in request.opt.uri_query:
             key, _, value = item.partition("=")
             if key in RESERVED_QUERY:
-                return error_message(
-                    coap.FORBIDDEN, "M_FORBIDDEN", "query %s is the proxy's" % key, table_id
-                )
+                return error_message(coap.FORBIDDEN, "M_FORBIDDEN", "query %s is the proxy's" % key, table_id)
             if key in query:
                 prev = query[key]
                 query[key] = (prev if isinstance(prev, list) else [prev]) + [value]
@@ -440,9 +432,7 @@ class ProxySite(resource.ObservableResource):
         except HomeserverUnavailable as exc:
             return unavailable_message(exc, self.s.retry_after, table_id)
         except LowbwError as exc:
-            return error_message(
-                coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad request", table_id
-            )
+            return error_message(coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad request", table_id)
         return http_answer(result, method, table_id)
 
 

@@ -54,9 +54,7 @@ class LowbwContext(Context):
     task after ``repr(request)``, a string nobody reads, formatted per reading."""
 
     def render_to_pipe(self, pipe: Any) -> None:
-        run_driving_pipe(
-            error_to_message(pipe, self.log), self._render_to_pipe(pipe), name="lowbw render"
-        )
+        run_driving_pipe(error_to_message(pipe, self.log), self._render_to_pipe(pipe), name="lowbw render")
 
 
 @dataclass
@@ -138,6 +136,7 @@ class ProxyServer:
         self._ephemeral = ephemeral
         self.table: SessionTable | None = None
         self.transport: LowbwTransport | None = None
+        self.site: ProxySite | None = None
         self.homeserver: Homeserver | None = None
         self.appservice: AppserviceListener | None = None
         self._ctx: Context | None = None
@@ -200,6 +199,7 @@ class ProxyServer:
                 link_bps=s.link_bps,
             )
             site = ProxySite(services, blockwise_timeout=max(600.0, 20 * tuning.ACK_TIMEOUT))
+            self.site = site
             self._ctx = LowbwContext(
                 loop=asyncio.get_running_loop(), serversite=site, loggername="lowbw.proxy.coap"
             )
@@ -227,9 +227,7 @@ class ProxyServer:
             len(table.devices),
             self.restored,
             tuning,
-            " appservice on %s:%d" % (self.appservice.host, self.appservice.port)
-            if self.appservice
-            else "",
+            " appservice on %s:%d" % (self.appservice.host, self.appservice.port) if self.appservice else "",
         )
 
     async def _ping_homeserver(self) -> None:
@@ -267,6 +265,10 @@ class ProxyServer:
         Returns the number of sessions saved.
         """
         saved = 0
+        if self.site is not None and self.transport is not None:
+            # Client-proxies waiting on a parked sync are told the session ends,
+            # so they handshake again at once instead of waiting out the park.
+            await self.site.clients.shutdown(drain=min(self.site.s.table.tuning.ACK_TIMEOUT, 5.0))
         if self.transport is not None:
             # Nothing may be sealed after the states are saved (nonce reuse).
             await self.transport.shutdown()
@@ -289,6 +291,7 @@ class ProxyServer:
             await self._ctx.shutdown()
             self._ctx = None
         self.transport = None
+        self.site = None
         if self.homeserver is not None:
             await self.homeserver.close()
             self.homeserver = None

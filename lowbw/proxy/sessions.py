@@ -51,6 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lowbw.proxy import noise_ik
+from lowbw.proxy.clients import is_client
 from lowbw.proxy.registry import DeviceRecord, Registry
 from lowbw.proxy.transport import LinkTuning, LowbwTransport, SessionAddress, Sockaddr
 from lowbw.wire import cbor, frames, handshake
@@ -323,9 +324,7 @@ class SessionTable:
         if epoch is not None:
             self.set_epoch(rec.name, epoch)
             caps |= handshake.CAP_EPOCH
-        addr = SessionAddress(
-            self._new_sid(), None, rec.name, caps, sockaddr, self.tuning, pending=responder
-        )
+        addr = SessionAddress(self._new_sid(), None, rec.name, caps, sockaddr, self.tuning, pending=responder)
         self._add(addr)
         log.info("%s: IK handshake, session %04x (caps 0x%02x)", rec.name, addr.sid, caps)
         loop = asyncio.get_running_loop()
@@ -408,7 +407,11 @@ class SessionTable:
         self.flush_msg_tops()
         rows = []
         for addr in self.by_sid.values():
-            if addr.session is not None and not addr.closed and addr.device in self.devices:
+            rec = self.devices.get(addr.device)
+            # A client-proxy's session is not kept: its token bindings and
+            # identifier table (lowbw.proxy.clients) live only in this process,
+            # and it was told at the stop to handshake again.
+            if addr.session is not None and not addr.closed and rec is not None and not is_client(rec):
                 rows.append((addr.device, encode_state(addr)))
         self.registry.save_sessions(rows)
         return len(rows)

@@ -533,9 +533,7 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
             self._mman.forget_remote(addr)
 
 
-async def add_lowbw_transport(
-    ctx: Context, bind: tuple[str, int], handler: FrameHandler
-) -> LowbwTransport:
+async def add_lowbw_transport(ctx: Context, bind: tuple[str, int], handler: FrameHandler) -> LowbwTransport:
     """Attach a lowbw transport to an aiocoap Context (as Context's own
     ``_append_tokenmanaged_messagemanaged_transport`` does for UDP)."""
     tman = TokenManager(ctx)

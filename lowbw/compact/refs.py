@@ -1,0 +1,283 @@
+"""Identifier references: a Matrix ID the session has already carried costs 2-3 bytes.
+
+Room IDs, event IDs, user IDs and sync tokens recur: a room ID is in the path
+of every message sent to the room, an event ID sent back in a send answer comes
+again in the next sync, the ``next_batch`` of one sync is the ``since`` of the
+next. Each session keeps one table of such strings, owned by the proxy:
+
+* **The proxy defines.** When an answer body holds an identifier (a string
+  starting with ``!``, ``$``, ``@`` or ``#`` of at least ``MIN_LEN``
+  characters, or the value of a pagination/sync token key, ``TOKEN_KEYS``)
+  that is not in the table, it gets the next index and goes as a *definition*;
+  one already in the table goes as a *reference* -- but only if the
+  client-proxy has said it holds that index (below), else as a definition
+  again (the same index and string: a repeat is harmless).
+* **The client-proxy confirms.** It reports, in option ``Refs-Known`` (65020)
+  of its next request, how many entries from index 0 it holds without a gap;
+  it sends the option only when that number grew. Definitions can arrive out
+  of order (loss, retransmission, concurrent requests), so only the
+  contiguous prefix counts.
+* **The client-proxy refers.** In a request it may use any index it holds: the
+  proxy, which made the table, has them all. In Uri-Path and Uri-Query values a
+  reference is the text ``"\\x01" + decimal index``; in a body it is the same
+  byte string as downlink.
+
+In a CBOR body (JSON has no byte strings, so a byte string is never data):
+
+==========================  ============================================
+byte string content         meaning
+==========================  ============================================
+1-2 bytes                   reference: the big-endian index
+index(2) 0x00 text          definition: index, then the string (UTF-8)
+index(2) sigil hash(32)     definition of ``sigil + base64url(hash)``, the
+                            form of event IDs and of v12 room IDs (``$``
+                            or ``!`` then 43 characters): 9 bytes shorter
+==========================  ============================================
+
+The table holds at most ``MAX_REFS`` strings; after that new identifiers go
+as plain text. It lives and dies with the Noise session on both sides: a new
+handshake starts an empty table.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from lowbw.wire.errors import DecodeError, EncodeError, LimitError
+
+MAX_REFS = 4096
+MIN_LEN = 8
+MAX_LEN = 255
+SIGILS = "!$@#"
+HASH_SIGILS = b"$!"
+TOKEN_KEYS = frozenset(("next_batch", "prev_batch", "start", "end", "from", "to", "since"))
+TEXT_PREFIX = "\x01"
+_FORM_TEXT = 0
+_HASH_LEN = 32
+_HASH_ID_LEN = 44
+
+
+def is_identifier(s: str, key: str | None = None) -> bool:
+    """Whether a string is worth a table entry (module docstring)."""
+    if not MIN_LEN <= len(s) <= MAX_LEN or not s.isprintable():
+        return False
+    return s[0] in SIGILS or key in TOKEN_KEYS
+
+
+def _hash_form(s: str) -> bytes | None:
+    """``sigil + 32 bytes`` if ``s`` is exactly a base64url hash ID, else None."""
+    if len(s) != _HASH_ID_LEN or s[0] not in "$!":
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(s[1:] + "=")
+    except (ValueError, TypeError):
+        return None
+    if len(raw) != _HASH_LEN or base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != s[1:]:
+        return None
+    return s[0].encode("ascii") + raw
+
+
+def definition(index: int, s: str) -> bytes:
+    head = bytes((index >> 8, index & 0xFF))
+    hashed = _hash_form(s)
+    if hashed is not None:
+        return head + hashed
+    return head + b"\x00" + s.encode("utf-8")
+
+
+def reference(index: int) -> bytes:
+    return bytes((index,)) if index < 256 else bytes((index >> 8, index & 0xFF))
+
+
+def parse_entry(b: bytes) -> tuple[int, str | None]:
+    """``(index, None)`` for a reference, ``(index, string)`` for a definition."""
+    if 1 <= len(b) <= 2:
+        return int.from_bytes(b, "big"), None
+    if len(b) < 4:
+        raise DecodeError("identifier entry too short")
+    index = (b[0] << 8) | b[1]
+    if index >= MAX_REFS:
+        raise LimitError("identifier index %d beyond the table" % index)
+    form = b[2]
+    if form == _FORM_TEXT:
+        try:
+            return index, b[3:].decode("utf-8")
+        except UnicodeError:
+            raise DecodeError("identifier definition is not UTF-8") from None
+    if form in HASH_SIGILS and len(b) == 3 + _HASH_LEN:
+        return index, chr(form) + base64.urlsafe_b64encode(b[3:]).decode("ascii").rstrip("=")
+    raise DecodeError("unknown identifier definition form")
+
+
+class ProxyRefs:
+    """The proxy's side: defines entries, knows how far the client has them."""
+
+    def __init__(self) -> None:
+        self.strings: list[str] = []
+        self.index: dict[str, int] = {}
+        self.confirmed = 0
+
+    def confirm(self, known: int) -> None:
+        """The client holds entries 0..known-1; DecodeError if it claims more than exist."""
+        if known > len(self.strings):
+            raise DecodeError("Refs-Known %d beyond the table (%d)" % (known, len(self.strings)))
+        self.confirmed = max(self.confirmed, known)
+
+    def _out(self, s: str, key: str | None) -> Any:
+        if not is_identifier(s, key):
+            return s
+        i = self.index.get(s)
+        if i is None:
+            if len(self.strings) >= MAX_REFS:
+                return s
+            i = self.index[s] = len(self.strings)
+            self.strings.append(s)
+        return reference(i) if i < self.confirmed else definition(i, s)
+
+    def encode(self, obj: Any, ids: dict[str, int], key: str | None = None, depth: int = 64) -> Any:
+        """``obj`` with keys compressed by ``ids`` (a key table) and identifiers as entries."""
+        if depth <= 0:
+            raise EncodeError("JSON nested too deeply to compress")
+        if isinstance(obj, str):
+            return self._out(obj, key)
+        if isinstance(obj, dict):
+            out: dict[Any, Any] = {}
+            for k, v in obj.items():
+                if not isinstance(k, str):
+                    raise EncodeError("JSON object keys must be strings")
+                kid = ids.get(k)
+                out[kid if kid is not None else self._out(k, None)] = self.encode(v, ids, k, depth - 1)
+            return out
+        if isinstance(obj, (list, tuple)):
+            return [self.encode(v, ids, key, depth - 1) for v in obj]
+        return obj
+
+    def resolve_text(self, s: str) -> str:
+        """A Uri-Path or Uri-Query value with a reference resolved."""
+        if not s.startswith(TEXT_PREFIX):
+            return s
+        digits = s[1:]
+        if not digits.isdigit() or not digits.isascii() or (len(digits) > 1 and digits[0] == "0"):
+            raise DecodeError("bad identifier reference in an option")
+        return self._lookup(int(digits))
+
+    def _lookup(self, i: int) -> str:
+        if i >= len(self.strings):
+            raise DecodeError("identifier reference %d is not in the table" % i)
+        return self.strings[i]
+
+    def decode(self, obj: Any, names: dict[int, str], depth: int = 64) -> Any:
+        """A request body: key ids expanded by ``names``, references resolved (no definitions)."""
+        if depth <= 0:
+            raise LimitError("body nested too deeply")
+        if isinstance(obj, bytes):
+            index, s = parse_entry(obj)
+            if s is not None:
+                raise DecodeError("a client does not define identifiers")
+            return self._lookup(index)
+        if isinstance(obj, dict):
+            out: dict[str, Any] = {}
+            for k, v in obj.items():
+                out[self._key(k, names)] = self.decode(v, names, depth - 1)
+            return out
+        if isinstance(obj, list):
+            return [self.decode(v, names, depth - 1) for v in obj]
+        return obj
+
+    def _key(self, k: Any, names: dict[int, str]) -> str:
+        if isinstance(k, str):
+            return k
+        if isinstance(k, bytes):
+            return str(self.decode(k, names))
+        if isinstance(k, int) and not isinstance(k, bool) and k in names:
+            return names[k]
+        raise DecodeError("map key is neither a key id, text nor an identifier")
+
+
+class ClientRefs:
+    """The client-proxy's side: learns definitions, refers to what it holds."""
+
+    def __init__(self) -> None:
+        self.strings: dict[int, str] = {}
+        self.index: dict[str, int] = {}
+        self.known = 0  # contiguous entries from 0
+        self.reported = 0
+
+    def _learn(self, index: int, s: str) -> str:
+        old = self.strings.get(index)
+        if old is not None and old != s:
+            raise DecodeError("identifier %d redefined differently" % index)
+        if old is None:
+            self.strings[index] = s
+            self.index.setdefault(s, index)
+            while self.known in self.strings:
+                self.known += 1
+        return s
+
+    def to_report(self) -> int | None:
+        """The Refs-Known value to send now, or None when it has not grown."""
+        if self.known > self.reported:
+            self.reported = self.known
+            return self.known
+        return None
+
+    def unreport(self, value: int) -> None:
+        """A request carrying ``value`` was never answered: report again next time."""
+        if self.reported == value:
+            self.reported = 0
+
+    def refer_text(self, s: str) -> str:
+        i = self.index.get(s)
+        return s if i is None else TEXT_PREFIX + str(i)
+
+    def encode(self, obj: Any, ids: dict[str, int], depth: int = 64) -> Any:
+        if depth <= 0:
+            raise EncodeError("JSON nested too deeply to compress")
+        if isinstance(obj, str):
+            i = self.index.get(obj)
+            return obj if i is None else reference(i)
+        if isinstance(obj, dict):
+            out: dict[Any, Any] = {}
+            for k, v in obj.items():
+                if not isinstance(k, str):
+                    raise EncodeError("JSON object keys must be strings")
+                kid = ids.get(k)
+                if kid is None:
+                    i = self.index.get(k)
+                    out[k if i is None else reference(i)] = self.encode(v, ids, depth - 1)
+                else:
+                    out[kid] = self.encode(v, ids, depth - 1)
+            return out
+        if isinstance(obj, (list, tuple)):
+            return [self.encode(v, ids, depth - 1) for v in obj]
+        return obj
+
+    def decode(self, obj: Any, names: dict[int, str], depth: int = 64) -> Any:
+        """An answer body: key ids expanded, definitions learnt, references resolved."""
+        if depth <= 0:
+            raise LimitError("body nested too deeply")
+        if isinstance(obj, bytes):
+            index, s = parse_entry(obj)
+            if s is None:
+                found = self.strings.get(index)
+                if found is None:
+                    raise DecodeError("identifier reference %d is not known here" % index)
+                return found
+            return self._learn(index, s)
+        if isinstance(obj, dict):
+            out: dict[str, Any] = {}
+            for k, v in obj.items():
+                if isinstance(k, str):
+                    key = k
+                elif isinstance(k, bytes):
+                    key = str(self.decode(k, names, depth - 1))
+                elif isinstance(k, int) and not isinstance(k, bool) and k in names:
+                    key = names[k]
+                else:
+                    raise DecodeError("map key is neither a key id, text nor an identifier")
+                out[key] = self.decode(v, names, depth - 1)
+            return out
+        if isinstance(obj, list):
+            return [self.decode(v, names, depth - 1) for v in obj]
+        return obj
