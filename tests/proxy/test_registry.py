@@ -263,8 +263,12 @@ def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
         assert [d.name for d in r.devices()] == ["old"]
         r.record_event("old", "lowbw.old.00000000.1234.0", "$e")
         assert r.set_device_epoch("old", 5) is True and r.msg_top("old") == -1
+        # Version 3 added client-proxy token handles.
+        r.add_client_token("old", "lbwh_x", "syt_secret")
+        assert r.client_token("old", "lbwh_x") == "syt_secret"
+        assert r.drop_client_token("old", "syt_secret") == 1 and r.client_token("old", "lbwh_x") is None
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
     with Registry(path) as r:  # opening a migrated file again changes nothing
         assert r.device_epoch("old") == 5
@@ -369,3 +373,22 @@ def test_two_connections_write_concurrently(tmp_path: Path) -> None:
             t.join()
         assert errors == []
         assert one.count_pending("a") == 80 == two.count_pending("a")
+
+
+def test_client_tokens_and_client_records(reg: Registry) -> None:
+    client = DeviceRecord(
+        name="cp", public_key=os.urandom(32), user_id="", rooms=[], event_types=[], permissions=["client"]
+    )
+    reg.add_device(client)
+    with pytest.raises(RegistryError):  # only a client may have no user
+        reg.add_device(DeviceRecord(name="dev", public_key=os.urandom(32), user_id=""))
+    with pytest.raises(RegistryError):
+        reg.add_client_token("nobody", "lbwh_a", "t")
+    reg.add_client_token("cp", "lbwh_a", "syt_1")
+    reg.add_client_token("cp", "lbwh_b", "syt_1")
+    assert reg.client_token("cp", "lbwh_a") == "syt_1"
+    assert reg.client_token("other", "lbwh_a") is None
+    assert reg.drop_client_token("cp", "syt_1") == 2
+    reg.add_client_token("cp", "lbwh_c", "syt_2")
+    assert reg.revoke("cp") is True
+    assert reg.client_token("cp", "lbwh_c") is None  # revocation forgets the handles too

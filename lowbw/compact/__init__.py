@@ -1,0 +1,1 @@
+"""Compact encodings of Matrix bodies for the link: preset dictionaries and the body codec."""
