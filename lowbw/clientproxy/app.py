@@ -212,6 +212,8 @@ class ClientProxy:
                 answer = await self._sync(path, query, token)
             else:
                 answer = await self.carry(method, path, query, body, token)
+                if request.method == "GET" and path.endswith("/sync"):
+                    self._after_sync(_sync_key(token, path, query), path, query, token, answer)
         except LinkFailed as exc:
             log.warning("%s %s: %s", request.method, _loggable(path), exc.message)
             return matrix_error(exc.http_status, "M_UNKNOWN", "lowbw: " + exc.message)
@@ -236,26 +238,68 @@ class ClientProxy:
                     wait_ms = max(0, int(v))
                 except ValueError:
                     raise LinkFailed(400, "timeout must be an integer") from None
-        rest = tuple(sorted((k, v) for k, v in query if k not in ("since", "timeout")))
-        key = (token, path, rest)
+        key = _sync_key(token, path, query)
         park = self._parks.get(key)
         if park is None or park.since != since:
-            if park is not None:
-                park.task.cancel()
-            upstream = [(k, v) for k, v in query if k != "timeout"]
-            task = asyncio.ensure_future(self.carry(Code.GET, path, upstream, None, token))
-            park = self._parks[key] = _Park(since, task)
+            if wait_ms == 0:
+                # "What is new right now", with nothing parked for it: ask directly.
+                answer = await self.carry(Code.GET, path, query, None, token)
+                self._after_sync(key, path, query, token, answer)
+                return answer
+            park = self._park(key, path, query, token, since)
         done, _ = await asyncio.wait({park.task}, timeout=wait_ms / 1000)
         if not done:
-            return Answer(200, {**self._templates.get(token, {}), "next_batch": since})
+            return self._empty_sync(token, since)
         if self._parks.get(key) is park:
             del self._parks[key]
         answer = park.task.result()
         if answer.no_news:
-            return Answer(200, {**self._templates.get(token, {}), "next_batch": since})
-        if answer.status == 200 and isinstance(answer.body, dict):
-            self._learn_template(token, answer.body)
+            # The park ran out (PARK_MAX) with nothing new: park again, report nothing.
+            self._park(key, path, query, token, since)
+            return self._empty_sync(token, since)
+        self._after_sync(key, path, query, token, answer)
         return answer
+
+    def _empty_sync(self, token: str | None, since: str) -> Answer:
+        return Answer(200, {**self._templates.get(token, {}), "next_batch": since})
+
+    def _park(
+        self, key: tuple[Any, ...], path: str, query: list[tuple[str, str]], token: str | None, since: str
+    ) -> _Park:
+        """Park a sync for ``since`` at the proxy (no ``timeout``: it answers when there is news)."""
+        old = self._parks.get(key)
+        if old is not None:
+            if old.since == since:
+                return old
+            old.task.cancel()
+        skip = ("since", "timeout", "full_state")
+        upstream = [(k, v) for k, v in query if k not in skip] + [("since", since)]
+        task = asyncio.ensure_future(self.carry(Code.GET, path, upstream, None, token))
+        task.add_done_callback(_consume_exception)
+        park = self._parks[key] = _Park(since, task)
+        return park
+
+    def _after_sync(
+        self,
+        key: tuple[Any, ...],
+        path: str,
+        query: list[tuple[str, str]],
+        token: str | None,
+        answer: Answer,
+    ) -> None:
+        """A sync answer goes to the client: learn its shape, and park the next one at once.
+
+        Each delivered result needs one parked request for what comes after it;
+        sent now rather than at the client's next poll, it is already waiting at
+        the proxy when news happens, and every empty poll after it is free.
+        """
+        if answer.status != 200 or not isinstance(answer.body, dict):
+            return
+        nxt = answer.body.get("next_batch")
+        if not isinstance(nxt, str):
+            return
+        self._learn_template(token, answer.body)
+        self._park(key, path, query, token, nxt)
 
     def _learn_template(self, token: str | None, body: dict[str, Any]) -> None:
         self._templates[token] = {
@@ -435,6 +479,18 @@ def _bearer_of(request: web.Request) -> str | None:
         return auth[7:].strip() or None
     token = request.query.get("access_token")
     return token or None
+
+
+def _sync_key(token: str | None, path: str, query: list[tuple[str, str]]) -> tuple[Any, ...]:
+    """Which sync stream a request belongs to: everything but since and timeout."""
+    skip = ("since", "timeout", "full_state")
+    return (token, path, tuple(sorted((k, v) for k, v in query if k not in skip)))
+
+
+def _consume_exception(task: asyncio.Task[Any]) -> None:
+    # A park nobody waits for any more may fail (dead link): not worth a warning.
+    if not task.cancelled():
+        task.exception()
 
 
 def _parkable(query: list[tuple[str, str]]) -> bool:

@@ -42,13 +42,14 @@ class ClientStack:
         seed: int | None = None,
         request_timeout: float = 300.0,
         client_args: tuple[str, ...] = (),
+        homeserver_url: str | None = None,
     ) -> ClientStack:
         from lowbw.proxy.config import write_default
 
         link_bps = int(get_preset(preset).direction("up").rate_bps)
         result = write_default(
             self.workdir / "proxy",
-            synapse.url,
+            homeserver_url or synapse.url,
             server_name=server_name,
             port=demo.free_udp_port(),
             link_bps=link_bps,
@@ -103,6 +104,12 @@ class ClientStack:
         _, m = self.client.wait_for(r"listening (http://[0-9.]+:\d+)", 30)
         self.url = m.group(1)
         return self
+
+    def restart_proxy(self) -> None:
+        """Stop the proxy gracefully (SIGTERM) and start it again on the same port."""
+        assert self.proxy_config is not None
+        self.proxy.stop(timeout=30)
+        self.proxy = demo.start_proxy(self.proxy_config, self.workdir / "proxy.log", track=self.procs)
 
     def radio_stats(self) -> dict[str, Any]:
         """The client-proxy's own counters at its radio-side socket."""

@@ -569,10 +569,10 @@ def client_stack(
 
     stacks: list[ClientStack] = []
 
-    def start(preset: str = "1kbps", seed: int | None = None, request_timeout: float = 300.0) -> ClientStack:
+    def start(preset: str = "1kbps", seed: int | None = None, **kwargs: Any) -> ClientStack:
         stack = ClientStack(tmp_path_factory.mktemp("clientstack"))
         stacks.append(stack)
-        return stack.start(synapse, SERVER_NAME, preset=preset, seed=seed, request_timeout=request_timeout)
+        return stack.start(synapse, SERVER_NAME, preset=preset, seed=seed, **kwargs)
 
     yield start
     for stack in stacks:

@@ -1,0 +1,287 @@
+"""``lowbw client-proxy`` as a Matrix client sees it: real processes, a real radio, real Synapse.
+
+Each test starts the stack (tests/proxy/clientstack.py): ``lowbw proxy run``,
+``radio_sim relay`` and ``lowbw client-proxy``, and speaks plain HTTP+JSON to
+the client-proxy the way any Matrix client does; answers are compared with
+what Synapse itself says to the same request.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import pytest
+from aiocoap.message import Message
+from aiocoap.numbers.codes import Code
+
+from lowbw.testing.synapse import SynapseServer
+from tests.proxy.conftest import FaultInjector, matrix_call
+
+FILTER = json.dumps({"room": {"timeline": {"limit": 1}}})
+
+
+def http(
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = None,
+    raw: bytes | None = None,
+    timeout: float = 60.0,
+) -> tuple[int, dict[str, str], Any]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+
+def login_body(user: str, password: str) -> dict[str, Any]:
+    return {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user},
+        "password": password,
+    }
+
+
+@pytest.fixture
+def person(synapse: SynapseServer) -> tuple[str, str, str]:
+    """(localpart, password, user_id) of a fresh user."""
+    localpart = "cp_%s" % secrets.token_hex(4)
+    password = secrets.token_urlsafe(12)
+    user_id, _ = synapse.register_user(localpart, password)
+    return localpart, password, user_id
+
+
+def test_discovery_and_local_answers(client_stack: Any, synapse: SynapseServer) -> None:
+    stack = client_stack(preset="fast")
+    status, _, body = http(stack.url, "GET", "/.well-known/matrix/client")
+    assert status == 200 and body["m.homeserver"]["base_url"] == stack.url
+    status, _, versions = http(stack.url, "GET", "/_matrix/client/versions")
+    _, _, direct = http(synapse.url, "GET", "/_matrix/client/versions")
+    assert status == 200 and versions == direct
+    before = stack.radio_stats()
+    assert http(stack.url, "GET", "/_matrix/client/versions")[2] == direct
+    assert stack.radio_stats()["tx"] == before["tx"]  # from memory, not the radio
+    status, headers, body = http(stack.url, "GET", "/_matrix/media/v3/config")
+    assert status == 501 and body["errcode"] == "M_UNRECOGNIZED" and "media" in body["error"]
+    status, _, body = http(stack.url, "GET", "/_matrix/client/v1/media/download/x/y")
+    assert status == 501
+    status, _, body = http(stack.url, "GET", "/elsewhere")
+    assert status == 404 and body["errcode"] == "M_UNRECOGNIZED"
+    status, _, body = http(stack.url, "POST", "/_matrix/client/v3/login", raw=b"{not json")
+    assert status == 400 and body["errcode"] == "M_NOT_JSON"
+    req = urllib.request.Request(stack.url + "/_matrix/client/v3/sync", method="OPTIONS")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 204 and "Authorization" in resp.headers["Access-Control-Allow-Headers"]
+
+
+def test_login_errors_and_token_handles(
+    client_stack: Any, synapse: SynapseServer, person: tuple[str, str, str]
+) -> None:
+    localpart, password, user_id = person
+    stack = client_stack(preset="1kbps")
+    # Errors keep status and errcode.
+    wrong = login_body(localpart, "wrong")
+    via = http(stack.url, "POST", "/_matrix/client/v3/login", wrong)
+    direct = http(synapse.url, "POST", "/_matrix/client/v3/login", wrong)
+    assert (via[0], via[2]["errcode"]) == (direct[0], direct[2]["errcode"]) == (403, "M_FORBIDDEN")
+    status, _, body = http(stack.url, "POST", "/_matrix/client/v3/login", login_body(localpart, password))
+    assert status == 200 and body["user_id"] == user_id
+    handle = body["access_token"]
+    assert handle.startswith("lbwh_")  # the real token never crossed the radio
+    # A stock client uses the handle like a token. The first request binds it
+    # to the session; later ones name the slot only (no token on the air).
+    costs = []
+    for _ in range(2):
+        before = stack.radio_stats()
+        status, _, who = http(stack.url, "GET", "/_matrix/client/v3/account/whoami", token=handle)
+        assert status == 200 and who["user_id"] == user_id
+        after = stack.radio_stats()
+        assert after["tx"] == before["tx"] + 1
+        costs.append(after["tx_bytes"] - before["tx_bytes"])
+    assert costs[1] <= costs[0] - len(handle) + 2
+    # Not a token at all: the homeserver's own answer, unchanged.
+    via = http(stack.url, "GET", "/_matrix/client/v3/account/whoami", token="bogus")
+    direct = http(synapse.url, "GET", "/_matrix/client/v3/account/whoami", token="bogus")
+    assert via[0] == direct[0] == 401 and via[2] == direct[2]
+    # Logout kills the handle.
+    assert http(stack.url, "POST", "/_matrix/client/v3/logout", {}, token=handle)[0] == 200
+    status, _, body = http(stack.url, "GET", "/_matrix/client/v3/account/whoami", token=handle)
+    assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN"
+
+
+def test_idle_incremental_syncs_cost_nothing_on_the_air(
+    client_stack: Any, synapse: SynapseServer, person: tuple[str, str, str]
+) -> None:
+    localpart, password, user_id = person
+    stack = client_stack(preset="1kbps")
+    token = http(stack.url, "POST", "/_matrix/client/v3/login", login_body(localpart, password))[2][
+        "access_token"
+    ]
+    room = http(stack.url, "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat"}, token)[2][
+        "room_id"
+    ]
+    f = urllib.parse.quote(FILTER)
+    direct_token = _token_of(synapse, localpart, password)  # (a new device: before the first sync)
+    first = http(stack.url, "GET", "/_matrix/client/v3/sync?filter=%s&timeout=0" % f, token=token)[2]
+    since = first["next_batch"]
+    # The client-proxy parks the next sync at the proxy right after delivering
+    # this one (one request up, an empty ACK back); then the air is quiet.
+    time.sleep(2.0)
+    idle = stack.radio_stats()
+    for _ in range(3):
+        status, _, body = http(
+            stack.url,
+            "GET",
+            "/_matrix/client/v3/sync?filter=%s&since=%s&timeout=1000" % (f, since),
+            token=token,
+        )
+        assert status == 200 and body["next_batch"] == since
+        assert not body.get("rooms", {}).get("join")
+    assert stack.radio_stats() == idle  # three empty long-polls: not one byte on the air
+    # News arrives on the parked request.
+    status, _ = matrix_call(
+        synapse.url,
+        "PUT",
+        "/_matrix/client/v3/rooms/%s/send/m.room.message/n1" % urllib.parse.quote(room),
+        direct_token,
+        {"msgtype": "m.text", "body": "news"},
+    )
+    assert status == 200
+    status, _, body = http(
+        stack.url, "GET", "/_matrix/client/v3/sync?filter=%s&since=%s&timeout=20000" % (f, since), token=token
+    )
+    assert status == 200 and body["next_batch"] != since
+    events = body["rooms"]["join"][room]["timeline"]["events"]
+    assert [e["content"]["body"] for e in events] == ["news"]
+
+
+def test_homeserver_down_is_503_with_retry_after(
+    client_stack: Any, fault_injector: FaultInjector, person: tuple[str, str, str]
+) -> None:
+    localpart, password, _ = person
+    stack = client_stack(preset="fast", homeserver_url=fault_injector.url)
+    token = http(stack.url, "POST", "/_matrix/client/v3/login", login_body(localpart, password))[2][
+        "access_token"
+    ]
+    fault_injector.set("down")
+    status, headers, body = http(stack.url, "GET", "/_matrix/client/v3/account/whoami", token=token)
+    assert status == 503 and int(headers["Retry-After"]) > 0
+    assert body["errcode"] == "M_UNKNOWN" and "homeserver" in body["error"]
+    fault_injector.set("pass")
+    assert http(stack.url, "GET", "/_matrix/client/v3/account/whoami", token=token)[0] == 200
+
+
+def test_dead_link_is_504_not_a_hang(client_stack: Any, person: tuple[str, str, str]) -> None:
+    localpart, password, _ = person
+    stack = client_stack(preset="fast", request_timeout=4.0)
+    token = http(stack.url, "POST", "/_matrix/client/v3/login", login_body(localpart, password))[2][
+        "access_token"
+    ]
+    stack.relay.stop()  # the radio is gone
+    t0 = time.monotonic()
+    status, _, body = http(stack.url, "GET", "/_matrix/client/v3/account/whoami", token=token, timeout=30)
+    assert status == 504 and body["errcode"] == "M_UNKNOWN" and body["error"].startswith("lowbw:")
+    assert time.monotonic() - t0 < 20
+
+
+def test_proxy_restart_mid_sync(
+    client_stack: Any, synapse: SynapseServer, person: tuple[str, str, str]
+) -> None:
+    localpart, password, user_id = person
+    stack = client_stack(preset="fast")
+    token = http(stack.url, "POST", "/_matrix/client/v3/login", login_body(localpart, password))[2][
+        "access_token"
+    ]
+    room = http(stack.url, "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat"}, token)[2][
+        "room_id"
+    ]
+    since = http(stack.url, "GET", "/_matrix/client/v3/sync?timeout=0", token=token)[2]["next_batch"]
+    result: list[Any] = []
+
+    def long_poll() -> None:
+        deadline = time.monotonic() + 60
+        s = since
+        while time.monotonic() < deadline:
+            status, _, body = http(
+                stack.url, "GET", "/_matrix/client/v3/sync?since=%s&timeout=5000" % s, token=token, timeout=90
+            )
+            if status != 200:
+                result.append(("error", status, body))
+                return
+            events = body.get("rooms", {}).get("join", {}).get(room, {}).get("timeline", {}).get("events", [])
+            if events:
+                result.append([e["content"].get("body") for e in events])
+                return
+            s = body["next_batch"]
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    time.sleep(1.5)
+    stack.restart_proxy()  # graceful: parked syncs end with Session-End, the client-proxy handshakes again
+    status, _ = matrix_call(
+        synapse.url,
+        "PUT",
+        "/_matrix/client/v3/rooms/%s/send/m.room.message/r1" % urllib.parse.quote(room),
+        _token_of(synapse, localpart, password),
+        {"msgtype": "m.text", "body": "after restart"},
+    )
+    assert status == 200
+    poller.join(90)
+    assert result == [["after restart"]]
+    assert stack.radio_stats()["handshakes"] >= 2
+
+
+def _token_of(synapse: SynapseServer, localpart: str, password: str) -> str:
+    status, _, body = http(synapse.url, "POST", "/_matrix/client/v3/login", login_body(localpart, password))
+    assert status == 200
+    token: str = body["access_token"]
+    return token
+
+
+def test_answer_mapping_of_rate_limits() -> None:
+    """429 and its Retry-After survive the trip (a fault Synapse will not produce on demand here)."""
+    from lowbw.clientproxy.app import ClientProxy
+    from lowbw.clientproxy.config import ClientProxyConfig
+    from lowbw.compact.codec import BodyCodec
+    from lowbw.wire import keys
+
+    cfg = ClientProxyConfig(
+        path=None,  # type: ignore[arg-type]
+        name="t",
+        listen="127.0.0.1:0",
+        proxy_host="127.0.0.1",
+        proxy_port=9,
+        proxy_public_key=bytes(32),
+        private_key=bytes(32),
+    )
+    cp = ClientProxy(cfg)
+    payload, cf = BodyCodec(keys.TABLE_LOWBW_V1).encode({"errcode": "M_LIMIT_EXCEEDED", "error": "Too many"})
+    msg = Message(code=Code.TOO_MANY_REQUESTS, payload=payload, content_format=cf)
+    msg.opt.max_age = 7
+    answer = cp._answer(msg)
+    assert (answer.status, answer.retry_after) == (429, 7)
+    assert answer.body == {"errcode": "M_LIMIT_EXCEEDED", "error": "Too many"}
+    resp = answer.response()
+    assert resp.status == 429 and resp.headers["Retry-After"] == "7"
+    # An answer that cannot be read is a 502, not a crash.
+    from lowbw.clientproxy.app import LinkFailed
+
+    bad = Message(code=Code.CONTENT, payload=b"\xff\xff", content_format=60)
+    with pytest.raises(LinkFailed) as info:
+        cp._answer(bad)
+    assert info.value.http_status == 502
