@@ -159,6 +159,7 @@ class ClientProxy:
             self.config.proxy_public_key,
             self.tuning,
             CLIENT_CAPS if self.config.dictionary else CLIENT_CAPS & ~handshake.CAP_DICT_V1,
+            self.config.radio_mtu,
         )
 
     async def close(self) -> None:

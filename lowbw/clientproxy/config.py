@@ -11,6 +11,7 @@
     link_bps = 1000                    # the radio's bit rate: sizes timers and blocks
     request_timeout = 300              # seconds before a request is answered 504
     dictionary = true                  # offer the preset body dictionary (false: to measure it)
+    mtu = 256                          # largest datagram the radio carries (default by link_bps)
 
 Every key but the keys and ``proxy`` has a default; ``--listen``, ``--proxy``
 and ``--link-bps`` on the command line override the file.
@@ -30,6 +31,11 @@ from lowbw.wire.errors import LowbwError
 DEFAULT_LISTEN = "127.0.0.1:8008"
 DEFAULT_LINK_BPS = 1000.0
 DEFAULT_REQUEST_TIMEOUT = 300.0
+
+
+def default_mtu(link_bps: float) -> int:
+    """256-byte frames on slow radios (LoRa, the 100 bit/s presets), 1024 above 2400 bit/s."""
+    return 256 if link_bps <= 2400 else 1024
 
 
 class ClientProxyConfigError(LowbwError):
@@ -56,6 +62,11 @@ class ClientProxyConfig:
     link_bps: float = DEFAULT_LINK_BPS
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     dictionary: bool = True
+    mtu: int = 0  # 0: by link_bps (default_mtu)
+
+    @property
+    def radio_mtu(self) -> int:
+        return self.mtu or default_mtu(self.link_bps)
 
     def __repr__(self) -> str:  # never the private key
         return "<ClientProxyConfig %s listen=%s proxy=%s:%d>" % (
@@ -128,12 +139,16 @@ def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
         priv = keyfile.key_from_hex(data["private_key"], "private_key")
     except keyfile.KeyFileError as exc:
         raise ClientProxyConfigError("%s: %s" % (p, exc.message))
+    mtu = data.get("mtu", 0)
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not (mtu == 0 or 64 <= mtu <= 65507):
+        raise ClientProxyConfigError("mtu must be an integer 64..65507 (or 0: by link_bps)")
     dictionary = data.get("dictionary", True)
     if not isinstance(dictionary, bool):
         raise ClientProxyConfigError("dictionary must be true or false")
     return ClientProxyConfig(
         path=p,
         dictionary=dictionary,
+        mtu=mtu,
         name=str(data.get("name", p.stem)),
         listen=listen,
         proxy_host=host,

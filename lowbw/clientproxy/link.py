@@ -13,6 +13,8 @@ the lowbw frame layer (``lowbw.wire.frames``, ``lowbw.wire.handshake``).
   any of the last few handshakes is accepted.
   When the proxy answers a newer handshake after an older one, the newer
   session wins (the proxy keeps only the latest session of a key).
+* The first message rides the handshake only if IK message 1 still fits the
+  radio's MTU; otherwise the handshake goes alone and the message follows it.
 * A message the client-proxy bound to a session (``lowbw_bound``: it holds
   that session's identifier references or token slot) is never sent in
   another one.
@@ -46,6 +48,10 @@ log = logging.getLogger("lowbw.clientproxy.link")
 
 CLIENT_CAPS = keys.TABLE_LOWBW_V1 | handshake.CAP_DICT_V1
 HANDSHAKES_KEPT = 3
+# Noise IK message 1 around its payload: kind, e, encrypted s, caps byte, tag.
+IK1_OVERHEAD = 1 + 32 + 48 + 1 + 16
+# A transport frame from the initiator: kind, session id, long counter, tag.
+FRAME_OVERHEAD = 1 + 2 + 3 + 16
 
 
 class ProxyRemote(interfaces.EndpointAddress):
@@ -99,6 +105,7 @@ class LinkStats:
     handshakes: int = 0
     dropped: int = 0
     stale: int = 0
+    oversize: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -114,12 +121,14 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         proxy_public_key: bytes,
         tuning: LinkTuning,
         caps: int = CLIENT_CAPS,
+        mtu: int = 65507,
     ) -> None:
         self._mman: LowbwMessageManager | None = mman
         self.private_key = private_key
         self.proxy_public_key = proxy_public_key
         self.remote = ProxyRemote(tuning)
         self.offered_caps = caps
+        self.mtu = mtu
         self.stats = LinkStats()
         self.session: frames.Session | None = None
         self.caps = 0
@@ -207,11 +216,23 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             self.reset()
             self._start(None, plaintext)
             return
-        self._sendto(bytes(session.seal(plaintext)))
+        dgram = bytes(session.seal(plaintext))
+        if len(dgram) > self.mtu:
+            self.stats.oversize += 1
+            log.warning(
+                "a %d-byte frame exceeds the radio's MTU (%d B): the radio will drop it", len(dgram), self.mtu
+            )
+        self._sendto(dgram)
 
     def _start(self, mid: int | None, plaintext: bytes) -> None:
         ini = handshake.Initiator(self.private_key, self.proxy_public_key, caps=self.offered_caps)
-        dgram = ini.start(plaintext)
+        if len(plaintext) + IK1_OVERHEAD > self.mtu:
+            # Too big to ride the handshake on this radio: handshake alone, the
+            # message follows sealed as soon as the answer is in.
+            dgram = ini.start(b"")
+            self._waiting = [(m, p) for (m, p) in self._waiting if m != mid] + [(mid or -1, plaintext)]
+        else:
+            dgram = ini.start(plaintext)
         self._handshakes = (self._handshakes + [(ini, -1 if mid is None else mid)])[-HANDSHAKES_KEPT:]
         self.stats.handshakes += 1
         self._sendto(bytes(dgram))
@@ -262,12 +283,13 @@ async def open_link(
     proxy_public_key: bytes,
     tuning: LinkTuning,
     caps: int = CLIENT_CAPS,
+    mtu: int = 65507,
 ) -> ClientLink:
     """A ClientLink towards ``proxy``, attached to an aiocoap client Context."""
     loop = asyncio.get_running_loop()
     tman = TokenManager(ctx)
     mman = LowbwMessageManager(tman)
-    link = ClientLink(mman, private_key, proxy_public_key, tuning, caps)
+    link = ClientLink(mman, private_key, proxy_public_key, tuning, caps, mtu)
     family = socket.AF_INET6 if ":" in proxy[0] else socket.AF_INET
     await loop.create_datagram_endpoint(lambda: link, remote_addr=proxy, family=family)
     mman.message_interface = link

@@ -38,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
         "--link-bps", type=float, metavar="N", help="radio bit rate, sizes timers (default: config)"
     )
     p.add_argument(
+        "--mtu", type=int, metavar="BYTES", help="largest datagram the radio carries (default: config)"
+    )
+    p.add_argument(
         "--no-dictionary", action="store_true", help="do not offer the preset body dictionary (to measure it)"
     )
     p.add_argument(
@@ -113,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.link_bps <= 0:
                 raise cp_config.ClientProxyConfigError("--link-bps must be positive")
             cfg.link_bps = args.link_bps
+        if args.mtu is not None:
+            if not 64 <= args.mtu <= 65507:
+                raise cp_config.ClientProxyConfigError("--mtu must be 64..65507")
+            cfg.mtu = args.mtu
         if args.no_dictionary:
             cfg.dictionary = False
         return asyncio.run(serve(cfg, args.public_url))

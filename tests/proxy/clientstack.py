@@ -46,7 +46,8 @@ class ClientStack:
     ) -> ClientStack:
         from lowbw.proxy.config import write_default
 
-        link_bps = int(get_preset(preset).direction("up").rate_bps)
+        up = get_preset(preset).direction("up")
+        link_bps = int(up.rate_bps)
         result = write_default(
             self.workdir / "proxy",
             homeserver_url or synapse.url,
@@ -95,6 +96,8 @@ class ClientStack:
                 "127.0.0.1:0",
                 "--proxy",
                 "%s:%d" % (self.relay.host, self.relay.port),
+                "--mtu",
+                str(min(up.mtu, 65507)),
                 *client_args,
             ],
             self.workdir / "client-proxy.log",
