@@ -153,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--link-bps", type=_positive_int, default=100, metavar="N", help="radio link bit rate (default 100)"
     )
+    init.add_argument(
+        "--mtu",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="largest datagram the radio carries (default: 256 up to 2400 bit/s, else 1024)",
+    )
     init.add_argument("--force", action="store_true", help="overwrite existing files (the registry is kept)")
     init.set_defaults(func=cmd_proxy_init)
 
@@ -286,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands handed whole to another module's main(argv).
 PASSTHROUGH = {
-    "serial-gateway": ("lowbw.adapters.serial_gateway",
-                       "bridge a serial line (radio modem or line-protocol sensor) to the proxy"),
+    "serial-gateway": (
+        "lowbw.adapters.serial_gateway",
+        "bridge a serial line (radio modem or line-protocol sensor) to the proxy",
+    ),
     "mqtt-bridge": ("lowbw.adapters.mqtt_bridge", "bridge MQTT topics into Matrix rooms and back"),
     "client-proxy": ("lowbw.clientproxy.main", "serve a stock Matrix client across the radio link"),
 }
@@ -321,6 +330,7 @@ def cmd_proxy_init(args: argparse.Namespace) -> int:
         bind=args.bind,
         port=args.port,
         link_bps=args.link_bps,
+        mtu=args.mtu,
         mode=args.mode,
         appservice_listen=args.appservice_listen,
         force=args.force,

@@ -32,6 +32,19 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   fi
 fi
 
+# nginx terminates TLS in front of Synapse for bench/chat_session.py's HTTPS baseline.
+# Debian puts it in /usr/sbin, which is not on every PATH.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian package nginx" >&2
+    (apt-get install -y -q nginx >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q nginx >/dev/null; }) ||
+      echo "warning: could not install nginx; bench/chat_session.py cannot run its HTTPS baseline" >&2
+  else
+    echo "note: nginx missing and not root; bench/chat_session.py cannot run its HTTPS baseline" >&2
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi

@@ -322,8 +322,10 @@ def init_proxy(
     appservice_listen: str,
     homeserver_url: str = "http://127.0.0.1:8008",
     link_bps: int = 100,
+    mtu: int = 0,
 ) -> Path:
     """``lowbw proxy init``; returns the path of proxy.toml."""
+    extra = ["--mtu", str(mtu)] if mtu else []
     run_lowbw(
         "proxy",
         "init",
@@ -339,6 +341,7 @@ def init_proxy(
         appservice_listen,
         "--link-bps",
         str(link_bps),
+        *extra,
     )
     return directory / "proxy.toml"
 

@@ -51,6 +51,7 @@ from aiohttp import web
 
 from lowbw.clientproxy.config import ClientProxyConfig
 from lowbw.clientproxy.link import CLIENT_CAPS, ClientLink, open_link
+from lowbw.clientproxy.txnids import TxnIds
 from lowbw.compact.codec import CF_CBOR, BodyCodec
 from lowbw.compact.refs import ClientRefs
 from lowbw.proxy.clients import (
@@ -124,6 +125,9 @@ class LinkFailed(LowbwError):
 class _Park:
     since: str
     task: asyncio.Task[Answer]
+    # Set when the proxy acknowledged the parked request: it has asked the
+    # homeserver and found nothing yet (news would have been the answer).
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -139,13 +143,14 @@ class ClientProxy:
     def __init__(self, config: ClientProxyConfig, *, public_url: str | None = None) -> None:
         self.config = config
         self.public_url = public_url
-        self.tuning = LinkTuning(config.link_bps)
+        self.tuning = LinkTuning(config.link_bps, mtu=config.radio_mtu)
         self.ctx: Context | None = None
         self.link: ClientLink | None = None
         self._bearers = _Bearers()
         self._parks: dict[tuple[Any, ...], _Park] = {}
         self._templates: dict[str | None, dict[str, Any]] = {}
         self._versions: Answer | None = None
+        self.txnids = TxnIds()
         self._refs: tuple[Any, ClientRefs] = (None, ClientRefs())
 
     # -- life cycle -------------------------------------------------------------------
@@ -212,7 +217,8 @@ class ClientProxy:
             elif request.method == "GET" and path.endswith("/sync") and _parkable(query):
                 answer = await self._sync(path, query, token)
             else:
-                answer = await self.carry(method, path, query, body, token)
+                sent_path = self.txnids.shorten_path(path) if request.method == "PUT" else path
+                answer = await self.carry(method, sent_path, query, body, token)
                 if request.method == "GET" and path.endswith("/sync"):
                     self._after_sync(_sync_key(token, path, query), path, query, token, answer)
         except LinkFailed as exc:
@@ -248,6 +254,16 @@ class ClientProxy:
                 self._after_sync(key, path, query, token, answer)
                 return answer
             park = self._park(key, path, query, token, since)
+        if wait_ms == 0 and not park.task.done():
+            # "Now" while the parked request is still on its way: now is when the
+            # proxy has looked (its acknowledgement), or its answer if that is news.
+            ack = asyncio.ensure_future(park.acked.wait())
+            try:
+                await asyncio.wait(
+                    {park.task, ack}, timeout=self.config.request_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                ack.cancel()
         done, _ = await asyncio.wait({park.task}, timeout=wait_ms / 1000)
         if not done:
             return self._empty_sync(token, since)
@@ -275,9 +291,10 @@ class ClientProxy:
             old.task.cancel()
         skip = ("since", "timeout", "full_state")
         upstream = [(k, v) for k, v in query if k not in skip] + [("since", since)]
-        task = asyncio.ensure_future(self.carry(Code.GET, path, upstream, None, token))
+        acked = asyncio.Event()
+        task = asyncio.ensure_future(self.carry(Code.GET, path, upstream, None, token, acked))
         task.add_done_callback(_consume_exception)
-        park = self._parks[key] = _Park(since, task)
+        park = self._parks[key] = _Park(since, task, acked)
         return park
 
     def _after_sync(
@@ -351,12 +368,23 @@ class ClientProxy:
         return OpaqueOption(BEARER_BIND_OPTION, bytes([slot]) + token.encode("utf-8"))
 
     async def carry(
-        self, method: Code, path: str, query: list[tuple[str, str]], body: Any, token: str | None
+        self,
+        method: Code,
+        path: str,
+        query: list[tuple[str, str]],
+        body: Any,
+        token: str | None,
+        acked: asyncio.Event | None = None,
     ) -> Answer:
-        """One request across the link; its answer in HTTP terms (LinkFailed if none)."""
+        """One request across the link; its answer in HTTP terms (LinkFailed if none).
+
+        ``acked`` is set once the proxy acknowledges the request (ACK, empty or not).
+        """
         for attempt in (1, 2, 3):
             session = self.link.session if self.link is not None else None
             msg, report = self._message(method, path, query, body, token, session)
+            if acked is not None:
+                msg.lowbw_acked = acked  # type: ignore[attr-defined]
             try:
                 response = await self._exchange(msg, session)
             except LinkFailed:
@@ -466,6 +494,7 @@ class ClientProxy:
                 body = self._codec(session).decode(response.payload, None if cf is None else int(cf))
             except LowbwError as exc:
                 raise LinkFailed(502, "unreadable answer: %s" % exc.message)
+            self.txnids.restore(body)
         return Answer(http_status, body, retry_after)
 
 

@@ -37,6 +37,7 @@ from typing import Any, cast
 from aiocoap import error as coap_error
 from aiocoap import interfaces
 from aiocoap.message import Message
+from aiocoap.numbers.types import ACK
 from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
 
@@ -48,6 +49,7 @@ log = logging.getLogger("lowbw.clientproxy.link")
 
 CLIENT_CAPS = keys.TABLE_LOWBW_V1 | handshake.CAP_DICT_V1
 HANDSHAKES_KEPT = 3
+ACK_EVENTS_KEPT = 64
 # Noise IK message 1 around its payload: kind, e, encrypted s, caps byte, tag.
 IK1_OVERHEAD = 1 + 32 + 48 + 1 + 16
 # A transport frame from the initiator: kind, session id, long counter, tag.
@@ -135,6 +137,8 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self._handshakes: list[tuple[handshake.Initiator, int]] = []  # (initiator, mid of 0-RTT)
         self._waiting: list[tuple[int, bytes]] = []  # (mid, plaintext) until the session is up
         self._transport: asyncio.DatagramTransport | None = None
+        # Message ID -> event set when the proxy acknowledges it (parked syncs).
+        self._ack_events: dict[int, asyncio.Event] = {}
 
     @property
     def message_manager(self) -> LowbwMessageManager | None:
@@ -170,6 +174,10 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             log.info("unparsable CoAP message from the proxy dropped")
             return
         msg.transport_tuning = self.remote.tuning
+        if msg.mtype == ACK:
+            acked = self._ack_events.pop(msg.mid, None)
+            if acked is not None:
+                acked.set()
         # Which session it came in: identifier references resolve in that session's table.
         msg.lowbw_session = self.session  # type: ignore[attr-defined]
         self._mman.dispatch_message(msg)
@@ -245,6 +253,11 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             # aiocoap gives up on it and the client-proxy sends it afresh.
             self.stats.stale += 1
             return
+        acked = getattr(message, "lowbw_acked", None)
+        if acked is not None and message.mid is not None:
+            self._ack_events[message.mid] = acked
+            while len(self._ack_events) > ACK_EVENTS_KEPT:
+                self._ack_events.pop(next(iter(self._ack_events)))
         plaintext = message.encode()
         if self.session is not None:
             self._seal_and_send(plaintext)
@@ -288,6 +301,9 @@ async def open_link(
     """A ClientLink towards ``proxy``, attached to an aiocoap client Context."""
     loop = asyncio.get_running_loop()
     tman = TokenManager(ctx)
+    # aiocoap starts its token counter at a random 16-bit value; from 0, the first
+    # 255 requests carry 1-byte tokens (a byte each way per exchange on the air).
+    tman._token = 0
     mman = LowbwMessageManager(tman)
     link = ClientLink(mman, private_key, proxy_public_key, tuning, caps, mtu)
     family = socket.AF_INET6 if ":" in proxy[0] else socket.AF_INET

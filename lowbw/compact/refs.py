@@ -17,6 +17,8 @@ next. Each session keeps one table of such strings, owned by the proxy:
   it sends the option only when that number grew. Definitions can arrive out
   of order (loss, retransmission, concurrent requests), so only the
   contiguous prefix counts.
+* **Fixed texts.** Common event types in paths (``STATIC_TEXT``, frozen) are
+  ``"\x02" + decimal index`` in Uri-Path and Uri-Query values.
 * **The client-proxy refers.** In a request it may use any index it holds: the
   proxy, which made the table, has them all. In Uri-Path and Uri-Query values a
   reference is the text ``"\\x01" + decimal index``; in a body it is the same
@@ -53,6 +55,44 @@ SIGILS = "!$@#"
 HASH_SIGILS = b"$!"
 TOKEN_KEYS = frozenset(("next_batch", "prev_batch", "start", "end", "from", "to", "since"))
 TEXT_PREFIX = "\x01"
+STATIC_PREFIX = "\x02"
+# Path segments common enough to have a fixed number (event types of sends and
+# state), in Uri-Path as "\x02" + decimal index. Frozen: append only.
+STATIC_TEXT = (
+    "m.room.message",
+    "m.reaction",
+    "m.room.redaction",
+    "m.room.member",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.avatar",
+    "m.room.power_levels",
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.canonical_alias",
+    "m.room.encrypted",
+    "m.room.encryption",
+    "m.room.pinned_events",
+    "m.room.create",
+    "m.room.server_acl",
+    "m.room.tombstone",
+    "m.sticker",
+    "m.space.child",
+    "m.space.parent",
+    "m.read",
+    "m.read.private",
+    "m.fully_read",
+    "m.typing",
+    "m.direct",
+    "m.push_rules",
+    "m.room_key_request",
+    "m.room_key",
+    "m.forwarded_room_key",
+    "m.key.verification.request",
+    "m.call.invite",
+)
+_STATIC_INDEX = {s: i for i, s in enumerate(STATIC_TEXT)}
 _FORM_TEXT = 0
 _HASH_LEN = 32
 _HASH_ID_LEN = 44
@@ -155,11 +195,15 @@ class ProxyRefs:
 
     def resolve_text(self, s: str) -> str:
         """A Uri-Path or Uri-Query value with a reference resolved."""
-        if not s.startswith(TEXT_PREFIX):
+        if not s.startswith((TEXT_PREFIX, STATIC_PREFIX)):
             return s
         digits = s[1:]
         if not digits.isdigit() or not digits.isascii() or (len(digits) > 1 and digits[0] == "0"):
             raise DecodeError("bad identifier reference in an option")
+        if s[0] == STATIC_PREFIX:
+            if int(digits) >= len(STATIC_TEXT):
+                raise DecodeError("static text %s is not in the table" % digits)
+            return STATIC_TEXT[int(digits)]
         return self._lookup(int(digits))
 
     def _lookup(self, i: int) -> str:
@@ -229,7 +273,10 @@ class ClientRefs:
 
     def refer_text(self, s: str) -> str:
         i = self.index.get(s)
-        return s if i is None else TEXT_PREFIX + str(i)
+        if i is not None:
+            return TEXT_PREFIX + str(i)
+        j = _STATIC_INDEX.get(s)
+        return s if j is None else STATIC_PREFIX + str(j)
 
     def encode(self, obj: Any, ids: dict[str, int], depth: int = 64) -> Any:
         if depth <= 0:

@@ -81,6 +81,16 @@ _LOGIN_ENDINGS = ("/login", "/register", "/refresh")
 _METHODS = {Code.GET: "GET", Code.POST: "POST", Code.PUT: "PUT", Code.DELETE: "DELETE"}
 
 
+def _with_empty_ack_delay(base: LinkTuning | None, link_bps: float, delay: float) -> LinkTuning:
+    """The session tuning (blocks, timers) with a different EMPTY_ACK_DELAY."""
+    tuning = LinkTuning(link_bps, empty_ack_delay=delay)
+    if base is not None:
+        tuning.block_szx = base.block_szx
+        tuning.ACK_TIMEOUT = base.ACK_TIMEOUT
+        tuning.MAX_LATENCY = base.MAX_LATENCY
+    return tuning
+
+
 def is_client(rec: DeviceRecord) -> bool:
     return PERMISSION_CLIENT in rec.permissions
 
@@ -140,7 +150,8 @@ class ClientService:
         self.park_max = PARK_MAX
         self.park_poll_ms = PARK_POLL_MS
         link_bps = services.link_bps if services.link_bps > 0 else 100.0
-        self.park_tuning = park_tuning or LinkTuning(link_bps, empty_ack_delay=PARK_ACK_DELAY)
+        base = services.table.tuning if isinstance(services.table.tuning, LinkTuning) else None
+        self.park_tuning = park_tuning or _with_empty_ack_delay(base, link_bps, PARK_ACK_DELAY)
 
     # -- hooks for the transport and the site ------------------------------------------
 

@@ -10,6 +10,7 @@ of the config file (absolute paths are kept as they are)::
     public_key = "proxy.pub"
     registry = "registry.sqlite3"
     link_bps = 100              # radio bit rate: the proxy derives its CoAP timers from it
+    mtu = 0                     # largest datagram the radio carries; 0: 256 up to 2400 bit/s, else 1024
 
     [homeserver]
     url = "http://127.0.0.1:8008"
@@ -85,6 +86,7 @@ class ProxySection:
     public_key: Path = Path("proxy.pub")
     registry: Path = Path("registry.sqlite3")
     link_bps: int = DEFAULT_LINK_BPS
+    mtu: int = 0
 
 
 @dataclass
@@ -323,6 +325,7 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
         public_key=t.path("public_key", "proxy.pub"),
         registry=t.path("registry", "registry.sqlite3"),
         link_bps=t.integer("link_bps", DEFAULT_LINK_BPS, 1, 1_000_000_000),
+        mtu=t.integer("mtu", 0, 0, 65507),
     )
     t.check()
 
@@ -417,6 +420,9 @@ def _to_toml(cfg: ProxyConfig) -> str:
         "registry = %s" % toml_string(_rel(p.registry, base)),
         "# Radio link bit rate; CoAP retransmission timers are derived from it.",
         "link_bps = %d" % p.link_bps,
+        "# Largest datagram the radio carries (sizes block-wise transfers); 0: 256 B up to",
+        "# 2400 bit/s, else 1024 B.",
+        "mtu = %d" % p.mtu,
         "",
         "[homeserver]",
         "url = %s" % toml_string(h.url),
@@ -497,6 +503,7 @@ def write_default(
     bind: str = DEFAULT_BIND,
     port: int = DEFAULT_PORT,
     link_bps: int = DEFAULT_LINK_BPS,
+    mtu: int = 0,
     mode: str = "appservice",
     appservice_listen: str = DEFAULT_APPSERVICE_LISTEN,
     verify_tls: bool = True,
@@ -526,6 +533,8 @@ def write_default(
         raise ConfigError("port must be between 0 and 65535")
     if link_bps < 1:
         raise ConfigError("link_bps must be positive")
+    if not (mtu == 0 or 64 <= mtu <= 65507):
+        raise ConfigError("mtu must be 64..65507 (or 0: by link_bps)")
     split_host_port(appservice_listen, "appservice listen address")
 
     target = Path(os.path.abspath(directory))
@@ -538,6 +547,7 @@ def write_default(
             public_key=target / "proxy.pub",
             registry=target / "registry.sqlite3",
             link_bps=link_bps,
+            mtu=mtu,
         ),
         homeserver=HomeserverSection(
             url=homeserver_url,

@@ -68,6 +68,7 @@ class ProxySettings:
     bind: str = "127.0.0.1"
     port: int = 5683
     link_bps: float = 100.0
+    mtu: int = 0
     verify_tls: bool = True
     as_token: str | None = None
     hs_token: str | None = None
@@ -103,6 +104,7 @@ class ProxySettings:
             bind=cfg.proxy.bind,
             port=cfg.proxy.port,
             link_bps=float(cfg.proxy.link_bps),
+            mtu=cfg.proxy.mtu,
             verify_tls=cfg.homeserver.verify_tls,
             as_token=a.as_token if a is not None else None,
             hs_token=a.hs_token if a is not None else None,
@@ -176,7 +178,7 @@ class ProxyServer:
         if self.registry is None:
             self.registry = Registry(s.registry_path)
         try:
-            tuning = LinkTuning(s.link_bps, s.empty_ack_delay)
+            tuning = LinkTuning(s.link_bps, s.empty_ack_delay, s.mtu)
             table = SessionTable(
                 self.registry,
                 s.private_key,

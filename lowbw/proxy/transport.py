@@ -75,12 +75,18 @@ RECEIVE_BUFFER = 4 * 1024 * 1024
 Sockaddr = tuple[Any, ...]
 
 
-def block_szx_for(link_bps: float) -> int:
-    """Block size exponent (RFC 7959 SZX: 2**(szx+4) bytes) for a link speed.
+def block_szx_for(link_bps: float, mtu: int = 0) -> int:
+    """Block size exponent (RFC 7959 SZX: 2**(szx+4) bytes) for a link.
 
-    128-byte blocks keep every frame of a block-wise transfer well below the
-    256-byte frames of the slow presets; fast links get 1024.
+    With the radio's MTU known: the largest block whose frame still fits it.
+    Without: 128-byte blocks up to 2400 bit/s (they fit the 256-byte frames of
+    the slow radios), 1024 above.
     """
+    if mtu:
+        szx = 6
+        while szx > 0 and (1 << (szx + 4)) + COAP_OVERHEAD + FRAME_OVERHEAD > mtu:
+            szx -= 1
+        return szx
     return 3 if link_bps <= 2400 else 6
 
 
@@ -98,11 +104,11 @@ class LinkTuning(TransportTuning):
     ACK_RANDOM_FACTOR = 1.5
     MAX_RETRANSMIT = 4
 
-    def __init__(self, link_bps: float = 100.0, empty_ack_delay: float | None = None) -> None:
+    def __init__(self, link_bps: float = 100.0, empty_ack_delay: float | None = None, mtu: int = 0) -> None:
         if link_bps <= 0:
             raise ValueError("link_bps must be positive")
         self.link_bps = float(link_bps)
-        self.block_szx = block_szx_for(link_bps)
+        self.block_szx = block_szx_for(link_bps, mtu)
         frame = (1 << (self.block_szx + 4)) + COAP_OVERHEAD + FRAME_OVERHEAD
         airtime = frame * 8 / self.link_bps
         self.ACK_TIMEOUT = 2 * airtime + 2.0

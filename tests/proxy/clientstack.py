@@ -54,6 +54,7 @@ class ClientStack:
             server_name=server_name,
             port=demo.free_udp_port(),
             link_bps=link_bps,
+            mtu=min(up.mtu, 65507),
             mode="token",
             user_prefix="tok_",
             registration_shared_secret=synapse.registration_shared_secret,
