@@ -22,6 +22,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/frozen_size.py
 	$(VENV)/bin/python bench/proxy_load.py --quick
 	$(VENV)/bin/python bench/device.py --quick
+	$(VENV)/bin/python bench/body_compression.py
+	$(VENV)/bin/python bench/chat_session.py
 
 # Local Synapse + proxy + radio_sim at 100 bit/s + a MicroPython sensor; Ctrl-C stops it all.
 demo: $(STAMP)

@@ -51,7 +51,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
 from aiocoap.optiontypes import OpaqueOption
 
-from lowbw.compact.codec import BodyCodec
+from lowbw.compact.codec import CF_CBOR, BodyCodec
 from lowbw.compact.refs import ProxyRefs
 from lowbw.proxy.homeserver import HomeserverUnavailable
 from lowbw.proxy.registry import DeviceRecord
@@ -89,6 +89,13 @@ def _with_empty_ack_delay(base: LinkTuning | None, link_bps: float, delay: float
         tuning.ACK_TIMEOUT = base.ACK_TIMEOUT
         tuning.MAX_LATENCY = base.MAX_LATENCY
     return tuning
+
+
+def _body_message(code: int, payload: bytes, cf: int) -> Message:
+    """An answer with a body; plain CBOR goes without Content-Format (the default here)."""
+    if cf == CF_CBOR:
+        return Message(code=Code(code), payload=payload)
+    return Message(code=Code(code), payload=payload, content_format=cf)
 
 
 def is_client(rec: DeviceRecord) -> bool:
@@ -371,7 +378,7 @@ class ClientService:
 
     def _error(self, codec: BodyCodec, code: int, errcode: str, text: str) -> Message:
         payload, cf = codec.encode({"errcode": errcode, "error": text})
-        return Message(code=Code(code), payload=payload, content_format=cf)
+        return _body_message(code, payload, cf)
 
     def _unavailable(self, codec: BodyCodec, exc: HomeserverUnavailable) -> Message:
         code = exc.coap_code
@@ -389,7 +396,7 @@ class ClientService:
                 payload, cf = codec.encode(result.json)
             except EncodeError:
                 return self._error(codec, coap.BAD_GATEWAY, "M_UNKNOWN", "answer not representable")
-            msg = Message(code=Code(code), payload=payload, content_format=cf)
+            msg = _body_message(code, payload, cf)
         elif result.body:
             msg = Message(code=Code(code), payload=bytes(result.body), content_format=CF_OCTETS)
         else:

@@ -33,32 +33,80 @@ ROOT = Path(__file__).resolve().parents[2]
 # rules and a room, a message send and its answer, an empty JSON object.
 SYNC = {
     "next_batch": "s72594_4483_1934_0_1_1_1_5_0_1_1_1_1_1",
-    "account_data": {"events": [{"type": "m.push_rules", "content": {"global": {
-        "override": [
-            {"conditions": [], "actions": [], "rule_id": ".m.rule.master", "default": True, "enabled": False},
-            {"conditions": [{"kind": "event_match", "key": "content.msgtype", "pattern": "m.notice"}],
-             "actions": [], "rule_id": ".m.rule.suppress_notices", "default": True, "enabled": True},
-        ],
-        "underride": [
-            {"conditions": [{"kind": "event_match", "key": "type", "pattern": "m.room.message"}],
-             "actions": ["notify", {"set_tweak": "highlight", "value": False}],
-             "rule_id": ".m.rule.message", "default": True, "enabled": True},
-        ],
-    }}}]},
-    "rooms": {"join": {"!Qx3vT0mBf7dKc2WZyL9pRtUaEeHs1NjGo4iVw8XlM6Y": {
-        "timeline": {"events": [
-            {"content": {"displayname": "Erin", "membership": "join"},
-             "event_id": "$Gd7pQe1wZ0rT5yUaB3nM9kLhJ2sXcV6fO8iR4tE1wQz", "origin_server_ts": 1761212345678,
-             "sender": "@erin:matrix.example.net", "state_key": "@erin:matrix.example.net",
-             "type": "m.room.member", "unsigned": {"age": 5321, "membership": "join"}},
-            {"content": {"body": "hello", "msgtype": "m.text"},
-             "event_id": "$Zk2LmN8pQ4rS6tU0vW1xY3zA5bC7dE9fG2hJ4kL6mNo", "origin_server_ts": 1761212349876,
-             "sender": "@erin:matrix.example.net", "type": "m.room.message",
-             "unsigned": {"age": 1233, "membership": "join"}},
-        ], "limited": False, "prev_batch": "s72590_4483_1934_0_1_1_1_5_0_1_1_1_1_1"},
-        "state": {"events": []}, "account_data": {"events": []}, "ephemeral": {"events": []},
-        "unread_notifications": {"notification_count": 0, "highlight_count": 0}, "summary": {},
-    }}},
+    "account_data": {
+        "events": [
+            {
+                "type": "m.push_rules",
+                "content": {
+                    "global": {
+                        "override": [
+                            {
+                                "conditions": [],
+                                "actions": [],
+                                "rule_id": ".m.rule.master",
+                                "default": True,
+                                "enabled": False,
+                            },
+                            {
+                                "conditions": [
+                                    {"kind": "event_match", "key": "content.msgtype", "pattern": "m.notice"}
+                                ],
+                                "actions": [],
+                                "rule_id": ".m.rule.suppress_notices",
+                                "default": True,
+                                "enabled": True,
+                            },
+                        ],
+                        "underride": [
+                            {
+                                "conditions": [
+                                    {"kind": "event_match", "key": "type", "pattern": "m.room.message"}
+                                ],
+                                "actions": ["notify", {"set_tweak": "highlight", "value": False}],
+                                "rule_id": ".m.rule.message",
+                                "default": True,
+                                "enabled": True,
+                            },
+                        ],
+                    }
+                },
+            }
+        ]
+    },
+    "rooms": {
+        "join": {
+            "!Qx3vT0mBf7dKc2WZyL9pRtUaEeHs1NjGo4iVw8XlM6Y": {
+                "timeline": {
+                    "events": [
+                        {
+                            "content": {"displayname": "Erin", "membership": "join"},
+                            "event_id": "$Gd7pQe1wZ0rT5yUaB3nM9kLhJ2sXcV6fO8iR4tE1wQz",
+                            "origin_server_ts": 1761212345678,
+                            "sender": "@erin:matrix.example.net",
+                            "state_key": "@erin:matrix.example.net",
+                            "type": "m.room.member",
+                            "unsigned": {"age": 5321, "membership": "join"},
+                        },
+                        {
+                            "content": {"body": "hello", "msgtype": "m.text"},
+                            "event_id": "$Zk2LmN8pQ4rS6tU0vW1xY3zA5bC7dE9fG2hJ4kL6mNo",
+                            "origin_server_ts": 1761212349876,
+                            "sender": "@erin:matrix.example.net",
+                            "type": "m.room.message",
+                            "unsigned": {"age": 1233, "membership": "join"},
+                        },
+                    ],
+                    "limited": False,
+                    "prev_batch": "s72590_4483_1934_0_1_1_1_5_0_1_1_1_1_1",
+                },
+                "state": {"events": []},
+                "account_data": {"events": []},
+                "ephemeral": {"events": []},
+                "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+                "summary": {},
+            }
+        }
+    },
     "device_one_time_keys_count": {"signed_curve25519": 0},
     "device_unused_fallback_key_types": [],
 }
@@ -196,7 +244,8 @@ def test_skeleton_keeps_only_the_typical_part_of_random_values() -> None:
     ids = keys.get_table(keys.TABLE_LOWBW_V1).ids
     # key, text head of 44 bytes, "$"; key, uint64 head and the clock's top 3 bytes (2004..2039)
     assert skeleton == bytes([0xA2, ids["event_id"], 0x78, 44]) + b"$" + bytes(
-        [ids["origin_server_ts"], 0x1B, 0, 0, 1])
+        [ids["origin_server_ts"], 0x1B, 0, 0, 1]
+    )
 
 
 def test_builder_is_deterministic_and_bounded() -> None:

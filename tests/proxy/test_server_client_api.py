@@ -69,9 +69,7 @@ def test_filtered_sync_messages_send_state_whoami(device_factory, proxy_factory,
 
     # Filtered /sync through route "~": the answer is larger than one block.
     sync_filter = json.dumps({"room": {"timeline": {"limit": 1}}, "presence": {"types": []}})
-    answer, body, blocks = fetch(
-        wire, lambda: wire.request(coap.GET, ["~"], query=["filter=" + sync_filter])
-    )
+    answer, body, blocks = fetch(wire, lambda: wire.request(coap.GET, ["~"], query=["filter=" + sync_filter]))
     assert answer.code == coap.CONTENT and blocks > 1
     raw = cbor.loads(body, max_items=100_000, max_depth=32)
     assert any(isinstance(k, int) for k in raw)  # integer keys on the wire

@@ -43,9 +43,7 @@ def send_event(synapse, user, room_id: str, etype: str, content: dict, txn: str)
     return str(body["event_id"])
 
 
-def test_command_reaches_the_device_and_is_acknowledged(
-    device_factory, proxy_factory, synapse, matrix_user
-):
+def test_command_reaches_the_device_and_is_acknowledged(device_factory, proxy_factory, synapse, matrix_user):
     dev = device_factory()
     proxy = proxy_factory()
     wire = dev.wire()

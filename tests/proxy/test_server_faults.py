@@ -33,9 +33,7 @@ def test_homeserver_down_then_back(device_factory, proxy_factory, synapse, matri
     fault_injector.set("pass")
     assert wire.exchange(msg).code == coap.CHANGED
     assert wire.exchange(msg).code == coap.CHANGED  # now cached: still one event
-    bodies = [
-        e["content"]["body"] for e in room_events(synapse.url, matrix_user.access_token, dev.room_id)
-    ]
+    bodies = [e["content"]["body"] for e in room_events(synapse.url, matrix_user.access_token, dev.room_id)]
     assert bodies == ["temperature 1.0 °C", "temperature 1.1 °C"]
 
 
@@ -81,9 +79,7 @@ def test_graceful_restart_keeps_sessions(device_factory, proxy_factory, synapse,
     ]
 
 
-def test_crash_loses_sessions_and_the_retry_lands_once(
-    device_factory, proxy_factory, synapse, matrix_user
-):
+def test_crash_loses_sessions_and_the_retry_lands_once(device_factory, proxy_factory, synapse, matrix_user):
     dev = device_factory()
     proxy = proxy_factory()
     wire = dev.wire()

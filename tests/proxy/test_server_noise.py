@@ -18,9 +18,7 @@ key32 = st.binary(min_size=32, max_size=32)
 
 
 def both(proxy_priv: bytes, proxy_eph: bytes) -> tuple[noise_ik.Responder, handshake.Responder]:
-    return noise_ik.Responder(proxy_priv, e_priv=proxy_eph), handshake.Responder(
-        proxy_priv, e_priv=proxy_eph
-    )
+    return noise_ik.Responder(proxy_priv, e_priv=proxy_eph), handshake.Responder(proxy_priv, e_priv=proxy_eph)
 
 
 @settings(max_examples=40)

@@ -19,9 +19,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def test_reading_lands_once_with_body_fields_and_time(
-    device_factory, proxy_factory, synapse, matrix_user
-):
+def test_reading_lands_once_with_body_fields_and_time(device_factory, proxy_factory, synapse, matrix_user):
     dev = device_factory()
     proxy_factory()
     wire = dev.wire()
@@ -65,9 +63,7 @@ def test_replayed_frame_is_silent_and_makes_no_event(device_factory, proxy_facto
     assert [e["content"]["body"] for e in events] == ["temperature 10.0 °C", "temperature 10.1 °C"]
 
 
-def test_same_message_in_a_new_session_is_not_sent_twice(
-    device_factory, proxy_factory, synapse, matrix_user
-):
+def test_same_message_in_a_new_session_is_not_sent_twice(device_factory, proxy_factory, synapse, matrix_user):
     """A reading acknowledged, then the device reboots, re-handshakes (IK) and sends
     the same message number again: the proxy answers 2.04 and makes no second event."""
     dev = device_factory()
