@@ -1012,20 +1012,22 @@ def run_lowbw(
     preset: str,
     sync_timeout_ms: int,
     log: Callable[[str], None],
+    variant: str = "",
+    client_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     demo = load_demo()
     if not lowbw_has_client_proxy():
         raise LowbwUnavailable("`python -m lowbw client-proxy` does not exist yet (issue 7)")
-    account = prepare_account(hs, "b")
+    account = prepare_account(hs, "b" + variant)
     link_bps = preset_link_bps(preset)
     procs: list[Any] = []
     try:
-        client_config = proxy_dir / "client.toml"
+        client_config = proxy_dir / ("client%s.toml" % variant)
         try:
             demo.run_lowbw(
                 "proxy",
                 "enroll-client",
-                "chatbench",
+                "chatbench" + variant,
                 "--config",
                 str(config_path),
                 "--out",
@@ -1062,6 +1064,7 @@ def run_lowbw(
                 str(link_bps),
                 "--mtu",
                 str(preset_mtu(preset)),
+                *client_args,
             ],
             proxy_dir / "client-proxy.log",
             cwd=ROOT,
@@ -1194,7 +1197,8 @@ def format_capture(phases: Sequence[Phase], capture: Mapping[str, Any]) -> str:
 def preset_mtu(preset: str) -> int:
     from radio_sim.presets import get_preset
 
-    return min(int(get_preset(preset).direction("up").mtu), 65507)
+    mtu = get_preset(preset).direction("up").mtu
+    return 65507 if mtu is None else min(int(mtu), 65507)
 
 
 def start_stack(workdir: Path, link_bps: int | None, mtu: int = 0) -> tuple[Any, Path | None]:
@@ -1248,6 +1252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--keep-capture", metavar="FILE", help="copy (a)'s capture (pcapng) to FILE")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also run (b) with each compression technique switched off, to measure what each saves",
+    )
     args = parser.parse_args(argv)
 
     def log(text: str) -> None:
@@ -1337,6 +1346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "phases": [p.as_dict() for p in lowbw],
                     "total": total(lowbw).as_dict(),
                 }
+        if run_b and lowbw and args.ablation:
+            assert config_path is not None
+            results["ablation"] = run_ablation(hs, workdir, config_path, args, log, total(lowbw))
     finally:
         if hs is not None:
             hs.stop()
@@ -1377,6 +1389,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
         log("wrote %s" % args.json)
     return status
+
+
+ABLATION = (
+    ("-d", "no preset dictionary", ("--no-dictionary",)),
+    ("-r", "no identifier references / event-type numbers", ("--no-refs",)),
+    ("-t", "no short transaction IDs", ("--no-short-txn",)),
+    ("-all", "integer keys only (all three off)", ("--no-dictionary", "--no-refs", "--no-short-txn")),
+)
+
+
+def run_ablation(
+    hs: Any, workdir: Path, config_path: Path, args: Any, log: Callable[[str], None], full: Cost
+) -> list[dict[str, Any]]:
+    """(b) again with one technique off at a time: what each saves over the whole session."""
+    rows: list[dict[str, Any]] = []
+    for suffix, label, flags in ABLATION:
+        log("")
+        log("(b) ablation: %s" % label)
+        b = run_lowbw(
+            hs,
+            workdir / "proxy",
+            config_path,
+            preset=args.preset,
+            sync_timeout_ms=args.sync_timeout,
+            log=log,
+            variant=suffix,
+            client_args=flags,
+        )
+        t = total(b["phases"])
+        rows.append(
+            {
+                "variant": label,
+                "flags": list(flags),
+                "ip_bytes": t.ip_bytes,
+                "payload_bytes": t.payload,
+                "packets": t.packets,
+                "saved_by_technique": t.ip_bytes - full.ip_bytes,
+            }
+        )
+    log("")
+    log("What each technique saves over the whole session (IP bytes of (b) with it off, minus with all on):")
+    log("| (b) variant | datagrams | IP B | payload B | the technique saves |")
+    log("| --- | ---: | ---: | ---: | ---: |")
+    log(
+        "| all on | %d | %s | %s | |"
+        % (full.packets, "{:,}".format(full.ip_bytes), "{:,}".format(full.payload))
+    )
+    for r in rows:
+        log(
+            "| %s | %d | %s | %s | %s B (%.0f %%) |"
+            % (
+                r["variant"],
+                r["packets"],
+                "{:,}".format(r["ip_bytes"]),
+                "{:,}".format(r["payload_bytes"]),
+                "{:,}".format(r["saved_by_technique"]),
+                100.0 * r["saved_by_technique"] / r["ip_bytes"] if r["ip_bytes"] else 0.0,
+            )
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,7 @@ from lowbw.proxy.clients import (
     BIND_REQUIRED_OPTION,
     CF_OCTETS,
     MAX_SLOTS,
+    PARK_MAX,
     REFS_KNOWN_OPTION,
     SESSION_END_OPTION,
     SYNC_SECTIONS,
@@ -76,6 +78,15 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
 }
 METHODS = {"GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": Code.DELETE}
+FIRST = asyncio.FIRST_COMPLETED
+SESSIONS_KEPT = 3
+# Bearer-Bind slot meaning "this request only": no slot of the session is touched.
+TRANSIENT_SLOT = 0xFF
+REF_PREFIXES = ("\x01", "\x02")
+# A parked sync may wait this long at the proxy (lowbw.proxy.clients.PARK_MAX), plus a margin.
+PARK_WAIT = PARK_MAX + 120.0
+# Sync streams (token, filter, ...) with a parked request, and sync templates kept.
+MAX_PARKS = 16
 MEDIA_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/")
 # Largest JSON body a client may send (Synapse's own limit is 50 MB; this is a radio).
 MAX_REQUEST_BODY = 1024 * 1024
@@ -131,10 +142,21 @@ class _Park:
 
 
 @dataclass
-class _Bearers:
+class _SessionState:
+    """What the client-proxy keeps per Noise session: token slots, identifier table.
+
+    Slots are never reused within a session (a late retransmission of an old
+    binding could otherwise rebind a slot another token now uses); when all
+    are taken, further tokens are bound per request (``TRANSIENT_SLOT``).
+    """
+
+    refs: ClientRefs = field(default_factory=ClientRefs)
     slots: dict[str, int] = field(default_factory=dict)  # token -> slot
-    confirmed: set[str] = field(default_factory=set)  # bound in the current session
-    session: Any = None  # the frames.Session the bindings belong to
+    confirmed: set[str] = field(default_factory=set)  # tokens the proxy holds in their slot
+
+
+class _Stale(Exception):
+    """The request was made for a session that has been replaced: make it again."""
 
 
 class ClientProxy:
@@ -146,12 +168,11 @@ class ClientProxy:
         self.tuning = LinkTuning(config.link_bps, mtu=config.radio_mtu)
         self.ctx: Context | None = None
         self.link: ClientLink | None = None
-        self._bearers = _Bearers()
+        self._sessions: dict[Any, _SessionState] = {}
         self._parks: dict[tuple[Any, ...], _Park] = {}
         self._templates: dict[str | None, dict[str, Any]] = {}
         self._versions: Answer | None = None
         self.txnids = TxnIds()
-        self._refs: tuple[Any, ClientRefs] = (None, ClientRefs())
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -203,13 +224,15 @@ class ClientProxy:
             return matrix_error(405, "M_UNRECOGNIZED", "Unrecognized request")
         query = [(k, v) for k, v in request.query.items() if k != "access_token"]
         token = _bearer_of(request)
+        if token is not None and not _token_ok(token):
+            return matrix_error(401, "M_UNKNOWN_TOKEN", "Invalid access token passed.")
         body: Any = None
         if request.can_read_body:
             raw = await request.read()
             if raw:
                 try:
                     body = json.loads(raw)
-                except (ValueError, UnicodeError):
+                except (ValueError, UnicodeError, RecursionError):
                     return matrix_error(400, "M_NOT_JSON", "Content not JSON.")
         try:
             if path == "/_matrix/client/versions" and request.method == "GET":
@@ -217,7 +240,8 @@ class ClientProxy:
             elif request.method == "GET" and path.endswith("/sync") and _parkable(query):
                 answer = await self._sync(path, query, token)
             else:
-                sent_path = self.txnids.shorten_path(path) if request.method == "PUT" else path
+                shorten = request.method == "PUT" and self.config.short_txn
+                sent_path = self.txnids.shorten_path(path) if shorten else path
                 answer = await self.carry(method, sent_path, query, body, token)
                 if request.method == "GET" and path.endswith("/sync"):
                     self._after_sync(_sync_key(token, path, query), path, query, token, answer)
@@ -241,10 +265,9 @@ class ClientProxy:
         wait_ms = 0
         for k, v in query:
             if k == "timeout":
-                try:
-                    wait_ms = max(0, int(v))
-                except ValueError:
-                    raise LinkFailed(400, "timeout must be an integer") from None
+                if not (v.isascii() and v.isdigit() and len(v) <= 9):
+                    raise LinkFailed(400, "timeout must be a whole number of milliseconds")
+                wait_ms = int(v)
         key = _sync_key(token, path, query)
         park = self._parks.get(key)
         if park is None or park.since != since:
@@ -269,6 +292,9 @@ class ClientProxy:
             return self._empty_sync(token, since)
         if self._parks.get(key) is park:
             del self._parks[key]
+        if park.task.cancelled():
+            # Another poll of this stream with another since took its place.
+            return self._empty_sync(token, since)
         answer = park.task.result()
         if answer.no_news:
             # The park ran out (PARK_MAX) with nothing new: park again, report nothing.
@@ -292,9 +318,13 @@ class ClientProxy:
         skip = ("since", "timeout", "full_state")
         upstream = [(k, v) for k, v in query if k not in skip] + [("since", since)]
         acked = asyncio.Event()
-        task = asyncio.ensure_future(self.carry(Code.GET, path, upstream, None, token, acked))
+        task = asyncio.ensure_future(self.carry(Code.GET, path, upstream, None, token, acked, PARK_WAIT))
         task.add_done_callback(_consume_exception)
         park = self._parks[key] = _Park(since, task, acked)
+        while len(self._parks) > MAX_PARKS:
+            # Streams nobody polls any more (a client that changed its filter).
+            oldest = next(iter(self._parks))
+            self._parks.pop(oldest).task.cancel()
         return park
 
     def _after_sync(
@@ -320,17 +350,24 @@ class ClientProxy:
         self._park(key, path, query, token, nxt)
 
     def _learn_template(self, token: str | None, body: dict[str, Any]) -> None:
+        self._templates.pop(token, None)
+        while len(self._templates) >= MAX_PARKS:
+            del self._templates[next(iter(self._templates))]
         self._templates[token] = {
             k: v for k, v in body.items() if k not in SYNC_SECTIONS and k != "next_batch"
         }
 
     # -- one request across the link --------------------------------------------------
 
-    def _refs_for(self, session: Any) -> ClientRefs:
-        """The identifier table of ``session`` (a new one when the session changed)."""
-        if self._refs[0] is not session:
-            self._refs = (session, ClientRefs())
-        return self._refs[1]
+    def _state_for(self, session: Any) -> _SessionState:
+        """The state of ``session`` (made on first use; the last few sessions are kept,
+        so a late answer of a replaced one is still read with its own table)."""
+        st = self._sessions.get(session)
+        if st is None:
+            st = self._sessions[session] = _SessionState()
+            while len(self._sessions) > SESSIONS_KEPT:
+                del self._sessions[next(iter(self._sessions))]
+        return st
 
     def _codec(self, session: Any) -> BodyCodec:
         """The body codec for ``session``; with no session (a request riding a
@@ -342,30 +379,24 @@ class ClientProxy:
         return BodyCodec(
             (caps & handshake.CAPS_TABLE_MASK) or keys.TABLE_LOWBW_V1,
             1 if caps & handshake.CAP_DICT_V1 else None,
-            self._refs_for(session),
+            self._state_for(session).refs if self.config.identifier_refs else None,
         )
 
-    def _auth_option(self, token: str | None) -> OpaqueOption | UintOption | None:
+    def _auth_option(self, token: str | None, st: _SessionState | None) -> OpaqueOption | UintOption | None:
         if token is None:
             return None
-        b = self._bearers
-        session = self.link.session if self.link is not None else None
-        if b.session is not session:
-            b.confirmed.clear()
-            b.session = session
-        slot = b.slots.get(token)
+        raw = token.encode("utf-8")
+        if st is None:
+            # No session yet: whatever session this lands in, bind for this request only.
+            return OpaqueOption(BEARER_BIND_OPTION, bytes([TRANSIENT_SLOT]) + raw)
+        slot = st.slots.get(token)
         if slot is None:
-            if len(b.slots) >= MAX_SLOTS:
-                # Oldest binding makes room (a client that logged in many times).
-                oldest = next(iter(b.slots))
-                del b.slots[oldest]
-                b.confirmed.discard(oldest)
-            used = set(b.slots.values())
-            slot = next(s for s in range(MAX_SLOTS) if s not in used)
-            b.slots[token] = slot
-        if token in b.confirmed and session is not None:
+            if len(st.slots) >= MAX_SLOTS:
+                return OpaqueOption(BEARER_BIND_OPTION, bytes([TRANSIENT_SLOT]) + raw)
+            slot = st.slots[token] = len(st.slots)
+        if token in st.confirmed:
             return UintOption(BEARER_SLOT_OPTION, slot)
-        return OpaqueOption(BEARER_BIND_OPTION, bytes([slot]) + token.encode("utf-8"))
+        return OpaqueOption(BEARER_BIND_OPTION, bytes([slot]) + raw)
 
     async def carry(
         self,
@@ -375,37 +406,45 @@ class ClientProxy:
         body: Any,
         token: str | None,
         acked: asyncio.Event | None = None,
+        timeout: float | None = None,
     ) -> Answer:
         """One request across the link; its answer in HTTP terms (LinkFailed if none).
 
-        ``acked`` is set once the proxy acknowledges the request (ACK, empty or not).
+        ``acked`` is set once the proxy acknowledges the request (ACK, empty or
+        not); ``timeout`` defaults to the configured ``request_timeout``. A
+        request made for a session that is replaced before its answer is made
+        again for the new one (a POST already sent is reported as 504 instead:
+        it may have happened).
         """
-        for attempt in (1, 2, 3):
+        timeout = self.config.request_timeout if timeout is None else timeout
+        for attempt in range(1, 5):
             session = self.link.session if self.link is not None else None
-            msg, report = self._message(method, path, query, body, token, session)
+            st = self._state_for(session) if session is not None else None
+            msg, report = self._message(method, path, query, body, token, session, st)
             if acked is not None:
                 msg.lowbw_acked = acked  # type: ignore[attr-defined]
             try:
-                response = await self._exchange(msg, session)
+                response = await self._exchange(msg, session, timeout)
+            except _Stale:
+                continue
             except LinkFailed:
-                if report is not None:
-                    self._refs_for(session).unreport(report)
+                if report is not None and st is not None:
+                    st.refs.unreport(report)
                 raise
             if response.opt.get_option(SESSION_END_OPTION) and self.link is not None:
-                # The proxy is restarting: a new session, and the request again.
-                self.link.reset()
-                if attempt < 3:
+                # The proxy is restarting: a new session, and the request again
+                # (unless the link has moved on already).
+                if getattr(response, "lowbw_session", None) is self.link.session:
+                    self.link.reset()
+                if attempt < 4:
                     await asyncio.sleep(_retry_after(response))
                     continue
-            if response.opt.get_option(BIND_REQUIRED_OPTION) and attempt < 3 and token is not None:
-                self._bearers.confirmed.discard(token)
-                continue
-            if token is not None and self.link is not None and self.link.session is not None:
-                if self._bearers.session is not self.link.session:
-                    self._bearers.session = self.link.session
-                    self._bearers.confirmed.clear()
-                if session is self.link.session or session is None:
-                    self._bearers.confirmed.add(token)
+            if response.opt.get_option(BIND_REQUIRED_OPTION) and token is not None and st is not None:
+                st.confirmed.discard(token)
+                if attempt < 4:
+                    continue
+            if token is not None and st is not None and token in st.slots:
+                st.confirmed.add(token)
             return self._answer(response)
         raise LinkFailed(502, "the proxy kept refusing the request's session state")
 
@@ -417,15 +456,18 @@ class ClientProxy:
         body: Any,
         token: str | None,
         session: Any,
+        st: _SessionState | None,
     ) -> tuple[Message, int | None]:
         """The CoAP request, and the Refs-Known value it reports (if any)."""
         try:
             segments = routes.encode_path(path)
         except EncodeError as exc:
             raise LinkFailed(400, exc.message) from None
+        if any(seg[:1] in REF_PREFIXES for seg in segments) or any(v[:1] in REF_PREFIXES for _, v in query):
+            raise LinkFailed(400, "a path segment or query value may not start with a control character")
         report = None
-        if session is not None:
-            refs = self._refs_for(session)
+        if st is not None and self.config.identifier_refs:
+            refs = st.refs
             segments = [refs.refer_text(seg) for seg in segments]
             query = [(k, refs.refer_text(v)) for k, v in query]
             report = refs.to_report()
@@ -438,7 +480,7 @@ class ClientProxy:
             msg.payload = payload
             if cf != CF_CBOR:
                 msg.opt.content_format = cf
-        auth = self._auth_option(token)
+        auth = self._auth_option(token, st)
         if auth is not None:
             msg.opt.add_option(auth)
         if report is not None:
@@ -449,25 +491,48 @@ class ClientProxy:
             msg.lowbw_bound = session  # type: ignore[attr-defined]
         return msg, report
 
-    async def _exchange(self, msg: Message, session: Any) -> Message:
-        if self.ctx is None or self.link is None:
+    async def _exchange(self, msg: Message, session: Any, timeout: float) -> Message:
+        link = self.link
+        if self.ctx is None or link is None:
             raise LinkFailed(502, "client-proxy not started")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        sent_at = time.monotonic()
         request = self.ctx.request(msg)
+        response = request.response
         try:
-            return await asyncio.wait_for(request.response, self.config.request_timeout)
+            while True:
+                changed = link.session_changed()
+                await asyncio.wait({response, changed}, timeout=deadline - loop.time(), return_when=FIRST)
+                if response.done():
+                    return response.result()
+                if not changed.done():
+                    raise TimeoutError
+                bound = getattr(msg, "lowbw_bound", None)
+                if bound is not None and bound is not link.session:
+                    response.cancel()
+                    if msg.code == Code.POST and getattr(msg, "lowbw_sent", False):
+                        raise LinkFailed(
+                            504,
+                            "the radio link was set up again while the request was under way; "
+                            "it may or may not have taken effect",
+                        )
+                    raise _Stale()
         except TimeoutError:
-            request.response.cancel()
-            raise LinkFailed(504, "no answer across the radio link within %g s" % self.config.request_timeout)
+            response.cancel()
+            if link.session is session and session is not None and link.last_rx < sent_at:
+                # Nothing at all came back in this session since the request went
+                # out: the proxy has most likely lost it (a crash). Handshake anew.
+                link.reset()
+            raise LinkFailed(504, "no answer across the radio link within %g s" % timeout) from None
         except coap_error.ConRetransmitsExceeded:
             # Unanswered in the session it was made for: the proxy does not know
-            # that session any more (it crashed, say). Start a new handshake with
-            # the next request. (A request made stale by a session change gets
-            # here too, and must not end the new session.)
-            if self.link.session is session:
-                self.link.reset()
-            raise LinkFailed(504, "the homeserver's proxy did not answer across the radio link")
+            # that session any more. Start a new handshake with the next request.
+            if link.session is session:
+                link.reset()
+            raise LinkFailed(504, "the homeserver's proxy did not answer across the radio link") from None
         except coap_error.Error as exc:
-            raise LinkFailed(502, "link error: %s" % type(exc).__name__)
+            raise LinkFailed(502, "link error: %s" % type(exc).__name__) from None
 
     def _answer(self, response: Message) -> Answer:
         code = int(response.code)
@@ -496,6 +561,11 @@ class ClientProxy:
                 raise LinkFailed(502, "unreadable answer: %s" % exc.message)
             self.txnids.restore(body)
         return Answer(http_status, body, retry_after)
+
+
+def _token_ok(token: str) -> bool:
+    """Printable ASCII without spaces (RFC 6750 b64token and then some), at most 1 KB."""
+    return len(token) <= 1024 and token.isascii() and token.isprintable() and " " not in token
 
 
 def _retry_after(response: Message) -> float:

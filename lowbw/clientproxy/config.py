@@ -11,6 +11,8 @@
     link_bps = 1000                    # the radio's bit rate: sizes timers and blocks
     request_timeout = 300              # seconds before a request is answered 504
     dictionary = true                  # offer the preset body dictionary (false: to measure it)
+    identifier_refs = true             # IDs as references, numbered event types (false: to measure)
+    short_txn = true                   # 8-character transaction IDs on the air (false: to measure)
     mtu = 256                          # largest datagram the radio carries (default by link_bps)
 
 Every key but the keys and ``proxy`` has a default; ``--listen``, ``--proxy``
@@ -62,6 +64,8 @@ class ClientProxyConfig:
     link_bps: float = DEFAULT_LINK_BPS
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     dictionary: bool = True
+    identifier_refs: bool = True
+    short_txn: bool = True
     mtu: int = 0  # 0: by link_bps (default_mtu)
 
     @property
@@ -93,6 +97,7 @@ class ClientProxyConfig:
             "link_bps = %g\n"
             "request_timeout = %g\n"
             "dictionary = %s\n"
+            "%s"
             % (
                 self.name,
                 self.path,
@@ -105,6 +110,7 @@ class ClientProxyConfig:
                 self.link_bps,
                 self.request_timeout,
                 "true" if self.dictionary else "false",
+                "mtu = %d\n" % self.mtu if self.mtu else "",
             )
         )
 
@@ -142,12 +148,16 @@ def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
     mtu = data.get("mtu", 0)
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not (mtu == 0 or 64 <= mtu <= 65507):
         raise ClientProxyConfigError("mtu must be an integer 64..65507 (or 0: by link_bps)")
-    dictionary = data.get("dictionary", True)
-    if not isinstance(dictionary, bool):
-        raise ClientProxyConfigError("dictionary must be true or false")
+    switches = {}
+    for key in ("dictionary", "identifier_refs", "short_txn"):
+        switches[key] = data.get(key, True)
+        if not isinstance(switches[key], bool):
+            raise ClientProxyConfigError("%s must be true or false" % key)
     return ClientProxyConfig(
         path=p,
-        dictionary=dictionary,
+        dictionary=switches["dictionary"],
+        identifier_refs=switches["identifier_refs"],
+        short_txn=switches["short_txn"],
         mtu=mtu,
         name=str(data.get("name", p.stem)),
         listen=listen,

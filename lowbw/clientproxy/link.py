@@ -13,8 +13,15 @@ the lowbw frame layer (``lowbw.wire.frames``, ``lowbw.wire.handshake``).
   any of the last few handshakes is accepted.
   When the proxy answers a newer handshake after an older one, the newer
   session wins (the proxy keeps only the latest session of a key).
-* The first message rides the handshake only if IK message 1 still fits the
-  radio's MTU; otherwise the handshake goes alone and the message follows it.
+* The first message rides the handshake only if it is idempotent (not a
+  POST: a lost IK message 2 makes its retransmission a new handshake, and the
+  proxy would run it twice) and IK message 1 still fits the radio's MTU;
+  otherwise the handshake goes alone and the message follows it. A handshake
+  unanswered for two ACK timeouts is given up for a fresh one.
+* A POST is bound to the session it was first sent in and never resent in
+  another (the client-proxy reports its outcome as unknown instead).
+* ``session_changed()`` lets the client-proxy notice when requests made for
+  one session can no longer be answered in it.
 * A message the client-proxy bound to a session (``lowbw_bound``: it holds
   that session's identifier references or token slot) is never sent in
   another one.
@@ -31,12 +38,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
 from aiocoap import error as coap_error
 from aiocoap import interfaces
 from aiocoap.message import Message
+from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import ACK
 from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
@@ -135,7 +144,11 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self.session: frames.Session | None = None
         self.caps = 0
         self._handshakes: list[tuple[handshake.Initiator, int]] = []  # (initiator, mid of 0-RTT)
-        self._waiting: list[tuple[int, bytes]] = []  # (mid, plaintext) until the session is up
+        # (mid, plaintext, message) until the session is up
+        self._waiting: list[tuple[int, bytes, Message]] = []
+        self._hs_started = 0.0
+        self._changed: asyncio.Future[None] | None = None
+        self.last_rx = 0.0  # monotonic time of the last authenticated datagram
         self._transport: asyncio.DatagramTransport | None = None
         # Message ID -> event set when the proxy acknowledges it (parked syncs).
         self._ack_events: dict[int, asyncio.Event] = {}
@@ -169,7 +182,7 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             return
         try:
             msg = Message.decode(plaintext, remote=self.remote)
-        except coap_error.UnparsableMessage:
+        except (coap_error.UnparsableMessage, ValueError):
             self.stats.dropped += 1
             log.info("unparsable CoAP message from the proxy dropped")
             return
@@ -187,7 +200,9 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         if kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
             if self.session is None:
                 raise LowbwError("transport frame without a session")
-            return bytes(self.session.open(data))
+            plaintext = bytes(self.session.open(data))
+            self.last_rx = time.monotonic()
+            return plaintext
         if data[0] != frames.HS_IK2:
             raise LowbwError("unexpected handshake frame")
         for i, (ini, _mid) in enumerate(self._handshakes):
@@ -195,17 +210,39 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
                 session, caps, response = ini.finish(data)
             except LowbwError:
                 continue
-            self.session = session
             self.caps = caps
+            self._set_session(session)
+            self.last_rx = time.monotonic()
             # Newer handshakes may still be answered: the proxy keeps only the
             # latest session of a key, so their answer must win when it comes.
             self._handshakes = self._handshakes[i + 1 :]
             log.info("session %04x established (caps 0x%02x)", session.sid, caps)
             waiting, self._waiting = self._waiting, []
-            for _mid, plaintext in waiting:
-                self._seal_and_send(plaintext)
+            for _mid, plaintext, message in waiting:
+                self._seal_and_send(plaintext, message)
             return bytes(response)
         raise LowbwError("handshake answer matches no handshake in flight")
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def _set_session(self, session: frames.Session | None) -> None:
+        self.session = session
+        changed, self._changed = self._changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    def session_changed(self) -> asyncio.Future[None]:
+        """A future that completes at the next change of session (new, replaced or dropped)."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        return self._changed
+
+    def reset(self) -> None:
+        """Forget the session; the next message starts a new handshake."""
+        if self.session is not None:
+            log.info("session %04x dropped", self.session.sid)
+            self._set_session(None)
+        self._handshakes = []
 
     # -- sending ----------------------------------------------------------------------
 
@@ -216,14 +253,21 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self.stats.tx_bytes += len(datagram)
         self._transport.sendto(datagram)
 
-    def _seal_and_send(self, plaintext: bytes) -> None:
+    def _seal_and_send(self, plaintext: bytes, message: Message | None) -> None:
         session = self.session
         if session is None:
             return
-        if session.needs_rekey():
-            self.reset()
-            self._start(None, plaintext)
-            return
+        if (
+            message is not None
+            and message.code == Code.POST
+            and getattr(message, "lowbw_bound", None) is None
+        ):
+            # A POST's fate is tied to the session it went out in: resent in
+            # another, the proxy could not tell it from a new one (createRoom
+            # twice). It is never resent there (send()).
+            message.lowbw_bound = session  # type: ignore[attr-defined]
+        if message is not None:
+            message.lowbw_sent = True  # type: ignore[attr-defined]
         dgram = bytes(session.seal(plaintext))
         if len(dgram) > self.mtu:
             self.stats.oversize += 1
@@ -232,25 +276,31 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             )
         self._sendto(dgram)
 
-    def _start(self, mid: int | None, plaintext: bytes) -> None:
+    def _start(self, mid: int, plaintext: bytes, message: Message, ride: bool) -> None:
+        """A new handshake; the message rides it as 0-RTT if allowed and it fits, else waits for it."""
         ini = handshake.Initiator(self.private_key, self.proxy_public_key, caps=self.offered_caps)
-        if len(plaintext) + IK1_OVERHEAD > self.mtu:
-            # Too big to ride the handshake on this radio: handshake alone, the
-            # message follows sealed as soon as the answer is in.
-            dgram = ini.start(b"")
-            self._waiting = [(m, p) for (m, p) in self._waiting if m != mid] + [(mid or -1, plaintext)]
-        else:
+        if ride and len(plaintext) + IK1_OVERHEAD <= self.mtu:
             dgram = ini.start(plaintext)
-        self._handshakes = (self._handshakes + [(ini, -1 if mid is None else mid)])[-HANDSHAKES_KEPT:]
+        else:
+            dgram = ini.start(b"")
+            self._queue(mid, plaintext, message)
+        self._handshakes = (self._handshakes + [(ini, mid)])[-HANDSHAKES_KEPT:]
+        self._hs_started = time.monotonic()
         self.stats.handshakes += 1
         self._sendto(bytes(dgram))
 
+    def _queue(self, mid: int, plaintext: bytes, message: Message) -> None:
+        self._waiting = [w for w in self._waiting if w[0] != mid] + [(mid, plaintext, message)]
+
     def send(self, message: Message) -> None:
+        if self.session is not None and self.session.needs_rekey():
+            self.reset()
         bound = getattr(message, "lowbw_bound", None)
         if bound is not None and bound is not self.session:
-            # Encoded for an earlier session (identifier references, a token
-            # slot, a Refs-Known report): meaningless in this one. Never sent;
-            # aiocoap gives up on it and the client-proxy sends it afresh.
+            # Made for an earlier session (identifier references, a token slot,
+            # a Refs-Known report; or a POST already sent there): never sent in
+            # this one. The client-proxy notices the session change and sends
+            # the request afresh (or, for a POST, reports its outcome unknown).
             self.stats.stale += 1
             return
         acked = getattr(message, "lowbw_acked", None)
@@ -260,21 +310,19 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
                 self._ack_events.pop(next(iter(self._ack_events)))
         plaintext = message.encode()
         if self.session is not None:
-            self._seal_and_send(plaintext)
+            self._seal_and_send(plaintext, message)
             return
-        mid = message.mid
-        if not self._handshakes or any(m == mid for _, m in self._handshakes):
-            # First message, or aiocoap retransmitting the 0-RTT one: a fresh handshake.
-            self._start(mid, plaintext)
+        mid = message.mid if message.mid is not None else -1
+        # Only idempotent requests ride the handshake: if its answer is lost, the
+        # retransmission is a new handshake, and the proxy runs the request again.
+        ride = message.code.is_request() and message.code != Code.POST
+        stuck = time.monotonic() - self._hs_started > 2 * self.remote.tuning.ACK_TIMEOUT
+        if not self._handshakes or stuck or any(m == mid for _, m in self._handshakes):
+            # First message, a handshake that went unanswered, or aiocoap
+            # retransmitting the one that rode it: a fresh handshake.
+            self._start(mid, plaintext, message, ride)
             return
-        self._waiting = [(m, p) for (m, p) in self._waiting if m != mid] + [(mid, plaintext)]
-
-    def reset(self) -> None:
-        """Forget the session; the next message starts a new handshake."""
-        if self.session is not None:
-            log.info("session %04x dropped", self.session.sid)
-        self.session = None
-        self._handshakes = []
+        self._queue(mid, plaintext, message)
 
     async def determine_remote(self, message: Message) -> Any:
         return self.remote

@@ -44,6 +44,14 @@ def parser() -> argparse.ArgumentParser:
         "--no-dictionary", action="store_true", help="do not offer the preset body dictionary (to measure it)"
     )
     p.add_argument(
+        "--no-refs",
+        action="store_true",
+        help="send identifiers and event types as plain text (to measure what references save)",
+    )
+    p.add_argument(
+        "--no-short-txn", action="store_true", help="send clients' transaction IDs as they are (to measure)"
+    )
+    p.add_argument(
         "--public-url", metavar="URL", help="base URL clients are told in .well-known (default: request host)"
     )
     return p
@@ -122,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg.mtu = args.mtu
         if args.no_dictionary:
             cfg.dictionary = False
+        if args.no_refs:
+            cfg.identifier_refs = False
+        if args.no_short_txn:
+            cfg.short_txn = False
         return asyncio.run(serve(cfg, args.public_url))
     except LowbwError as exc:
         print("lowbw client-proxy: %s" % (exc.message or exc), file=sys.stderr)

@@ -12,6 +12,8 @@ next. Each session keeps one table of such strings, owned by the proxy:
   one already in the table goes as a *reference* -- but only if the
   client-proxy has said it holds that index (below), else as a definition
   again (the same index and string: a repeat is harmless).
+* **The client-proxy opts in** by sending ``Refs-Known`` in its first request
+  of the session (value 0); a session that never sends it gets plain text.
 * **The client-proxy confirms.** It reports, in option ``Refs-Known`` (65020)
   of its next request, how many entries from index 0 it holds without a gap;
   it sends the option only when that number grew. Definitions can arrive out
@@ -198,7 +200,8 @@ class ProxyRefs:
         if not s.startswith((TEXT_PREFIX, STATIC_PREFIX)):
             return s
         digits = s[1:]
-        if not digits.isdigit() or not digits.isascii() or (len(digits) > 1 and digits[0] == "0"):
+        bad = not digits.isdigit() or not digits.isascii() or len(digits) > 5
+        if bad or (len(digits) > 1 and digits[0] == "0"):
             raise DecodeError("bad identifier reference in an option")
         if s[0] == STATIC_PREFIX:
             if int(digits) >= len(STATIC_TEXT):
@@ -246,7 +249,8 @@ class ClientRefs:
         self.strings: dict[int, str] = {}
         self.index: dict[str, int] = {}
         self.known = 0  # contiguous entries from 0
-        self.reported = 0
+        # -1: nothing sent yet; the first report (0) tells the proxy to use references.
+        self.reported = -1
 
     def _learn(self, index: int, s: str) -> str:
         old = self.strings.get(index)
@@ -260,7 +264,11 @@ class ClientRefs:
         return s
 
     def to_report(self) -> int | None:
-        """The Refs-Known value to send now, or None when it has not grown."""
+        """The Refs-Known value to send now, or None when it has not grown.
+
+        The first call of a session returns 0 even with nothing held: that
+        report is what turns references on at the proxy.
+        """
         if self.known > self.reported:
             self.reported = self.known
             return self.known
@@ -269,7 +277,7 @@ class ClientRefs:
     def unreport(self, value: int) -> None:
         """A request carrying ``value`` was never answered: report again next time."""
         if self.reported == value:
-            self.reported = 0
+            self.reported = -1
 
     def refer_text(self, s: str) -> str:
         i = self.index.get(s)

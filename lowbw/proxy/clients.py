@@ -33,7 +33,8 @@ Wire rules (docs/PROTOCOL.md, "Client sessions"):
   answered 5.03 with the empty option ``Session-End`` (65024) first, so the
   client-proxy handshakes again at once.
 * **Identifiers** already carried are references (``lowbw.compact.refs``); the
-  client-proxy reports how many it holds in ``Refs-Known`` (65020).
+  client-proxy reports how many it holds in ``Refs-Known`` (65020), and a
+  session without that option gets plain identifiers.
 * **Bodies** go through ``lowbw.compact.codec.BodyCodec`` (integer keys, and the
   preset dictionary when the handshake agreed ``CAP_DICT_V1``).
 """
@@ -68,6 +69,8 @@ BIND_REQUIRED_OPTION = 65016
 REFS_KNOWN_OPTION = 65020
 SESSION_END_OPTION = 65024
 MAX_SLOTS = 16
+# Bearer-Bind slot byte meaning "this request only" (a client-proxy without a session yet).
+TRANSIENT_SLOT = 0xFF
 HANDLE_PREFIX = "lbwh_"
 CF_OCTETS = 42
 # A parked sync is answered (2.03, nothing new) after this long at the latest,
@@ -140,6 +143,11 @@ class ClientState:
     bearers: dict[int, str] = field(default_factory=dict, repr=False)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     refs: ProxyRefs = field(default_factory=ProxyRefs)
+    # Identifiers go as references only once the client-proxy has sent
+    # Refs-Known (its first request of the session carries it, 0): it opted in.
+    refs_on: bool = False
+    # stream -> event set when a newer park of the same stream arrives
+    parks: dict[Any, asyncio.Event] = field(default_factory=dict)
 
 
 def _options(msg: Message, number: int) -> list[bytes]:
@@ -220,6 +228,9 @@ class ClientService:
                 if len(known) > 1 or len(known[0]) > 2:
                     raise DecodeError("bad Refs-Known")
                 state.refs.confirm(coap.uint_decode(known[0], 2))
+                if not state.refs_on:
+                    state.refs_on = True
+                    codec = self._codec(addr, state)
             segments = [state.refs.resolve_text(seg) for seg in request.opt.uri_path]
             raw_query = []
             for item in request.opt.uri_query:
@@ -260,10 +271,10 @@ class ClientService:
             return await self._parked_sync(path, query, token, addr, codec)
         timeout = None
         if path.endswith("/sync"):
-            try:
-                timeout = self.s.homeserver.timeout + int(query.get("timeout", "0")) / 1000 + 10.0
-            except (TypeError, ValueError):
+            given = query.get("timeout", "0")
+            if not (isinstance(given, str) and given.isascii() and given.isdigit() and len(given) <= 9):
                 return self._error(codec, coap.BAD_REQUEST, "M_INVALID_PARAM", "timeout")
+            timeout = self.s.homeserver.timeout + int(given) / 1000 + 10.0
         try:
             result = await self.s.homeserver.request(
                 method, path, query=query, json_body=body, access_token=token, timeout=timeout
@@ -275,34 +286,34 @@ class ClientService:
         if method == "POST" and result.ok and isinstance(result.json, dict):
             if path.endswith(_LOGIN_ENDINGS) and isinstance(result.json.get("access_token"), str):
                 result.json["access_token"] = self._issue_handle(rec, result.json["access_token"])
-            elif path.endswith("/logout") and token is not None:
+            elif path.endswith(("/logout", "/logout/all")) and token is not None:
                 self.s.registry.drop_client_token(rec.name, token)
-                bearers = self._state(addr).bearers
-                for slot in [s for s, t in bearers.items() if t == token]:
-                    del bearers[slot]
+                for slot in [s for s, t in state.bearers.items() if t == token]:
+                    del state.bearers[slot]
         return self._answer(codec, result, method)
 
     def _codec(self, addr: SessionAddress, state: ClientState) -> BodyCodec:
         dict_version = 1 if addr.caps & handshake.CAP_DICT_V1 else None
-        return BodyCodec(addr.table_id, dict_version, state.refs)
+        return BodyCodec(addr.table_id, dict_version, state.refs if state.refs_on else None)
 
     def _bearer(self, request: Message, addr: SessionAddress, rec: DeviceRecord) -> str | None:
         binds = _options(request, BEARER_BIND_OPTION)
         bearers = self._state(addr).bearers
         if binds:
             value = binds[0]
-            if len(binds) > 1 or len(value) < 2 or value[0] >= MAX_SLOTS:
+            if len(binds) > 1 or len(value) < 2 or (value[0] >= MAX_SLOTS and value[0] != TRANSIENT_SLOT):
                 raise DecodeError("bad Bearer-Bind")
-            try:
-                presented = value[1:].decode("utf-8")
-            except UnicodeError:
-                raise DecodeError("Bearer-Bind token is not UTF-8")
+            presented = value[1:].decode("ascii", "replace")
+            if not (presented.isprintable() and " " not in presented and "\ufffd" not in presented):
+                # What an HTTP Authorization header could carry, nothing else.
+                raise DecodeError("Bearer-Bind token is not printable ASCII")
             token = presented
             if presented.startswith(HANDLE_PREFIX):
                 # An unknown handle stays as it is: the homeserver answers it
                 # with 401 M_UNKNOWN_TOKEN, which is what the client must see.
                 token = self.s.registry.client_token(rec.name, presented) or presented
-            bearers[value[0]] = token
+            if value[0] != TRANSIENT_SLOT:
+                bearers[value[0]] = token
             return token
         slots = _options(request, BEARER_SLOT_OPTION)
         if not slots:
@@ -337,11 +348,34 @@ class ClientService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.park_max
         params = dict(query)
+        # One park per stream (path and query but since): a newer one ends this.
+        stream = (path, tuple(sorted((k, str(v)) for k, v in query.items() if k != "since")))
+        older = state.parks.get(stream)
+        if older is not None:
+            older.set()
+        mine = state.parks[stream] = asyncio.Event()
+        try:
+            return await self._poll_until_news(path, params, token, state, mine, deadline, codec)
+        finally:
+            if state.parks.get(stream) is mine:
+                del state.parks[stream]
+
+    async def _poll_until_news(
+        self,
+        path: str,
+        params: dict[str, Any],
+        token: str | None,
+        state: ClientState,
+        mine: asyncio.Event,
+        deadline: float,
+        codec: BodyCodec,
+    ) -> Message:
+        loop = asyncio.get_running_loop()
         while True:
             remaining = deadline - loop.time()
             if self.stopping:
                 return self._session_end(codec)
-            if remaining <= 0 or state.closed.is_set():
+            if remaining <= 0 or state.closed.is_set() or mine.is_set():
                 return Message(code=Code.VALID)
             poll_ms = int(min(self.park_poll_ms, remaining * 1000))
             params["timeout"] = str(poll_ms)
@@ -355,10 +389,15 @@ class ClientService:
                 )
             )
             closed = asyncio.ensure_future(state.closed.wait())
+            superseded = asyncio.ensure_future(mine.wait())
             try:
-                await asyncio.wait({call, closed}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({call, closed, superseded}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                call.cancel()
+                raise
             finally:
                 closed.cancel()
+                superseded.cancel()
             if not call.done():
                 call.cancel()
                 return self._session_end(codec) if self.stopping else Message(code=Code.VALID)

@@ -510,6 +510,7 @@ def enroll_client(
             proxy_public_key=cfg.read_public_key(),
             private_key=priv,
             link_bps=float(cfg.proxy.link_bps),
+            mtu=cfg.proxy.mtu,
         )
         if not target.parent.exists():
             target.parent.mkdir(mode=0o700, parents=True)

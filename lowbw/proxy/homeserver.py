@@ -319,6 +319,10 @@ class Homeserver:
             raise HomeserverUnavailable(
                 "homeserver did not answer within %.1f s: %s %s" % (limit, method, path), timeout=True
             ) from None
+        except ValueError as exc:
+            # aiohttp refuses a header it cannot send (a control character in a
+            # token a client-proxy bound, say): the request's fault, not the homeserver's.
+            raise EncodeError("request cannot be sent: %s" % type(exc).__name__) from None
         except (aiohttp.ClientError, OSError) as exc:
             reason = _describe(exc)
             log.warning("%s %s: %s", method, path, reason)

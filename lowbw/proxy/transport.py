@@ -429,7 +429,7 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
             return
         try:
             msg = Message.decode(plaintext, remote=addr)
-        except coap_error.UnparsableMessage:
+        except (coap_error.UnparsableMessage, ValueError):
             self.stats.drop("coap")
             log.info("%s: unparsable CoAP message (%d B) dropped", addr.device, len(plaintext))
             if addr.pending is not None:

@@ -50,6 +50,13 @@ class Client:
         query: list[str] | None = None,
         options: list[tuple[int, bytes]] | None = None,
     ) -> Any:
+        options = list(options or [])
+        if not any(n == REFS_KNOWN_OPTION for n, _ in options):
+            # As the client-proxy does: report when the table grew (the first
+            # report of a session, 0, turns references on).
+            report = self.refs.to_report()
+            if report is not None:
+                options.append((REFS_KNOWN_OPTION, coap.uint_encode(report)))
         msg = self.wire.request(code, path, query=query, options=options)
         if body is not None:
             payload, cf = self.codec.encode(body)
@@ -171,6 +178,8 @@ def test_homeserver_errors_keep_their_meaning(client: Client, matrix_user: Matri
         [(BEARER_BIND_OPTION, b"\x10abc")],  # slot 16
         [(BEARER_BIND_OPTION, b"\x00\xff\xfe")],  # not UTF-8
         [(BEARER_BIND_OPTION, b"\x00a"), (BEARER_BIND_OPTION, b"\x01b")],
+        [(BEARER_BIND_OPTION, b"\x00ab\r\ncd")],  # control characters: never an HTTP header
+        [(BEARER_BIND_OPTION, b"\x00ab cd")],
         [(BEARER_SLOT_OPTION, b"\x00\x01")],
         [(REFS_KNOWN_OPTION, b"\x05")],  # more than the table holds
         [(REFS_KNOWN_OPTION, b"\x01\x02\x03")],
@@ -228,14 +237,8 @@ def test_parked_sync_is_silent_until_there_is_news(client: Client, matrix_user: 
     answer, body = client.call(client.request(coap.GET, ["~"], query=["timeout=0"], options=slot))
     since = body["next_batch"]
     assert client.refs.known > 0
-    report = client.refs.to_report()
-    assert report is not None
-    park = client.request(
-        coap.GET,
-        ["~"],
-        query=["since=" + client.refs.refer_text(since)],
-        options=slot + [(REFS_KNOWN_OPTION, coap.uint_encode(report))],
-    )
+    park = client.request(coap.GET, ["~"], query=["since=" + client.refs.refer_text(since)], options=slot)
+    assert park.get(REFS_KNOWN_OPTION)  # the identifiers it holds now: references may come back
     w = client.wire
     w.send(w.seal(park))
     t0 = time.monotonic()
@@ -283,3 +286,20 @@ def test_graceful_stop_ends_parked_syncs_and_keeps_no_client_session(
     stopper.join(30)
     assert end.code == coap.SERVICE_UNAVAILABLE and end.get(SESSION_END_OPTION) == [b""]
     assert saved == [0]
+
+
+def test_transient_binding_touches_no_slot(client: Client, matrix_user: MatrixUser) -> None:
+    answer, body = client.call(
+        client.request(coap.GET, ["wh"], options=[bind(matrix_user.access_token, 0xFF)])
+    )
+    assert answer.code == coap.CONTENT and body["user_id"] == matrix_user.user_id
+    answer, _ = client.call(client.request(coap.GET, ["wh"], options=[(BEARER_SLOT_OPTION, b"")]))
+    assert answer.code == coap.UNAUTHORIZED and answer.get(BIND_REQUIRED_OPTION)
+
+
+def test_absurd_numbers_are_clear_errors(client: Client, matrix_user: MatrixUser) -> None:
+    auth = [bind(matrix_user.access_token)]
+    answer, body = client.call(client.request(coap.GET, ["~"], query=["timeout=" + "9" * 240], options=auth))
+    assert answer.code == coap.BAD_REQUEST and body["errcode"] == "M_INVALID_PARAM"
+    answer, body = client.call(client.request(coap.GET, ["st", "\x01" + "9" * 250], options=auth))
+    assert answer.code == coap.BAD_REQUEST

@@ -1,0 +1,162 @@
+"""The client-proxy's link (lowbw.clientproxy.link): what goes out when, against a real responder.
+
+The datagrams the link sends are captured instead of sent (a list stands in
+for the UDP socket); the answers come from lowbw.wire's real IK responder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from typing import Any
+
+import pytest
+from aiocoap.message import Message
+from aiocoap.numbers.codes import Code
+from aiocoap.numbers.types import ACK, CON
+
+from lowbw.clientproxy.link import IK1_OVERHEAD, ClientLink
+from lowbw.proxy import keyfile
+from lowbw.proxy.transport import LinkTuning
+from lowbw.wire import coap, frames, handshake
+
+
+class Capture:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+    def abort(self) -> None:
+        pass
+
+
+def make_link(mtu: int = 1024) -> tuple[ClientLink, Capture, bytes, bytes]:
+    proxy_priv, proxy_pub = keyfile.generate_keypair()
+    priv, _ = keyfile.generate_keypair()
+    link = ClientLink(None, priv, proxy_pub, LinkTuning(1000, mtu=mtu), mtu=mtu)  # type: ignore[arg-type]
+    cap = Capture()
+    link._transport = cap  # type: ignore[assignment]
+    return link, cap, proxy_priv, proxy_pub
+
+
+def message(code: Code, mid: int, payload: bytes = b"") -> Message:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        m = Message(mtype=CON, code=code, mid=mid, token=b"\x01", uri_path=["wh"], payload=payload)
+    return m
+
+
+def respond(proxy_priv: bytes, ik1: bytes, sid: int = 7, mid: int | None = None) -> tuple[bytes, bytes]:
+    """The proxy's IK2 for ``ik1`` (answering its 0-RTT request, if any, with 2.05), and that request."""
+    r = handshake.Responder(proxy_priv)
+    _, caps, request = r.read_init(ik1)
+    answer = b""
+    if request:
+        req = coap.decode(request)
+        answer = coap.encode(coap.Message(coap.ACK, coap.CONTENT, req.mid, req.token))
+    dgram, _session = r.respond(sid, handshake.negotiate_caps(caps), answer)
+    return dgram, request
+
+
+def test_get_rides_the_handshake_post_does_not() -> None:
+    async def run() -> None:
+        link, cap, proxy_priv, _ = make_link()
+        link.send(message(Code.GET, 1))
+        assert len(cap.sent) == 1 and cap.sent[0][0] == frames.HS_IK1
+        assert len(cap.sent[0]) > IK1_OVERHEAD  # the GET is inside
+
+        link2, cap2, proxy_priv2, _ = make_link()
+        post = message(Code.POST, 2, b"\xa0")
+        link2.send(post)
+        assert len(cap2.sent) == 1 and len(cap2.sent[0]) == IK1_OVERHEAD  # handshake alone
+        ik2, request = respond(proxy_priv2, cap2.sent[0])
+        assert request == b""
+        link2.datagram_received(ik2, None)
+        assert link2.session is not None
+        assert len(cap2.sent) == 2 and frames.kind_of(cap2.sent[1]) == frames.KIND_SHORT
+        assert getattr(post, "lowbw_bound", None) is link2.session  # a POST stays in its session
+
+    asyncio.run(run())
+
+
+def test_too_big_for_the_mtu_goes_after_the_handshake() -> None:
+    async def run() -> None:
+        link, cap, _, _ = make_link(mtu=256)
+        link.send(message(Code.GET, 0, b"x" * 200))  # MID 0 too
+        assert len(cap.sent) == 1 and len(cap.sent[0]) == IK1_OVERHEAD
+        assert [m for m, _, _ in link._waiting] == [0]
+
+    asyncio.run(run())
+
+
+def test_stale_messages_and_session_changes() -> None:
+    async def run() -> None:
+        link, cap, proxy_priv, _ = make_link()
+        changed = link.session_changed()
+        link.send(message(Code.GET, 1))
+        ik2, _ = respond(proxy_priv, cap.sent[0])
+        link.datagram_received(ik2, None)
+        assert changed.done()
+        old = link.session
+        bound = message(Code.GET, 3)
+        bound.lowbw_bound = old  # type: ignore[attr-defined]
+        link.send(bound)
+        assert len(cap.sent) == 2
+        changed = link.session_changed()
+        link.reset()
+        assert changed.done() and link.session is None
+        link.send(bound)  # made for the old session: never sent in another
+        assert len(cap.sent) == 2 and link.stats.stale == 1
+
+    asyncio.run(run())
+
+
+def test_an_unanswered_handshake_is_given_up() -> None:
+    async def run() -> None:
+        link, cap, proxy_priv, _ = make_link()
+        link.send(message(Code.GET, 1))
+        link.send(message(Code.GET, 2))  # waits for the first handshake
+        assert len(cap.sent) == 1
+        link._hs_started -= 3 * link.remote.tuning.ACK_TIMEOUT  # as if long ago
+        link.send(message(Code.GET, 3))
+        assert len(cap.sent) == 2 and cap.sent[1][0] == frames.HS_IK1
+        # The answer to the newer handshake establishes the session; what waited goes out.
+        ik2, _ = respond(proxy_priv, cap.sent[1])
+        link.datagram_received(ik2, None)
+        assert link.session is not None
+        assert [frames.kind_of(d) for d in cap.sent[2:]] == [frames.KIND_SHORT]
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("junk", [b"", b"\x00", b"\x82" + b"\x00" * 60, b"\x40" * 30, bytes(range(256))])
+def test_garbage_from_the_radio_is_dropped(junk: bytes) -> None:
+    async def run() -> None:
+        link, cap, _, _ = make_link()
+        link.send(message(Code.GET, 1))
+        link.datagram_received(junk, None)
+        assert link.session is None
+
+    asyncio.run(run())
+
+
+def test_ack_events_fire() -> None:
+    async def run() -> None:
+        link, cap, proxy_priv, _ = make_link()
+        m = message(Code.GET, 9)
+        acked = asyncio.Event()
+        m.lowbw_acked = acked  # type: ignore[attr-defined]
+        link.send(m)
+        ik2, _ = respond(proxy_priv, cap.sent[0])
+
+        class Sink:
+            def dispatch_message(self, msg: Any) -> None:
+                assert msg.mtype == ACK
+
+        link._mman = Sink()  # type: ignore[assignment]
+        link.datagram_received(ik2, None)
+        assert acked.is_set()
+
+    asyncio.run(run())
