@@ -1035,14 +1035,14 @@ def run_lowbw(
             )
         except demo.DemoError as exc:
             raise LowbwUnavailable(str(exc)) from None
-        proxy = demo.start_proxy(config_path, proxy_dir / "proxy.log", track=procs)
+        proxy = demo.start_proxy(config_path, proxy_dir / ("proxy%s.log" % variant), track=procs)
         from lowbw.proxy import config as proxy_config
 
         udp_port = int(proxy_config.load(config_path).proxy.port)
         relay = demo.Relay(
             ("127.0.0.1", udp_port),
-            proxy_dir / "relay.log",
-            proxy_dir / "radio.json",
+            proxy_dir / ("relay%s.log" % variant),
+            proxy_dir / ("radio%s.json" % variant),
             preset=preset,
             track=procs,
         )
@@ -1066,7 +1066,7 @@ def run_lowbw(
                 str(preset_mtu(preset)),
                 *client_args,
             ],
-            proxy_dir / "client-proxy.log",
+            proxy_dir / ("client-proxy%s.log" % variant),
             cwd=ROOT,
             track=procs,
         )

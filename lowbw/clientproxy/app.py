@@ -361,10 +361,16 @@ class ClientProxy:
 
     def _state_for(self, session: Any) -> _SessionState:
         """The state of ``session`` (made on first use; the last few sessions are kept,
-        so a late answer of a replaced one is still read with its own table)."""
+        so a late answer of a replaced one is still read with its own table).
+
+        Requests made while no session is up have the state of ``None``; the
+        session their handshake establishes takes it over, so a token bound by
+        a request that rode the handshake is not bound a second time.
+        """
         st = self._sessions.get(session)
         if st is None:
-            st = self._sessions[session] = _SessionState()
+            adopted = self._sessions.pop(None, None) if session is not None else None
+            st = self._sessions[session] = adopted or _SessionState()
             while len(self._sessions) > SESSIONS_KEPT:
                 del self._sessions[next(iter(self._sessions))]
         return st
@@ -382,13 +388,10 @@ class ClientProxy:
             self._state_for(session).refs if self.config.identifier_refs else None,
         )
 
-    def _auth_option(self, token: str | None, st: _SessionState | None) -> OpaqueOption | UintOption | None:
+    def _auth_option(self, token: str | None, st: _SessionState) -> OpaqueOption | UintOption | None:
         if token is None:
             return None
         raw = token.encode("utf-8")
-        if st is None:
-            # No session yet: whatever session this lands in, bind for this request only.
-            return OpaqueOption(BEARER_BIND_OPTION, bytes([TRANSIENT_SLOT]) + raw)
         slot = st.slots.get(token)
         if slot is None:
             if len(st.slots) >= MAX_SLOTS:
@@ -419,7 +422,7 @@ class ClientProxy:
         timeout = self.config.request_timeout if timeout is None else timeout
         for attempt in range(1, 5):
             session = self.link.session if self.link is not None else None
-            st = self._state_for(session) if session is not None else None
+            st = self._state_for(session)
             msg, report = self._message(method, path, query, body, token, session, st)
             if acked is not None:
                 msg.lowbw_acked = acked  # type: ignore[attr-defined]
@@ -428,7 +431,7 @@ class ClientProxy:
             except _Stale:
                 continue
             except LinkFailed:
-                if report is not None and st is not None:
+                if report is not None:
                     st.refs.unreport(report)
                 raise
             if response.opt.get_option(SESSION_END_OPTION) and self.link is not None:
@@ -439,12 +442,14 @@ class ClientProxy:
                 if attempt < 4:
                     await asyncio.sleep(_retry_after(response))
                     continue
-            if response.opt.get_option(BIND_REQUIRED_OPTION) and token is not None and st is not None:
+            if response.opt.get_option(BIND_REQUIRED_OPTION) and token is not None:
                 st.confirmed.discard(token)
                 if attempt < 4:
                     continue
-            if token is not None and st is not None and token in st.slots:
+            if token is not None and token in st.slots and self._sessions.get(session) is st:
                 st.confirmed.add(token)
+            elif token is not None and session is None and token in st.slots:
+                st.confirmed.add(token)  # st went over to the session this request established
             return self._answer(response)
         raise LinkFailed(502, "the proxy kept refusing the request's session state")
 
@@ -456,7 +461,7 @@ class ClientProxy:
         body: Any,
         token: str | None,
         session: Any,
-        st: _SessionState | None,
+        st: _SessionState,
     ) -> tuple[Message, int | None]:
         """The CoAP request, and the Refs-Known value it reports (if any)."""
         try:
@@ -466,7 +471,7 @@ class ClientProxy:
         if any(seg[:1] in REF_PREFIXES for seg in segments) or any(v[:1] in REF_PREFIXES for _, v in query):
             raise LinkFailed(400, "a path segment or query value may not start with a control character")
         report = None
-        if st is not None and self.config.identifier_refs:
+        if session is not None and self.config.identifier_refs:
             refs = st.refs
             segments = [refs.refer_text(seg) for seg in segments]
             query = [(k, refs.refer_text(v)) for k, v in query]

@@ -18,8 +18,9 @@ the lowbw frame layer (``lowbw.wire.frames``, ``lowbw.wire.handshake``).
   proxy would run it twice) and IK message 1 still fits the radio's MTU;
   otherwise the handshake goes alone and the message follows it. A handshake
   unanswered for two ACK timeouts is given up for a fresh one.
-* A POST is bound to the session it was first sent in and never resent in
-  another (the client-proxy reports its outcome as unknown instead).
+* A message belongs to the session it was first sealed in and is never resent
+  in another: the client-proxy makes it again (a POST, whose outcome is then
+  unknown, is answered 504 instead).
 * ``session_changed()`` lets the client-proxy notice when requests made for
   one session can no longer be answered in it.
 * A message the client-proxy bound to a session (``lowbw_bound``: it holds
@@ -257,14 +258,11 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         session = self.session
         if session is None:
             return
-        if (
-            message is not None
-            and message.code == Code.POST
-            and getattr(message, "lowbw_bound", None) is None
-        ):
-            # A POST's fate is tied to the session it went out in: resent in
-            # another, the proxy could not tell it from a new one (createRoom
-            # twice). It is never resent there (send()).
+        if message is not None and getattr(message, "lowbw_bound", None) is None:
+            # Once sealed in a session, a message belongs to it: its token slot
+            # and identifiers mean something only there, and a POST resent in
+            # another could not be told from a new one (createRoom twice). It is
+            # never resent elsewhere (send()); the client-proxy redoes it.
             message.lowbw_bound = session  # type: ignore[attr-defined]
         if message is not None:
             message.lowbw_sent = True  # type: ignore[attr-defined]
