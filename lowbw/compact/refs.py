@@ -46,6 +46,7 @@ handshake starts an empty table.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from lowbw.wire.errors import DecodeError, EncodeError, LimitError
@@ -177,23 +178,9 @@ class ProxyRefs:
             self.strings.append(s)
         return reference(i) if i < self.confirmed else definition(i, s)
 
-    def encode(self, obj: Any, ids: dict[str, int], key: str | None = None, depth: int = 64) -> Any:
+    def encode(self, obj: Any, ids: dict[str, int]) -> Any:
         """``obj`` with keys compressed by ``ids`` (a key table) and identifiers as entries."""
-        if depth <= 0:
-            raise EncodeError("JSON nested too deeply to compress")
-        if isinstance(obj, str):
-            return self._out(obj, key)
-        if isinstance(obj, dict):
-            out: dict[Any, Any] = {}
-            for k, v in obj.items():
-                if not isinstance(k, str):
-                    raise EncodeError("JSON object keys must be strings")
-                kid = ids.get(k)
-                out[kid if kid is not None else self._out(k, None)] = self.encode(v, ids, k, depth - 1)
-            return out
-        if isinstance(obj, (list, tuple)):
-            return [self.encode(v, ids, key, depth - 1) for v in obj]
-        return obj
+        return _encode(obj, ids, self._out)
 
     def resolve_text(self, s: str) -> str:
         """A Uri-Path or Uri-Query value with a reference resolved."""
@@ -214,32 +201,15 @@ class ProxyRefs:
             raise DecodeError("identifier reference %d is not in the table" % i)
         return self.strings[i]
 
-    def decode(self, obj: Any, names: dict[int, str], depth: int = 64) -> Any:
+    def decode(self, obj: Any, names: dict[int, str]) -> Any:
         """A request body: key ids expanded by ``names``, references resolved (no definitions)."""
-        if depth <= 0:
-            raise LimitError("body nested too deeply")
-        if isinstance(obj, bytes):
-            index, s = parse_entry(obj)
-            if s is not None:
-                raise DecodeError("a client does not define identifiers")
-            return self._lookup(index)
-        if isinstance(obj, dict):
-            out: dict[str, Any] = {}
-            for k, v in obj.items():
-                out[self._key(k, names)] = self.decode(v, names, depth - 1)
-            return out
-        if isinstance(obj, list):
-            return [self.decode(v, names, depth - 1) for v in obj]
-        return obj
+        return _decode(obj, names, self._entry)
 
-    def _key(self, k: Any, names: dict[int, str]) -> str:
-        if isinstance(k, str):
-            return k
-        if isinstance(k, bytes):
-            return str(self.decode(k, names))
-        if isinstance(k, int) and not isinstance(k, bool) and k in names:
-            return names[k]
-        raise DecodeError("map key is neither a key id, text nor an identifier")
+    def _entry(self, b: bytes) -> str:
+        index, s = parse_entry(b)
+        if s is not None:
+            raise DecodeError("a client does not define identifiers")
+        return self._lookup(index)
 
 
 class ClientRefs:
@@ -286,53 +256,72 @@ class ClientRefs:
         j = _STATIC_INDEX.get(s)
         return s if j is None else STATIC_PREFIX + str(j)
 
-    def encode(self, obj: Any, ids: dict[str, int], depth: int = 64) -> Any:
-        if depth <= 0:
-            raise EncodeError("JSON nested too deeply to compress")
-        if isinstance(obj, str):
-            i = self.index.get(obj)
-            return obj if i is None else reference(i)
-        if isinstance(obj, dict):
-            out: dict[Any, Any] = {}
-            for k, v in obj.items():
-                if not isinstance(k, str):
-                    raise EncodeError("JSON object keys must be strings")
-                kid = ids.get(k)
-                if kid is None:
-                    i = self.index.get(k)
-                    out[k if i is None else reference(i)] = self.encode(v, ids, depth - 1)
-                else:
-                    out[kid] = self.encode(v, ids, depth - 1)
-            return out
-        if isinstance(obj, (list, tuple)):
-            return [self.encode(v, ids, depth - 1) for v in obj]
-        return obj
+    def encode(self, obj: Any, ids: dict[str, int]) -> Any:
+        """A request body: keys compressed, identifiers this side holds as references."""
+        return _encode(obj, ids, self._out)
 
-    def decode(self, obj: Any, names: dict[int, str], depth: int = 64) -> Any:
+    def _out(self, s: str, key: str | None) -> Any:
+        i = self.index.get(s)
+        return s if i is None else reference(i)
+
+    def decode(self, obj: Any, names: dict[int, str]) -> Any:
         """An answer body: key ids expanded, definitions learnt, references resolved."""
-        if depth <= 0:
-            raise LimitError("body nested too deeply")
-        if isinstance(obj, bytes):
-            index, s = parse_entry(obj)
-            if s is None:
-                found = self.strings.get(index)
-                if found is None:
-                    raise DecodeError("identifier reference %d is not known here" % index)
-                return found
+        return _decode(obj, names, self._entry)
+
+    def _entry(self, b: bytes) -> str:
+        index, s = parse_entry(b)
+        if s is not None:
             return self._learn(index, s)
-        if isinstance(obj, dict):
-            out: dict[str, Any] = {}
-            for k, v in obj.items():
-                if isinstance(k, str):
-                    key = k
-                elif isinstance(k, bytes):
-                    key = str(self.decode(k, names, depth - 1))
-                elif isinstance(k, int) and not isinstance(k, bool) and k in names:
-                    key = names[k]
-                else:
-                    raise DecodeError("map key is neither a key id, text nor an identifier")
-                out[key] = self.decode(v, names, depth - 1)
-            return out
-        if isinstance(obj, list):
-            return [self.decode(v, names, depth - 1) for v in obj]
-        return obj
+        found = self.strings.get(index)
+        if found is None:
+            raise DecodeError("identifier reference %d is not known here" % index)
+        return found
+
+
+def _encode(
+    obj: Any,
+    ids: dict[str, int],
+    leaf: Callable[[str, str | None], Any],
+    key: str | None = None,
+    depth: int = 64,
+) -> Any:
+    """Key compression (``ids``) with every other string through ``leaf(string, its key)``."""
+    if depth <= 0:
+        raise EncodeError("JSON nested too deeply to compress")
+    if isinstance(obj, str):
+        return leaf(obj, key)
+    if isinstance(obj, dict):
+        out: dict[Any, Any] = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise EncodeError("JSON object keys must be strings")
+            kid = ids.get(k)
+            out[kid if kid is not None else leaf(k, None)] = _encode(v, ids, leaf, k, depth - 1)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v, ids, leaf, key, depth - 1) for v in obj]
+    return obj
+
+
+def _decode(obj: Any, names: dict[int, str], entry: Callable[[bytes], str], depth: int = 64) -> Any:
+    """Key ids expanded (``names``), byte strings (identifier entries) through ``entry``."""
+    if depth <= 0:
+        raise LimitError("body nested too deeply")
+    if isinstance(obj, bytes):
+        return entry(obj)
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            if isinstance(k, str):
+                key = k
+            elif isinstance(k, bytes):
+                key = entry(k)
+            elif isinstance(k, int) and not isinstance(k, bool) and k in names:
+                key = names[k]
+            else:
+                raise DecodeError("map key is neither a key id, text nor an identifier")
+            out[key] = _decode(v, names, entry, depth - 1)
+        return out
+    if isinstance(obj, list):
+        return [_decode(v, names, entry, depth - 1) for v in obj]
+    return obj

@@ -54,7 +54,7 @@ from aiocoap.optiontypes import OpaqueOption
 
 from lowbw.compact.codec import CF_CBOR, BodyCodec
 from lowbw.compact.refs import ProxyRefs
-from lowbw.proxy.homeserver import HomeserverUnavailable
+from lowbw.proxy.homeserver import HomeserverUnavailable, query_params
 from lowbw.proxy.registry import DeviceRecord
 from lowbw.proxy.transport import LinkTuning, SessionAddress
 from lowbw.wire import coap, handshake, routes, status
@@ -250,16 +250,9 @@ class ClientService:
             return msg
         except DecodeError as exc:
             return self._error(codec, coap.BAD_REQUEST, "M_BAD_JSON", exc.message)
-        query: dict[str, Any] = {}
-        for item in raw_query:
-            key, _, value = item.partition("=")
-            if key == "access_token":
-                return self._error(codec, coap.BAD_REQUEST, "M_INVALID_PARAM", "tokens go in Bearer-Bind")
-            if key in query:
-                prev = query[key]
-                query[key] = (prev if isinstance(prev, list) else [prev]) + [value]
-            else:
-                query[key] = value
+        query: dict[str, Any] = query_params(raw_query)
+        if "access_token" in query:
+            return self._error(codec, coap.BAD_REQUEST, "M_INVALID_PARAM", "tokens go in Bearer-Bind")
         body: Any = None
         if request.payload:
             cf = request.opt.content_format

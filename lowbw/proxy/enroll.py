@@ -407,13 +407,7 @@ async def enroll(
     proxy_pub = cfg.read_public_key()
 
     with Registry(cfg.proxy.registry) as registry:
-        existing = registry.device(name)
-        if existing is not None:
-            raise EnrollError(
-                "a device named %r is already enrolled%s" % (name, " (revoked)" if existing.revoked else "")
-            )
-        if os.path.lexists(target):
-            raise EnrollError("%s exists; it holds another device's key (remove it or use --out)" % target)
+        _check_new(registry, name, target)
 
         device_priv, device_pub = keyfile.generate_keypair()
         hs = homeserver or Homeserver(cfg.homeserver.url, verify_tls=cfg.homeserver.verify_tls)
@@ -456,6 +450,17 @@ async def enroll(
     return EnrollResult(record=record, config_path=target, room_id=room_id, created_room=created)
 
 
+def _check_new(registry: Registry, name: str, target: Path) -> None:
+    """No device of that name yet, and no file where its config (and private key) would go."""
+    existing = registry.device(name)
+    if existing is not None:
+        raise EnrollError(
+            "a device named %r is already enrolled%s" % (name, " (revoked)" if existing.revoked else "")
+        )
+    if os.path.lexists(target):
+        raise EnrollError("%s exists; it holds another device's key (remove it or use --out)" % target)
+
+
 # -- client-proxies ------------------------------------------------------------------
 
 
@@ -490,13 +495,7 @@ def enroll_client(
         raise EnrollError("proxy port %d: give the port clients reach the proxy at (--proxy-port)" % port)
     target = Path(out) if out is not None else cfg.devices_dir / ("%s.client.toml" % name)
     with Registry(cfg.proxy.registry) as registry:
-        existing = registry.device(name)
-        if existing is not None:
-            raise EnrollError(
-                "a device named %r is already enrolled%s" % (name, " (revoked)" if existing.revoked else "")
-            )
-        if os.path.lexists(target):
-            raise EnrollError("%s exists; it holds another key (remove it or use --out)" % target)
+        _check_new(registry, name, target)
         priv, pub = keyfile.generate_keypair()
         record = DeviceRecord(
             name=name, public_key=pub, user_id="", rooms=[], event_types=[], permissions=["client"]

@@ -112,6 +112,21 @@ def parse_retry_after(value: str | None, now: float | None = None) -> int | None
     return max(0, math.ceil(delta))
 
 
+def query_params(items: Sequence[str]) -> dict[str, QueryValue]:
+    """CoAP Uri-Query items ``k=v`` as a query mapping (a repeated key becomes a list)."""
+    query: dict[str, QueryValue] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        prev = query.get(key)
+        if isinstance(prev, list):
+            prev.append(value)
+        elif isinstance(prev, str):
+            query[key] = [prev, value]
+        else:
+            query[key] = value
+    return query
+
+
 @dataclass(frozen=True)
 class HttpResult:
     """One HTTP answer: status, raw body, parsed JSON (or None), headers, retry hint."""
@@ -319,16 +334,16 @@ class Homeserver:
             raise HomeserverUnavailable(
                 "homeserver did not answer within %.1f s: %s %s" % (limit, method, path), timeout=True
             ) from None
-        except ValueError as exc:
-            # aiohttp refuses a header it cannot send (a control character in a
-            # token a client-proxy bound, say): the request's fault, not the homeserver's.
-            raise EncodeError("request cannot be sent: %s" % type(exc).__name__) from None
         except (aiohttp.ClientError, OSError) as exc:
             reason = _describe(exc)
             log.warning("%s %s: %s", method, path, reason)
             raise HomeserverUnavailable(
                 "homeserver unreachable: %s %s: %s" % (method, path, reason)
             ) from None
+        except ValueError as exc:  # after OSError: TLS verification errors are both
+            # aiohttp refuses a header it cannot send (a control character in a
+            # token a client-proxy bound, say): the request's fault, not the homeserver's.
+            raise EncodeError("request cannot be sent: %s" % type(exc).__name__) from None
 
         parsed: Any = None
         if body:

@@ -61,7 +61,7 @@ from aiocoap.util.asyncio.timeoutdict import TimeoutDict
 
 from lowbw.proxy import sensor
 from lowbw.proxy.clients import ClientService, is_client
-from lowbw.proxy.homeserver import CLIENT_V3, Homeserver, HomeserverUnavailable, encode_path
+from lowbw.proxy.homeserver import CLIENT_V3, Homeserver, HomeserverUnavailable, encode_path, query_params
 from lowbw.proxy.registry import DeviceRecord, Registry
 from lowbw.proxy.sessions import SessionTable
 from lowbw.proxy.transport import SessionAddress
@@ -386,16 +386,10 @@ class ProxySite(resource.ObservableResource):
         if why is not None:
             log.info("%s: %s %s refused: %s", rec.name, method, _loggable(path), why)
             return error_message(coap.FORBIDDEN, "M_FORBIDDEN", why, table_id)
-        query: dict[str, Any] = {}
-        for item in request.opt.uri_query:
-            key, _, value = item.partition("=")
-            if key in RESERVED_QUERY:
-                return error_message(coap.FORBIDDEN, "M_FORBIDDEN", "query %s is the proxy's" % key, table_id)
+        query: dict[str, Any] = query_params(request.opt.uri_query)
+        for key in RESERVED_QUERY:
             if key in query:
-                prev = query[key]
-                query[key] = (prev if isinstance(prev, list) else [prev]) + [value]
-            else:
-                query[key] = value
+                return error_message(coap.FORBIDDEN, "M_FORBIDDEN", "query %s is the proxy's" % key, table_id)
         body: Any = None
         if request.payload:
             cf = request.opt.content_format
