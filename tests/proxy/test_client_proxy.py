@@ -84,6 +84,16 @@ def test_discovery_and_local_answers(client_stack: Any, synapse: SynapseServer) 
     assert status == 404 and body["errcode"] == "M_UNRECOGNIZED"
     status, _, body = http(stack.url, "POST", "/_matrix/client/v3/login", raw=b"{not json")
     assert status == 400 and body["errcode"] == "M_NOT_JSON"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    status, _, body = http(stack.url, "POST", "/_matrix/client/v3/login", raw=deep)
+    assert status == 400 and body["errcode"] == "M_NOT_JSON"
+    status, _, body = http(stack.url, "GET", "/_matrix/client/v3/account/whoami", token="a\x7fb")
+    assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN"
+    status, _, body = http(stack.url, "GET", "/_matrix/client/v3/rooms/%01x/state", token="t")
+    assert status == 400 and body["error"].startswith("lowbw:")
+    status, _, body = http(stack.url, "GET", "/_matrix/client/v3/sync?since=s1&timeout=soon", token="t")
+    assert status == 400
+    assert stack.client.running()  # none of that hurt the client-proxy
     req = urllib.request.Request(stack.url + "/_matrix/client/v3/sync", method="OPTIONS")
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 204 and "Authorization" in resp.headers["Access-Control-Allow-Headers"]
