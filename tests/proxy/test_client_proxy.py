@@ -87,7 +87,9 @@ def test_discovery_and_local_answers(client_stack: Any, synapse: SynapseServer) 
     deep = b"[" * 100_000 + b"]" * 100_000
     status, _, body = http(stack.url, "POST", "/_matrix/client/v3/login", raw=deep)
     assert status == 400 and body["errcode"] == "M_NOT_JSON"
-    status, _, body = http(stack.url, "GET", "/_matrix/client/v3/account/whoami", token="a\x7fb")
+    status, _, body = http(
+        stack.url, "GET", "/_matrix/client/v3/account/whoami", token="a\u00e9b"
+    )  # not ASCII (and not UTF-8 on the wire)
     assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN"
     status, _, body = http(stack.url, "GET", "/_matrix/client/v3/rooms/%01x/state", token="t")
     assert status == 400 and body["error"].startswith("lowbw:")
