@@ -13,10 +13,10 @@ the lowbw frame layer (``lowbw.wire.frames``, ``lowbw.wire.handshake``).
   any of the last few handshakes is accepted.
   When the proxy answers a newer handshake after an older one, the newer
   session wins (the proxy keeps only the latest session of a key).
-* The first message rides the handshake only if it is idempotent (not a
-  POST: a lost IK message 2 makes its retransmission a new handshake, and the
-  proxy would run it twice) and IK message 1 still fits the radio's MTU;
-  otherwise the handshake goes alone and the message follows it. A handshake
+* The first message rides the handshake if IK message 1 still fits the
+  radio's MTU; otherwise the handshake goes alone and the message follows it.
+  (If IK message 2 is lost, the retransmission is a new handshake with the
+  same request bytes, which the proxy answers from its first run.) A handshake
   unanswered for two ACK timeouts is given up for a fresh one.
 * A message belongs to the session it was first sealed in and is never resent
   in another: the client-proxy makes it again (a POST, whose outcome is then
@@ -46,7 +46,6 @@ from typing import Any, cast
 from aiocoap import error as coap_error
 from aiocoap import interfaces
 from aiocoap.message import Message
-from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import ACK
 from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
@@ -311,9 +310,10 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             self._seal_and_send(plaintext, message)
             return
         mid = message.mid if message.mid is not None else -1
-        # Only idempotent requests ride the handshake: if its answer is lost, the
-        # retransmission is a new handshake, and the proxy runs the request again.
-        ride = message.code.is_request() and message.code != Code.POST
+        # A request rides the handshake; if the answer is lost, the retransmission
+        # is a new handshake with the same request, which the proxy answers from
+        # its first run (lowbw.proxy.transport), so a POST does not happen twice.
+        ride = message.code.is_request()
         stuck = time.monotonic() - self._hs_started > 2 * self.remote.tuning.ACK_TIMEOUT
         if not self._handshakes or stuck or any(m == mid for _, m in self._handshakes):
             # First message, a handshake that went unanswered, or aiocoap

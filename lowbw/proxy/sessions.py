@@ -173,6 +173,11 @@ class SessionTable:
     def device(self, name: str) -> DeviceRecord | None:
         return self.devices.get(name)
 
+    def replays_zero_rtt(self, device: str) -> bool:
+        """Client-proxies get a repeated 0-RTT request answered from the first run (transport)."""
+        rec = self.devices.get(device)
+        return rec is not None and is_client(rec)
+
     def commands_pending(self, device: str) -> int:
         return self._commands.get(device, 0)
 

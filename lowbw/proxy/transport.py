@@ -220,6 +220,8 @@ class FrameHandler(Protocol):
 
     def commands_pending(self, device: str) -> int: ...
 
+    def replays_zero_rtt(self, device: str) -> bool: ...
+
 
 @dataclass
 class TransportStats:
@@ -353,6 +355,8 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         # Timings for one incoming message (default: its session's); the proxy
         # acknowledges a parked sync sooner (lowbw.proxy.clients).
         self.tuning_for: Callable[[SessionAddress, Message], TransportTuning] | None = None
+        # device -> [0-RTT request, its answer (None while in the works), expiry, session]
+        self._zero_rtt: dict[str, list[Any]] = {}
         # Called with (addr, request, response, bytes_in, bytes_out) for each answer sent.
         self.on_answer: Callable[[SessionAddress, Message | None, Message, int, int], None] | None = None
 
@@ -422,6 +426,8 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         if found is None:
             return
         addr, plaintext = found
+        if addr.pending is not None and plaintext and self._answer_again(addr, plaintext):
+            return
         if not plaintext:
             # An IK without a 0-RTT request: answer the handshake at once.
             if addr.pending is not None:
@@ -442,6 +448,27 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         except Exception:  # noqa: BLE001 - as above: log, count, carry on
             log.exception("%s: message dropped: internal error", addr.device)
             self.stats.drop("internal")
+
+    def _answer_again(self, addr: SessionAddress, plaintext: bytes) -> bool:
+        """A request riding a new handshake that is the same bytes as one that rode
+        the previous handshake (its answer was lost, the client-proxy's CoAP sent
+        it again, in a new handshake): answer it as before instead of running it
+        twice (a second createRoom, a second login). Client-proxy sessions only
+        (``FrameHandler.replays_zero_rtt``); a device's readings are made
+        idempotent by their transaction IDs instead.
+        """
+        if not self.handler.replays_zero_rtt(addr.device):
+            return False
+        now = time.monotonic()
+        entry = self._zero_rtt.get(addr.device)
+        if entry is not None and entry[0] == plaintext and entry[2] > now:
+            if entry[1] is not None:
+                self.stats.drop("zero_rtt_repeat")
+                self._send_pending(addr, entry[1])
+            # Still in the works: the next copy will find the answer.
+            return True
+        self._zero_rtt[addr.device] = [plaintext, None, now + addr.tuning.EXCHANGE_LIFETIME, addr]
+        return False
 
     def _open(self, data: bytes, sockaddr: Sockaddr) -> tuple[SessionAddress, bytes] | None:
         sid = frames.peek_session_id(data)
@@ -484,6 +511,12 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         if self._mman is None:
             return
         addr = message.remote
+        if isinstance(addr, SessionAddress) and addr.pending is not None and message.code.is_response():
+            entry = self._zero_rtt.get(addr.device)
+            if entry is not None and entry[3] is addr:
+                # Kept even if the session is closed meanwhile: a copy of the
+                # request in a newer handshake gets this answer.
+                entry[1] = message.encode()
         if not isinstance(addr, SessionAddress) or addr.closed:
             return
         code = message.code

@@ -303,3 +303,30 @@ def test_absurd_numbers_are_clear_errors(client: Client, matrix_user: MatrixUser
     assert answer.code == coap.BAD_REQUEST and body["errcode"] == "M_INVALID_PARAM"
     answer, body = client.call(client.request(coap.GET, ["st", "\x01" + "9" * 250], options=auth))
     assert answer.code == coap.BAD_REQUEST
+
+
+def test_a_request_repeated_in_a_new_handshake_is_answered_not_run_again(
+    client: Client, matrix_user: MatrixUser, synapse: Any
+) -> None:
+    """The answer to a POST that rode IK message 1 was lost; the same request rides a new handshake."""
+
+    def rooms() -> list[str]:
+        status, body = matrix_call(
+            synapse.url, "GET", "/_matrix/client/v3/joined_rooms", matrix_user.access_token
+        )
+        assert status == 200
+        return list(body["joined_rooms"])
+
+    before = rooms()
+    msg = client.request(
+        coap.POST, ["cr"], {"preset": "private_chat"}, options=[bind(matrix_user.access_token)]
+    )
+    w = client.wire
+    answers = []
+    for _ in range(2):
+        dgram, init = w.ik_datagram(msg)  # a fresh ephemeral each time: a new handshake
+        w.send(dgram)
+        _session, _caps, response = init.finish(w.recv(10.0))
+        answers.append(response)
+    assert answers[0] == answers[1] and coap.decode(answers[0]).code == coap.CHANGED
+    assert len(rooms()) == len(before) + 1  # one room, not two
