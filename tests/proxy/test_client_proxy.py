@@ -297,3 +297,41 @@ def test_answer_mapping_of_rate_limits() -> None:
     with pytest.raises(LinkFailed) as info:
         cp._answer(bad)
     assert info.value.http_status == 502
+
+
+def test_long_bodies_go_block_wise_both_ways(
+    client_stack: Any, synapse: SynapseServer, person: tuple[str, str, str]
+) -> None:
+    """A 2 KB message (incompressible) up, and back in /messages, over 1024-byte radio frames."""
+    import base64
+    import os
+
+    localpart, password, _ = person
+    stack = client_stack(preset="1kbps")
+    token = http(stack.url, "POST", "/_matrix/client/v3/login", login_body(localpart, password))[2][
+        "access_token"
+    ]
+    room = http(stack.url, "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat"}, token)[2][
+        "room_id"
+    ]
+    text = base64.b64encode(os.urandom(1536)).decode()
+    before = stack.radio_stats()
+    status, _, body = http(
+        stack.url,
+        "PUT",
+        "/_matrix/client/v3/rooms/%s/send/m.room.message/long1" % urllib.parse.quote(room),
+        {"msgtype": "m.text", "body": text},
+        token,
+    )
+    assert status == 200 and body["event_id"].startswith("$")
+    sent = stack.radio_stats()
+    assert sent["tx"] - before["tx"] >= 4  # 2 KB in blocks of 512 B
+    assert sent["tx_bytes"] - before["tx_bytes"] < len(text) + 400
+    status, _, page = http(
+        stack.url,
+        "GET",
+        "/_matrix/client/v3/rooms/%s/messages?dir=b&limit=1" % urllib.parse.quote(room),
+        token=token,
+    )
+    assert status == 200 and page["chunk"][0]["content"]["body"] == text
+    assert stack.radio_stats()["rx"] - sent["rx"] >= 4
