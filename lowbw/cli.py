@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="lowbw %s" % __version__)
     top = parser.add_subparsers(
-        dest="group", metavar="{proxy,device,serial-gateway,mqtt-bridge}", required=True
+        dest="group", metavar="{proxy,device,serial-gateway,mqtt-bridge,client-proxy}", required=True
     )
 
     # -- proxy ------------------------------------------------------------------

@@ -385,3 +385,43 @@ def test_adapter_commands_are_wired(command: str, capsys: pytest.CaptureFixture[
     assert exc.value.code == 0
     assert "usage: lowbw %s" % command in capsys.readouterr().out
     assert cli.main([command, "--config", "/nonexistent/x.toml"]) in (1, 2)
+
+
+def test_enroll_client_and_client_proxy_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = init_dir(tmp_path, capsys, "--mtu", "512", "--link-bps", "1000")
+    out_file = tmp_path / "laptop.client.toml"
+    code, out, err = run(
+        ["proxy", "enroll-client", "--config", str(config), "laptop", "--out", str(out_file)], capsys
+    )
+    assert code == 0, err
+    assert "lowbw client-proxy --config %s" % out_file in out
+    assert out_file.stat().st_mode & 0o077 == 0  # it holds a private key
+    from lowbw.clientproxy.config import load as load_client
+
+    ccfg = load_client(out_file)
+    assert (
+        ccfg.mtu == 512 and ccfg.link_bps == 1000 and ccfg.proxy_public_key == load(config).read_public_key()
+    )
+    assert "private_key" not in repr(ccfg) and ccfg.private_key.hex() not in repr(ccfg)
+    with Registry(load(config).proxy.registry) as reg:
+        rec = reg.device("laptop")
+        assert rec is not None and rec.permissions == ["client"] and rec.user_id == ""
+    code, out, _ = run(["device", "list", "--config", str(config)], capsys)
+    assert code == 0 and "laptop" in out
+    # The same name again, or an existing file: refused, nothing overwritten.
+    code, _, err = run(
+        ["proxy", "enroll-client", "--config", str(config), "laptop", "--out", str(out_file)], capsys
+    )
+    assert code == 1 and "already enrolled" in err
+    # The client-proxy refuses bad config files with a clear message and exit 2.
+    bad = tmp_path / "bad.toml"
+    for text in ("not toml [", 'proxy = "nohost"\nproxy_public_key = "00"\nprivate_key = "00"\n'):
+        bad.write_text(text)
+        bad.chmod(0o600)
+        code, _, err = run(["client-proxy", "--config", str(bad)], capsys)
+        assert code == 2 and err.startswith("lowbw client-proxy: ")
+    bad.chmod(0o644)
+    code, _, err = run(["client-proxy", "--config", str(bad)], capsys)
+    assert code == 2 and "readable by others" in err
