@@ -85,6 +85,8 @@ TRANSIENT_SLOT = 0xFF
 REF_PREFIXES = ("\x01", "\x02")
 # A parked sync may wait this long at the proxy (lowbw.proxy.clients.PARK_MAX), plus a margin.
 PARK_WAIT = PARK_MAX + 120.0
+# Sync query parameters that are not part of what a sync stream is (its filter etc.).
+NOT_STREAM = ("since", "timeout", "full_state")
 # Sync streams (token, filter, ...) with a parked request, and sync templates kept.
 MAX_PARKS = 16
 MEDIA_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/")
@@ -244,7 +246,7 @@ class ClientProxy:
                 sent_path = self.txnids.shorten_path(path) if shorten else path
                 answer = await self.carry(method, sent_path, query, body, token)
                 if request.method == "GET" and path.endswith("/sync"):
-                    self._after_sync(_sync_key(token, path, query), path, query, token, answer)
+                    self._after_sync(path, query, token, answer)
         except LinkFailed as exc:
             log.warning("%s %s: %s", request.method, _loggable(path), exc.message)
             return matrix_error(exc.http_status, "M_UNKNOWN", "lowbw: " + exc.message)
@@ -274,9 +276,9 @@ class ClientProxy:
             if wait_ms == 0:
                 # "What is new right now", with nothing parked for it: ask directly.
                 answer = await self.carry(Code.GET, path, query, None, token)
-                self._after_sync(key, path, query, token, answer)
+                self._after_sync(path, query, token, answer)
                 return answer
-            park = self._park(key, path, query, token, since)
+            park = self._park(path, query, token, since)
         if wait_ms == 0 and not park.task.done():
             # "Now" while the parked request is still on its way: now is when the
             # proxy has looked (its acknowledgement), or its answer if that is news.
@@ -298,25 +300,23 @@ class ClientProxy:
         answer = park.task.result()
         if answer.no_news:
             # The park ran out (PARK_MAX) with nothing new: park again, report nothing.
-            self._park(key, path, query, token, since)
+            self._park(path, query, token, since)
             return self._empty_sync(token, since)
-        self._after_sync(key, path, query, token, answer)
+        self._after_sync(path, query, token, answer)
         return answer
 
     def _empty_sync(self, token: str | None, since: str) -> Answer:
         return Answer(200, {**self._templates.get(token, {}), "next_batch": since})
 
-    def _park(
-        self, key: tuple[Any, ...], path: str, query: list[tuple[str, str]], token: str | None, since: str
-    ) -> _Park:
+    def _park(self, path: str, query: list[tuple[str, str]], token: str | None, since: str) -> _Park:
         """Park a sync for ``since`` at the proxy (no ``timeout``: it answers when there is news)."""
+        key = _sync_key(token, path, query)
         old = self._parks.get(key)
         if old is not None:
             if old.since == since:
                 return old
             old.task.cancel()
-        skip = ("since", "timeout", "full_state")
-        upstream = [(k, v) for k, v in query if k not in skip] + [("since", since)]
+        upstream = [(k, v) for k, v in query if k not in NOT_STREAM] + [("since", since)]
         acked = asyncio.Event()
         task = asyncio.ensure_future(self.carry(Code.GET, path, upstream, None, token, acked, PARK_WAIT))
         task.add_done_callback(_consume_exception)
@@ -329,7 +329,6 @@ class ClientProxy:
 
     def _after_sync(
         self,
-        key: tuple[Any, ...],
         path: str,
         query: list[tuple[str, str]],
         token: str | None,
@@ -347,7 +346,7 @@ class ClientProxy:
         if not isinstance(nxt, str):
             return
         self._learn_template(token, answer.body)
-        self._park(key, path, query, token, nxt)
+        self._park(path, query, token, nxt)
 
     def _learn_template(self, token: str | None, body: dict[str, Any]) -> None:
         self._templates.pop(token, None)
@@ -588,8 +587,7 @@ def _bearer_of(request: web.Request) -> str | None:
 
 def _sync_key(token: str | None, path: str, query: list[tuple[str, str]]) -> tuple[Any, ...]:
     """Which sync stream a request belongs to: everything but since and timeout."""
-    skip = ("since", "timeout", "full_state")
-    return (token, path, tuple(sorted((k, v) for k, v in query if k not in skip)))
+    return (token, path, tuple(sorted((k, v) for k, v in query if k not in NOT_STREAM)))
 
 
 def _consume_exception(task: asyncio.Task[Any]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from aiohttp import web
 
 from lowbw.clientproxy import config as cp_config
 from lowbw.clientproxy.app import ClientProxy
+from lowbw.logsetup import setup_logging
 from lowbw.wire.errors import LowbwError
 
 log = logging.getLogger("lowbw.clientproxy")
@@ -55,17 +55,6 @@ def parser() -> argparse.ArgumentParser:
         "--public-url", metavar="URL", help="base URL clients are told in .well-known (default: request host)"
     )
     return p
-
-
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        level = os.environ.get("LOWBW_LOG_LEVEL", "INFO").upper()
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            level = "INFO"
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("lowbw.clientproxy.coap").setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def serve(cfg: cp_config.ClientProxyConfig, public_url: str | None = None) -> int:
@@ -112,7 +101,7 @@ async def serve(cfg: cp_config.ClientProxyConfig, public_url: str | None = None)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _setup_logging()
+    setup_logging(quiet=("lowbw.clientproxy.coap", "aiohttp.access"))
     try:
         cfg = cp_config.load(args.config)
         if args.listen:

@@ -42,6 +42,7 @@ Wire rules (docs/PROTOCOL.md, "Client sessions"):
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from lowbw.compact.codec import CF_CBOR, BodyCodec
 from lowbw.compact.refs import ProxyRefs
 from lowbw.proxy.homeserver import HomeserverUnavailable, query_params
 from lowbw.proxy.registry import DeviceRecord
-from lowbw.proxy.transport import LinkTuning, SessionAddress
+from lowbw.proxy.transport import SessionAddress
 from lowbw.wire import coap, handshake, routes, status
 from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
 
@@ -82,16 +83,6 @@ PARK_ACK_DELAY = 1.0
 SYNC_SECTIONS = ("rooms", "presence", "account_data", "to_device", "device_lists")
 _LOGIN_ENDINGS = ("/login", "/register", "/refresh")
 _METHODS = {Code.GET: "GET", Code.POST: "POST", Code.PUT: "PUT", Code.DELETE: "DELETE"}
-
-
-def _with_empty_ack_delay(base: LinkTuning | None, link_bps: float, delay: float) -> LinkTuning:
-    """The session tuning (blocks, timers) with a different EMPTY_ACK_DELAY."""
-    tuning = LinkTuning(link_bps, empty_ack_delay=delay)
-    if base is not None:
-        tuning.block_szx = base.block_szx
-        tuning.ACK_TIMEOUT = base.ACK_TIMEOUT
-        tuning.MAX_LATENCY = base.MAX_LATENCY
-    return tuning
 
 
 def _body_message(code: int, payload: bytes, cf: int) -> Message:
@@ -164,9 +155,11 @@ class ClientService:
         self._parked = 0
         self.park_max = PARK_MAX
         self.park_poll_ms = PARK_POLL_MS
-        link_bps = services.link_bps if services.link_bps > 0 else 100.0
-        base = services.table.tuning if isinstance(services.table.tuning, LinkTuning) else None
-        self.park_tuning = park_tuning or _with_empty_ack_delay(base, link_bps, PARK_ACK_DELAY)
+        if park_tuning is None:
+            # The sessions' own timings and block size, but a quick empty ACK.
+            park_tuning = copy.copy(services.table.tuning)
+            park_tuning.EMPTY_ACK_DELAY = PARK_ACK_DELAY
+        self.park_tuning = park_tuning
 
     # -- hooks for the transport and the site ------------------------------------------
 

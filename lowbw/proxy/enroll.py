@@ -397,12 +397,7 @@ async def enroll(
     invites = [check_user_id(u) for u in invite]
     if invites and room != NEW_ROOM:
         raise EnrollError("--invite works with --room new only (invite people to an existing room yourself)")
-    host = proxy_host if proxy_host is not None else cfg.proxy.bind
-    if host in _WILDCARD_BINDS:
-        raise EnrollError("the proxy binds to %r: give the address devices reach it at (--proxy-host)" % host)
-    port = proxy_port if proxy_port is not None else cfg.proxy.port
-    if not 0 < port < 65536:
-        raise EnrollError("proxy port %d: give the port devices reach the proxy at (--proxy-port)" % port)
+    host, port = _proxy_address(cfg, proxy_host, proxy_port, "devices")
     target = Path(out) if out is not None else cfg.devices_dir / ("%s.json" % name)
     proxy_pub = cfg.read_public_key()
 
@@ -450,6 +445,21 @@ async def enroll(
     return EnrollResult(record=record, config_path=target, room_id=room_id, created_room=created)
 
 
+def _proxy_address(
+    cfg: ProxyConfig, proxy_host: str | None, proxy_port: int | None, who: str
+) -> tuple[str, int]:
+    """Where ``who`` reach the proxy: the given address, else the bind address (never a wildcard)."""
+    host = proxy_host if proxy_host is not None else cfg.proxy.bind
+    if host in _WILDCARD_BINDS:
+        raise EnrollError(
+            "the proxy binds to %r: give the address %s reach it at (--proxy-host)" % (host, who)
+        )
+    port = proxy_port if proxy_port is not None else cfg.proxy.port
+    if not 0 < port < 65536:
+        raise EnrollError("proxy port %d: give the port %s reach the proxy at (--proxy-port)" % (port, who))
+    return host, port
+
+
 def _check_new(registry: Registry, name: str, target: Path) -> None:
     """No device of that name yet, and no file where its config (and private key) would go."""
     existing = registry.device(name)
@@ -487,12 +497,7 @@ def enroll_client(
     from lowbw.clientproxy.config import ClientProxyConfig
 
     check_device_name(name)
-    host = proxy_host if proxy_host is not None else cfg.proxy.bind
-    if host in _WILDCARD_BINDS:
-        raise EnrollError("the proxy binds to %r: give the address clients reach it at (--proxy-host)" % host)
-    port = proxy_port if proxy_port is not None else cfg.proxy.port
-    if not 0 < port < 65536:
-        raise EnrollError("proxy port %d: give the port clients reach the proxy at (--proxy-port)" % port)
+    host, port = _proxy_address(cfg, proxy_host, proxy_port, "clients")
     target = Path(out) if out is not None else cfg.devices_dir / ("%s.client.toml" % name)
     with Registry(cfg.proxy.registry) as registry:
         _check_new(registry, name, target)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
 import sys
 import time
@@ -37,6 +36,7 @@ from aiocoap.message import Message
 from aiocoap.pipe import error_to_message, run_driving_pipe
 from aiocoap.protocol import Context
 
+from lowbw.logsetup import setup_logging
 from lowbw.proxy import config as proxy_config
 from lowbw.proxy.appservice import AppserviceListener
 from lowbw.proxy.homeserver import DEFAULT_TIMEOUT, Homeserver, HomeserverUnavailable, encode_path
@@ -331,18 +331,6 @@ class ProxyServer:
         log.info("%s %s %s -> %s (%d B in, %d B out)", addr.device, method, route, response.code, rx, tx)
 
 
-def _setup_logging() -> None:
-    """INFO by default (one line per answer); ``LOWBW_LOG_LEVEL`` (e.g. WARNING) overrides."""
-    root = logging.getLogger()
-    if not root.handlers:
-        level = os.environ.get("LOWBW_LOG_LEVEL", "INFO").upper()
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            level = "INFO"
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # aiocoap logs every duplicate and retransmission at INFO; ours says what matters.
-    logging.getLogger("lowbw.proxy.coap").setLevel(logging.WARNING)
-
-
 async def _run(settings: ProxySettings) -> int:
     server = ProxyServer(settings)
     try:
@@ -371,7 +359,8 @@ async def _run(settings: ProxySettings) -> int:
 
 def main(config_path: str | Path) -> int:
     """``lowbw proxy run --config PATH``: 0 after a graceful stop, 1 on failure."""
-    _setup_logging()
+    # aiocoap logs every duplicate and retransmission at INFO; ours says what matters.
+    setup_logging(quiet=("lowbw.proxy.coap",))
     try:
         cfg = proxy_config.load(config_path)
         settings = ProxySettings.from_config(cfg)
