@@ -412,8 +412,9 @@ class ClientProxy:
     ) -> Answer:
         """One request across the link; its answer in HTTP terms (LinkFailed if none).
 
-        ``acked`` is set once the proxy acknowledges the request (ACK, empty or
-        not); ``timeout`` defaults to the configured ``request_timeout``. A
+        ``acked`` is given for parked syncs only: set once the proxy acknowledges
+        the request (ACK, empty or not), and a 2.03 answer then means "nothing
+        new" rather than a 304; ``timeout`` defaults to the configured ``request_timeout``. A
         request made for a session that is replaced before its answer is made
         again for the new one (a POST already sent is reported as 504 instead:
         it may have happened).
@@ -449,7 +450,7 @@ class ClientProxy:
                 st.confirmed.add(token)
             elif token is not None and session is None and token in st.slots:
                 st.confirmed.add(token)  # st went over to the session this request established
-            return self._answer(response)
+            return self._answer(response, parked=acked is not None)
         raise LinkFailed(502, "the proxy kept refusing the request's session state")
 
     def _message(
@@ -538,9 +539,10 @@ class ClientProxy:
         except coap_error.Error as exc:
             raise LinkFailed(502, "link error: %s" % type(exc).__name__) from None
 
-    def _answer(self, response: Message) -> Answer:
+    def _answer(self, response: Message, parked: bool = False) -> Answer:
         code = int(response.code)
-        if response.code == Code.VALID and not response.payload:
+        if parked and response.code == Code.VALID and not response.payload:
+            # The park ran out with nothing new (a 304 of the homeserver's is 2.03 too).
             return Answer(200, {}, no_news=True)
         options = [(o.number, o.encode()) for o in response.opt.option_list()]
         try:
