@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbw.proxy import keyfile
+from lowbw.proxy.limits import Limits
 from lowbw.wire.errors import LowbwError
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class ProxyConfig:
     proxy: ProxySection
     homeserver: HomeserverSection
     appservice: AppserviceSection | None = None
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def dir(self) -> Path:
@@ -311,7 +313,7 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
     except OSError as exc:
         raise ConfigError("cannot read config file %s: %s" % (source, exc.strerror or type(exc).__name__))
 
-    unknown = sorted(set(data) - {"proxy", "homeserver", "appservice"})
+    unknown = sorted(set(data) - {"proxy", "homeserver", "appservice", "limits"})
     if unknown:
         raise ConfigError("%s: unknown table(s): %s" % (source, ", ".join(unknown)))
     if "homeserver" not in data:
@@ -374,7 +376,25 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
 
     if stat.S_IMODE(st.st_mode) & 0o077 and (appservice is not None or homeserver.registration_shared_secret):
         log.warning("%s holds tokens but others may read it (mode %04o)", source, stat.S_IMODE(st.st_mode))
-    return ProxyConfig(path=source, proxy=proxy, homeserver=homeserver, appservice=appservice)
+    limits = _load_limits(_Table(source, "limits", data.get("limits", {})))
+    return ProxyConfig(path=source, proxy=proxy, homeserver=homeserver, appservice=appservice, limits=limits)
+
+
+def _load_limits(t: _Table) -> Limits:
+    """``[limits]``: every key optional (defaults in ``lowbw.proxy.limits``), none negative."""
+    defaults = Limits()
+    values: dict[str, Any] = {}
+    for key in Limits.keys():
+        default = getattr(defaults, key)
+        if isinstance(default, int):
+            values[key] = t.integer(key, default, 0, 2**31 - 1)
+        else:
+            value = t._get(key, default, (int, float), "a number")
+            if isinstance(value, bool) or not 0 <= value <= 1e9:
+                raise t._fail(key, "must be a number between 0 and 1e9")
+            values[key] = float(value)
+    t.check()
+    return Limits(**values)
 
 
 # -- writing --------------------------------------------------------------------

@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiocoap import resource
@@ -62,6 +62,7 @@ from aiocoap.util.asyncio.timeoutdict import TimeoutDict
 from lowbw.proxy import sensor
 from lowbw.proxy.clients import ClientService, is_client
 from lowbw.proxy.homeserver import CLIENT_V3, Homeserver, HomeserverUnavailable, encode_path, query_params
+from lowbw.proxy.limits import Limits
 from lowbw.proxy.registry import DeviceRecord, Registry
 from lowbw.proxy.sessions import SessionTable
 from lowbw.proxy.transport import SessionAddress
@@ -100,6 +101,8 @@ class Services:
     # The radio's bit rate: a reading's age counts from when its datagram
     # started on the air, so its own airtime is taken off the arrival time.
     link_bps: float = 0.0
+    # What one session may spend (``lowbw.proxy.limits``, ``[limits]`` in proxy.toml).
+    limits: Limits = field(default_factory=Limits)
 
 
 def airtime_ms(nbytes: int, link_bps: float) -> int:

@@ -27,7 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from lowbw.logsetup import setup_logging
 from lowbw.proxy import config as proxy_config
 from lowbw.proxy.appservice import AppserviceListener
 from lowbw.proxy.homeserver import DEFAULT_TIMEOUT, Homeserver, HomeserverUnavailable, encode_path
+from lowbw.proxy.limits import Limits
 from lowbw.proxy.registry import Registry
 from lowbw.proxy.resources import DEFAULT_RETRY_AFTER, READING_TIMEOUT, ProxySite, Services
 from lowbw.proxy.sessions import SessionTable
@@ -79,6 +80,7 @@ class ProxySettings:
     homeserver_timeout: float = DEFAULT_TIMEOUT
     handshake_impl: str = "noiseprotocol"
     empty_ack_delay: float | None = None
+    limits: Limits = field(default_factory=Limits)
 
     def __repr__(self) -> str:
         # Never the key or tokens.
@@ -110,6 +112,7 @@ class ProxySettings:
             hs_token=a.hs_token if a is not None else None,
             appservice_listen=listen,
             appservice_id=a.id if a is not None else None,
+            limits=cfg.limits,
         )
 
 
@@ -185,6 +188,7 @@ class ProxyServer:
                 tuning,
                 handshake_impl=s.handshake_impl,
                 ephemeral=self._ephemeral,
+                limits=s.limits,
             )
             self.table = table
             self.homeserver = Homeserver(
@@ -199,6 +203,7 @@ class ProxyServer:
                 reading_timeout=s.reading_timeout,
                 retry_after=s.retry_after,
                 link_bps=s.link_bps,
+                limits=s.limits,
             )
             site = ProxySite(services, blockwise_timeout=max(600.0, 20 * tuning.ACK_TIMEOUT))
             self.site = site

@@ -52,6 +52,7 @@ from typing import Any
 
 from lowbw.proxy import noise_ik
 from lowbw.proxy.clients import is_client
+from lowbw.proxy.limits import Limits
 from lowbw.proxy.registry import DeviceRecord, Registry
 from lowbw.proxy.transport import LinkTuning, LowbwTransport, SessionAddress, Sockaddr
 from lowbw.wire import cbor, frames, handshake
@@ -126,10 +127,12 @@ class SessionTable:
         *,
         handshake_impl: str = "noiseprotocol",
         ephemeral: Callable[[], bytes] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if handshake_impl not in ("noiseprotocol", "wire"):
             raise ValueError("handshake_impl is 'noiseprotocol' or 'wire'")
         self.registry = registry
+        self.limits = limits if limits is not None else Limits()
         self._private_key = bytes(private_key)
         self.tuning = tuning
         self.handshake_impl = handshake_impl
