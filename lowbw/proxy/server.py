@@ -21,9 +21,12 @@ it still lands exactly once).
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -295,7 +298,10 @@ class ProxyServer:
             await self.appservice.stop()
             self.appservice = None
         if self._ctx is not None:
-            await self._ctx.shutdown()
+            # Empty when the UDP bind failed: aiocoap's shutdown() then raises
+            # ValueError (asyncio.wait of no tasks) and hides the real cause.
+            if self._ctx.request_interfaces:
+                await self._ctx.shutdown()
             self._ctx = None
         self.transport = None
         self.site = None
@@ -336,12 +342,56 @@ class ProxyServer:
         log.info("%s %s %s -> %s (%d B in, %d B out)", addr.device, method, route, response.code, rx, tx)
 
 
-async def _run(settings: ProxySettings) -> int:
+def _bind_fails(kind: int, host: str, port: int, errno_: int | None) -> bool:
+    """True if binding ``host:port`` now fails with the same error (which socket was it?)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                # As asyncio's server does: a socket in TIME_WAIT is no conflict.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        return exc.errno == errno_
+    return False
+
+
+def listen_error(settings: ProxySettings, exc: OSError, config_path: str | Path | None = None) -> str:
+    """One line for an operator: which address could not be bound, why, and what to change."""
+    where = " in %s" % config_path if config_path else " in proxy.toml"
+    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    why = why[:1].lower() + why[1:]
+    if exc.errno == errno.EADDRNOTAVAIL:
+        key = "bind"
+    elif exc.errno == errno.EACCES:
+        key = "port (below 1024 needs privileges)"
+    else:
+        key = "port"
+    # The UDP socket is bound first; if it binds now, the appservice listener failed.
+    if settings.port and _bind_fails(socket.SOCK_DGRAM, settings.bind, settings.port, exc.errno):
+        return "cannot listen on udp %s:%d: %s (set [proxy] %s%s)" % (
+            settings.bind, settings.port, why, key, where
+        )
+    if settings.appservice_listen is not None:
+        host, port = settings.appservice_listen
+        if _bind_fails(socket.SOCK_STREAM, host, port, exc.errno):
+            return (
+                "cannot listen on tcp %s:%d for the homeserver's pushes: %s (set [appservice] listen%s, "
+                "and the url in the appservice registration to match)" % (host, port, why, where)
+            )
+    return "cannot start: %s" % (exc.strerror or exc)
+
+
+async def _run(settings: ProxySettings, config_path: str | Path | None = None) -> int:
     server = ProxyServer(settings)
     try:
         await server.start()
-    except (OSError, LowbwError) as exc:
-        log.error("cannot start: %s", getattr(exc, "message", None) or exc)
+    except OSError as exc:
+        # One line, no traceback: what the operator must change.
+        print("lowbw proxy run: error: %s" % listen_error(settings, exc, config_path), file=sys.stderr)
+        return 1
+    except LowbwError as exc:
+        print("lowbw proxy run: error: cannot start: %s" % (exc.message or exc), file=sys.stderr)
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -370,6 +420,6 @@ def main(config_path: str | Path) -> int:
         cfg = proxy_config.load(config_path)
         settings = ProxySettings.from_config(cfg)
     except LowbwError as exc:
-        print("lowbw proxy: %s" % (exc.message or exc), file=sys.stderr)
+        print("lowbw proxy run: error: %s" % (exc.message or exc), file=sys.stderr)
         return 1
-    return asyncio.run(_run(settings))
+    return asyncio.run(_run(settings, config_path))
