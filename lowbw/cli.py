@@ -7,9 +7,11 @@
     lowbw device revoke --config ... NAME
     lowbw device send   --device-config FILE VALUE... [...] (lowbw.device.cli)
 
-Exit codes: 0 ok, 1 the command failed (a one-line message on stderr, no
-traceback), 2 bad usage.  Nothing printed here ever contains a private key or
-a token; files that hold them are named, not shown.
+Exit codes, the same for every subcommand (docs/operator.md): 0 ok; 1 the
+command failed, a bad config file or a port in use included (one line on
+stderr, ``lowbw COMMAND: error: ...``, no traceback); 2 bad usage (argparse).
+Nothing printed here ever contains a private key or a token; files that hold
+them are named, not shown.
 """
 
 from __future__ import annotations
@@ -532,15 +534,42 @@ def device_send(argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
     return int(send_main(list(argv)))
 
 
+def _command_name(args_list: Sequence[str]) -> str:
+    """``lowbw device list`` etc.: the prefix of error lines, as argparse's own."""
+    words = ["lowbw"]
+    for word in args_list[:2]:
+        if word.startswith("-"):
+            break
+        words.append(word)
+        if word in PASSTHROUGH or word not in ("proxy", "device"):
+            break
+    return " ".join(words)
+
+
+def _check_client_proxy_config(argv: Sequence[str]) -> None:
+    """A bad client-proxy config is a failure (exit 1) like every other command's, not a usage error."""
+    from lowbw.clientproxy.config import load
+    from lowbw.clientproxy.main import parser as client_proxy_parser
+
+    args, _rest = client_proxy_parser().parse_known_args(list(argv))
+    load(args.config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit status (docs/operator.md, "Exit status"): 0 ok; 1 the
+    command failed, bad config files and ports in use included, with one line on
+    stderr ``lowbw COMMAND: error: ...``; 2 bad usage (argparse)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    name = _command_name(args_list)
     try:
         if args_list[:2] == ["device", "send"]:
             return device_send(args_list[2:], parser)
         if args_list and args_list[0] in PASSTHROUGH:
             module, help_text = PASSTHROUGH[args_list[0]]
             run = _import_runner(module, "main", "lowbw %s" % args_list[0])
+            if args_list[0] == "client-proxy":
+                _check_client_proxy_config(args_list[1:])
             return int(run(args_list[1:]))
         args = parser.parse_args(args_list)
         if args.func is not cmd_proxy_run:
@@ -549,20 +578,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.basicConfig(level=logging.WARNING, format="lowbw: %(levelname)s %(name)s: %(message)s")
         return int(args.func(args))
     except CommandFailed as exc:
-        print("lowbw: error: %s" % exc, file=sys.stderr)
+        print("%s: error: %s" % (name, exc), file=sys.stderr)
         return EXIT_FAILED
     except LowbwError as exc:
-        print("lowbw: error: %s" % (exc.message or type(exc).__name__), file=sys.stderr)
+        print("%s: error: %s" % (name, exc.message or type(exc).__name__), file=sys.stderr)
         return EXIT_FAILED
     except sqlite3.Error as exc:
-        print("lowbw: error: registry: %s" % exc, file=sys.stderr)
+        print("%s: error: registry: %s" % (name, exc), file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:
-        where = " %s" % exc.filename if getattr(exc, "filename", None) else ""
-        print("lowbw: error:%s %s" % (where, exc.strerror or type(exc).__name__), file=sys.stderr)
+        where = " %s:" % exc.filename if getattr(exc, "filename", None) else ""
+        print("%s: error:%s %s" % (name, where, exc.strerror or exc), file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("lowbw: interrupted", file=sys.stderr)
+        print("%s: interrupted" % name, file=sys.stderr)
         return 130
 
 

@@ -633,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "See examples/mqtt-bridge.toml and the docs (Adapters) for every key. Exit status: 0 "
-            "stopped by SIGINT/SIGTERM, 1 runtime failure, 2 bad usage or config."
+            "stopped by SIGINT/SIGTERM, 1 failure (bad config included), 2 bad usage."
         ),
     )
     p.add_argument("--config", required=True, metavar="FILE", help="bridge config (TOML)")
@@ -656,12 +656,13 @@ def main(argv: list[str]) -> int:
             )
             return 0
     except (adapter_config.AdapterConfigError, DeviceLinkError) as exc:
-        print("lowbw mqtt-bridge: %s" % exc.message, file=sys.stderr)
-        return 2
+        # A bad config is a failure like any other (exit 1); 2 is for usage errors only.
+        print("lowbw mqtt-bridge: error: %s" % exc.message, file=sys.stderr)
+        return 1
     try:
         bridge = MqttBridge(cfg)
     except (LowbwError, OSError) as exc:
-        print("lowbw mqtt-bridge: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
+        print("lowbw mqtt-bridge: error: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
         return 1
 
     return run_until_signal(bridge, args.stats, log, "MQTT bridge")

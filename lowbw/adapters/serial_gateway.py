@@ -557,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "The port is reopened when it disappears; output is paced at the configured baud rate. "
             "See examples/serial-gateway.toml and docs (Adapters) for every key. "
-            "Exit status: 0 stopped by SIGINT/SIGTERM, 1 runtime failure, 2 bad usage or config."
+            "Exit status: 0 stopped by SIGINT/SIGTERM, 1 failure (bad config included), 2 bad usage."
         ),
     )
     p.add_argument("--config", required=True, metavar="FILE", help="gateway config (TOML)")
@@ -579,12 +579,13 @@ def main(argv: list[str]) -> int:
             print("%s: OK (%s mode, %s)" % (args.config, cfg.serial.mode, cfg.serial.port))
             return 0
     except (adapter_config.AdapterConfigError, DeviceLinkError) as exc:
-        print("lowbw serial-gateway: %s" % exc.message, file=sys.stderr)
-        return 2
+        # A bad config is a failure like any other (exit 1); 2 is for usage errors only.
+        print("lowbw serial-gateway: error: %s" % exc.message, file=sys.stderr)
+        return 1
     try:
         gw = SerialGateway(cfg)
     except (DeviceLinkError, OSError, LowbwError) as exc:
-        print("lowbw serial-gateway: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
+        print("lowbw serial-gateway: error: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
         return 1
 
     return run_until_signal(gw, args.stats, log, "serial gateway")

@@ -2,8 +2,11 @@
 
 CPython only. Loads the device config and its state file, queues the reading,
 and drives the device over UDP until the proxy acknowledges it (exit 0),
-rejects it (exit 1, with the reason) or the timeout passes (exit 1; the
-reading stays queued in the state file and goes out with the next run).
+rejects it (exit 1, with the reason) or the timeout passes (exit 1). On a
+timeout it says what the proxy last answered (``5.03``: the homeserver is
+unreachable from the proxy) or, if nothing came back although this device had
+completed a handshake before, that its key is unknown or revoked (the proxy
+never answers those). The reading stays queued in the state file either way.
 Usage errors exit 2.
 """
 
@@ -61,7 +64,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _err(text: str) -> None:
-    print("lowbw device send: " + text, file=sys.stderr)
+    print("lowbw device send: error: " + text, file=sys.stderr)
+
+
+def _warn(text: str) -> None:
+    print("lowbw device send: warning: " + text, file=sys.stderr)
+
+
+# What CoAP answers mean to an operator, for the ones that make the client wait and retry.
+ANSWER_MEANING = {
+    "5.02": "the homeserver answered something the proxy could not use",
+    "5.03": "the proxy cannot reach the homeserver",
+    "5.04": "the homeserver did not answer the proxy in time",
+    "4.29": "rate-limited",
+}
+
+
+class _ReportingDevice(client.Device):  # type: ignore[misc]
+    """The device client, remembering the last answer the proxy gave (for the final message)."""
+
+    last_answer: tuple[str, str] | None = None
+
+    def _on_response(self, req: Any, msg: Any, now: float) -> None:
+        self.last_answer = ("%d.%02d" % (msg.code >> 5, msg.code & 31), self._reason(msg) or "")
+        super()._on_response(req, msg, now)
+
+
+def _timeout_message(
+    dev: _ReportingDevice, cfg: Any, mine: int, timeout: float, state_path: str, had_session: bool
+) -> str:
+    """Why a reading was not acknowledged within the timeout, as far as this end can tell."""
+    queued = "reading %d stays queued in %s" % (mine, state_path)
+    where = "%s:%d" % (cfg.proxy_host, cfg.proxy_port)
+    if dev.last_answer is not None:
+        code, reason = dev.last_answer
+        meaning = ANSWER_MEANING.get(code, "")
+        return "not acknowledged within %g s: the proxy answered %s%s%s; %s and is sent again by the " \
+            "next run" % (timeout, code, " (%s)" % meaning if meaning else "", ": " + reason.strip() if reason
+                          else "", queued)
+    if dev.counters["bytes_down"] == 0:
+        if had_session:
+            # The proxy answers nothing to a key it does not know (no oracle),
+            # so silence after earlier handshakes most likely means a revoke.
+            return "no answer from the proxy at %s within %g s: key unknown or revoked? (this device " \
+                "completed a handshake before; the proxy never answers a revoked or unknown key; %s)" % (
+                    where, timeout, queued)
+        return "no answer from the proxy at %s within %g s: is it running there, and was this device " \
+            "enrolled with that proxy? (%s; -v shows every datagram)" % (where, timeout, queued)
+    return "no acknowledgement within %g s from the proxy at %s; %s and is sent again by the next run" % (
+        timeout, where, queued)
 
 
 def send_main(argv: list[str]) -> int:
@@ -80,8 +131,8 @@ def send_main(argv: list[str]) -> int:
         return 1
     try:
         if os.stat(args.device_config).st_mode & 0o077:
-            _err("warning: %s holds the device's private key but others can read it (chmod 600)"
-                 % args.device_config)
+            _warn("%s holds the device's private key but others can read it (chmod 600)"
+                  % args.device_config)
     except OSError:
         pass
     state_path = args.state or args.device_config + ".state"
@@ -96,7 +147,9 @@ def send_main(argv: list[str]) -> int:
         return 1
 
     log = (lambda line: print(line, file=sys.stderr)) if args.verbose else None
-    dev = client.Device(cfg, st, log=log)
+    # A session or a confirmed epoch in the store: a handshake with this proxy completed before.
+    had_session = st.session is not None or bool(st.epoch_confirmed)
+    dev = _ReportingDevice(cfg, st, log=log)
     # This host's clock is set: stamp readings with absolute times, which stay
     # right in the state file across runs.
     dev.set_wall_time(time.time())
@@ -149,8 +202,7 @@ def send_main(argv: list[str]) -> int:
                                                               outcome.get("reason") or ""))
         return 1
     if status == client.DROPPED:
-        _err("reading %d dropped: the queue is full" % mine)
+        _err("reading %d dropped: the queue of readings waiting is full (client.queue_limit)" % mine)
         return 1
-    _err("no acknowledgement within %g s; reading %d stays queued in %s and goes out with the next run "
-         "(%s)" % (args.timeout, mine, state_path, traffic))
+    _err(_timeout_message(dev, cfg, mine, args.timeout, state_path, had_session))
     return 1

@@ -143,7 +143,8 @@ def test_missing_config_exits_1(argv: list[str], tmp_path: Path, capsys: pytest.
     missing = str(tmp_path / "nope" / "proxy.toml")
     code, out, err = run([*argv, missing], capsys)
     assert code == 1
-    assert err.startswith("lowbw: error: config file not found: %s" % missing)
+    # The prefix names the command, as argparse's usage errors do.
+    assert err.startswith("lowbw %s: error: config file not found: %s" % (" ".join(argv[:2]), missing))
     assert err.count("\n") == 1
 
 
@@ -415,13 +416,13 @@ def test_enroll_client_and_client_proxy_config_errors(
         ["proxy", "enroll-client", "--config", str(config), "laptop", "--out", str(out_file)], capsys
     )
     assert code == 1 and "already enrolled" in err
-    # The client-proxy refuses bad config files with a clear message and exit 2.
+    # The client-proxy refuses bad config files with a clear message and exit 1 (a failure, not usage).
     bad = tmp_path / "bad.toml"
     for text in ("not toml [", 'proxy = "nohost"\nproxy_public_key = "00"\nprivate_key = "00"\n'):
         bad.write_text(text)
         bad.chmod(0o600)
         code, _, err = run(["client-proxy", "--config", str(bad)], capsys)
-        assert code == 2 and err.startswith("lowbw client-proxy: ")
+        assert code == 1 and err.startswith("lowbw client-proxy: error: ")
     bad.chmod(0o644)
     code, _, err = run(["client-proxy", "--config", str(bad)], capsys)
-    assert code == 2 and "readable by others" in err
+    assert code == 1 and "readable by others" in err
