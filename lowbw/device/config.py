@@ -32,7 +32,10 @@ counter_block       16         frame counters reserved per store write
 
 ``load(path)`` and ``from_dict(obj)`` return a ``DeviceConfig`` or raise
 ConfigError naming the offending key, e.g. ``proxy.public_key: expected 64
-hex digits``. Unknown keys are ignored so newer enrollers stay readable.
+hex digits``. An unknown key is an error too (``device config link_bsp:
+unknown key (known: ...)``): a typo must not silently fall back to a default.
+A newer enroller that adds keys needs a client that knows them. Keys starting
+with ``_`` are comments; ``board`` is the firmware's (firmware/app.py).
 
 Shared with MicroPython.
 """
@@ -50,6 +53,15 @@ TUNING = (
 )
 
 _HEX = "0123456789abcdefABCDEF"
+
+# Every key a config may hold, per object (anything else is refused: a typo).
+# "board" holds the firmware's settings (checked by firmware/app.py); a key
+# starting with "_" is a comment (firmware/config.example.json has "_comment").
+_TOP_KEYS = ("board", "caps", "client", "device_private_key", "link_bps", "name", "proxy", "room_id",
+             "slots", "user_id", "version")
+_PROXY_KEYS = ("host", "port", "public_key")
+_SLOT_KEYS = ("fields", "name")
+_FIELD_KEYS = ("name", "scale", "unit")
 
 
 class ConfigError(LowbwError):
@@ -104,6 +116,12 @@ class _Checker:
         where = (self.source + ": ") if self.source else ""
         raise ConfigError("%sdevice config %s: %s" % (where, key, why))
 
+    def only(self, obj, known, path):
+        """Fail on the first key of ``obj`` not in ``known`` (sorted, so the message is stable)."""
+        for key in sorted(obj):
+            if key not in known and not (isinstance(key, str) and key.startswith("_")):
+                self.fail(path + str(key), "unknown key (known: %s)" % ", ".join(known))
+
     def get(self, obj, key, path, required=True):
         if key not in obj:
             if required:
@@ -143,6 +161,7 @@ def from_dict(obj, source=""):
     if not isinstance(obj, dict):
         ck.fail("(top level)", "expected a JSON object")
     cfg = DeviceConfig()
+    ck.only(obj, _TOP_KEYS, "")
     version = ck.get(obj, "version", "version")
     if version != 1:
         ck.fail("version", "unsupported version %r (this client reads 1)" % (version,))
@@ -150,6 +169,7 @@ def from_dict(obj, source=""):
     proxy = ck.get(obj, "proxy", "proxy")
     if not isinstance(proxy, dict):
         ck.fail("proxy", "expected an object")
+    ck.only(proxy, _PROXY_KEYS, "proxy.")
     cfg.proxy_host = ck.text(proxy, "host", "proxy.host")
     cfg.proxy_port = ck.integer(proxy, "port", "proxy.port", 1, 65535)
     cfg.proxy_public_key = ck.key32(proxy, "public_key", "proxy.public_key")
@@ -172,6 +192,7 @@ def from_dict(obj, source=""):
         path = "slots[%d]" % i
         if not isinstance(slot, dict):
             ck.fail(path, "expected an object")
+        ck.only(slot, _SLOT_KEYS, path + ".")
         sname = ck.text(slot, "name", path + ".name")
         fields = ck.get(slot, "fields", path + ".fields")
         if not isinstance(fields, list) or not fields:
@@ -183,6 +204,7 @@ def from_dict(obj, source=""):
             fpath = "%s.fields[%d]" % (path, j)
             if not isinstance(f, dict):
                 ck.fail(fpath, "expected an object")
+            ck.only(f, _FIELD_KEYS, fpath + ".")
             fname = ck.text(f, "name", fpath + ".name")
             unit = f.get("unit", "")
             if unit is None:
@@ -196,6 +218,7 @@ def from_dict(obj, source=""):
     if tuning is not None:
         if not isinstance(tuning, dict):
             ck.fail("client", "expected an object")
+        ck.only(tuning, [t[0] for t in TUNING], "client.")
         for key, default, lo, hi in TUNING:
             v = tuning.get(key, default)
             if not _is_num(v) or not lo <= v <= hi:
