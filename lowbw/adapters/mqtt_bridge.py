@@ -151,6 +151,33 @@ def _cbor(data: bytes) -> object:
     return obj
 
 
+class _Client(mqtt.Client):
+    """paho's client, keeping why the last connection attempt failed: paho retries
+    silently, and its ``on_connect_fail`` callback is told nothing."""
+
+    last_error: OSError | None = None
+
+    def reconnect(self) -> Any:
+        try:
+            rc = super().reconnect()
+        except OSError as exc:
+            self.last_error = exc
+            raise
+        self.last_error = None
+        return rc
+
+
+def describe_os_error(exc: BaseException | None) -> str:
+    """``connection refused`` rather than ``[Errno 111] Connection refused``."""
+    if exc is None:
+        return "unknown reason"
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve the host name (%s)" % (exc.strerror or exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
 class MqttBridge:
     """The bridge (module docstring): ``run()`` until ``stop()``."""
 
@@ -173,8 +200,10 @@ class MqttBridge:
             "commands": 0,
             "commands_published": 0,
             "connects": 0,
+            "connect_failures": 0,
             "disconnects": 0,
         }
+        self._connect_failures = 0  # in a row, since the last successful connection
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.pending: collections.deque[Incoming] = collections.deque()
         self._pub_mids: dict[int, dict[str, Any]] = {}
@@ -220,7 +249,7 @@ class MqttBridge:
     def _make_client(self) -> mqtt.Client:
         m = self.cfg.mqtt
         v5 = m.protocol == "5"
-        c = mqtt.Client(
+        c = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=m.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -239,6 +268,7 @@ class MqttBridge:
                 c.tls_insecure_set(True)
         c.reconnect_delay_set(max(1, int(m.reconnect_min)), max(1, math.ceil(m.reconnect_max)))
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
@@ -260,12 +290,14 @@ class MqttBridge:
         self.connected = True
         self.counters["connects"] += 1
         log.info(
-            "connected to %s:%d (MQTT %s, session %s)",
+            "connected to %s:%d (MQTT %s, session %s)%s",
             self.cfg.mqtt.host,
             self.cfg.mqtt.port,
             self.cfg.mqtt.protocol,
             "resumed" if flags.session_present else "new",
+            " after %d failed attempt(s)" % self._connect_failures if self._connect_failures else "",
         )
+        self._connect_failures = 0
         filters = list(dict.fromkeys(rule.filter for rule in self.cfg.topics))
         if self.cfg.mqtt.protocol == "5":
             # retainHandling 2: no stored (retained) values on subscribing; they are not new readings.
@@ -273,6 +305,29 @@ class MqttBridge:
             client.subscribe([(f, opts) for f in filters])
         else:
             client.subscribe([(f, 1) for f in filters])
+
+    def reconnect_delay(self, failures: int) -> float:
+        """Seconds paho waits after the ``failures``-th failed attempt in a row (1-based):
+        reconnect_min, doubling up to reconnect_max (as set in ``_make_client``)."""
+        m = self.cfg.mqtt
+        lo, hi = max(1, int(m.reconnect_min)), max(1, math.ceil(m.reconnect_max))
+        return float(min(lo * 2 ** min(failures - 1, 30), hi))
+
+    def _on_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
+        # Every attempt is logged: the backoff (at most one a reconnect_max) keeps it short.
+        self._connect_failures += 1
+        self.counters["connect_failures"] += 1
+        m = self.cfg.mqtt
+        log.warning(
+            "cannot connect to the MQTT broker %s:%d: %s; retrying in %g s (attempt %d; backoff %g..%g s)",
+            m.host,
+            m.port,
+            describe_os_error(getattr(client, "last_error", None)),
+            self.reconnect_delay(self._connect_failures),
+            self._connect_failures,
+            max(1, int(m.reconnect_min)),
+            max(1, math.ceil(m.reconnect_max)),
+        )
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reasons: list[Any], _p: Any) -> None:
         bad = [str(r) for r in reasons if r.is_failure]
