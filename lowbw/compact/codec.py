@@ -22,9 +22,15 @@ With an identifier table (``lowbw.compact.refs``: ``ProxyRefs`` on the proxy,
 ``ClientRefs`` on the client-proxy) the CBOR also carries identifiers the
 session has seen as references (byte strings), before DEFLATE.
 
-Limits: a body decodes to at most ``MAX_BODY`` bytes of CBOR, ``MAX_ITEMS``
-items and ``MAX_DEPTH`` levels; anything beyond is ``LimitError``, anything
-malformed ``DecodeError`` (never a zlib or cbor exception).
+Limits: a body decodes to at most ``max_bytes`` bytes of CBOR (default
+``MAX_BODY``), ``max_items`` items (``MAX_ITEMS``) and ``MAX_DEPTH`` levels;
+anything beyond is ``LimitError`` (4.13), anything malformed ``DecodeError``
+(never a zlib or cbor exception). The limits bound the *work*, not only the
+result: DEFLATE output is produced in slices and stops at ``max_bytes``, and
+the CBOR decoder stops at the item limit, so a small body that would expand to
+millions of items costs no more than ``max_items`` items of decoding. The
+proxy passes ``[limits] decompress_max_bytes`` and ``decompress_max_items``;
+the client-proxy, decoding the proxy's answers, keeps the larger defaults.
 """
 
 from __future__ import annotations
@@ -55,9 +61,19 @@ class Refs(Protocol):
 class BodyCodec:
     """JSON values <-> (payload, Content-Format) for one session's agreed caps."""
 
-    def __init__(self, table_id: int, dict_version: int | None = None, refs: Refs | None = None) -> None:
+    def __init__(
+        self,
+        table_id: int,
+        dict_version: int | None = None,
+        refs: Refs | None = None,
+        *,
+        max_bytes: int = MAX_BODY,
+        max_items: int = MAX_ITEMS,
+    ) -> None:
         self._table = keys.get_table(table_id)  # unknown table: DecodeError now, not per body
         self.table_id = table_id
+        self.max_bytes = max_bytes
+        self.max_items = max_items
         self.dict_version = dict_version
         self.refs = refs
         self._zdict = dictionary.dictionary(dict_version) if dict_version is not None else None
@@ -84,26 +100,27 @@ class BodyCodec:
         elif content_format == CF_CBOR_DEFLATE_V1:
             if self._zdict is None:
                 raise DecodeError("DEFLATE body on a session without the dictionary")
-            raw = inflate(payload, self._zdict)
+            raw = inflate(payload, self._zdict, self.max_bytes)
         else:
             raise DecodeError("unsupported Content-Format %d" % content_format, coap_code=143)
-        if len(raw) > MAX_BODY:
-            raise LimitError("body larger than %d bytes" % MAX_BODY)
-        value = cbor.loads(raw, max_depth=MAX_DEPTH, max_items=MAX_ITEMS)
+        if len(raw) > self.max_bytes:
+            raise LimitError("body larger than %d bytes" % self.max_bytes)
+        value = cbor.loads(raw, max_depth=MAX_DEPTH, max_items=self.max_items)
         if self.refs is not None:
             return self.refs.decode(value, self._table.names)
         return keys.expand(value, self.table_id, max_depth=MAX_DEPTH)
 
 
-def inflate(payload: bytes, zdict: bytes) -> bytes:
-    """Raw DEFLATE with a preset dictionary, bounded by MAX_BODY."""
+def inflate(payload: bytes, zdict: bytes, max_bytes: int = MAX_BODY) -> bytes:
+    """Raw DEFLATE with a preset dictionary, bounded by ``max_bytes`` of output."""
     d = zlib.decompressobj(wbits=-15, zdict=zdict)
     try:
-        out = d.decompress(payload, MAX_BODY + 1)
+        # zlib stops producing at the bound: the work is bounded, not only the result.
+        out = d.decompress(payload, max_bytes + 1)
     except zlib.error as exc:
         raise DecodeError("bad DEFLATE data: %s" % exc) from None
-    if len(out) > MAX_BODY or d.unconsumed_tail:
-        raise LimitError("body inflates beyond %d bytes" % MAX_BODY)
+    if len(out) > max_bytes or d.unconsumed_tail:
+        raise LimitError("body inflates beyond %d bytes" % max_bytes)
     if not d.eof:
         raise DecodeError("truncated DEFLATE data")
     if d.unused_data:

@@ -36,7 +36,16 @@ Wire rules (docs/PROTOCOL.md, "Client sessions"):
   client-proxy reports how many it holds in ``Refs-Known`` (65020), and a
   session without that option gets plain identifiers.
 * **Bodies** go through ``lowbw.compact.codec.BodyCodec`` (integer keys, and the
-  preset dictionary when the handshake agreed ``CAP_DICT_V1``).
+  preset dictionary when the handshake agreed ``CAP_DICT_V1``), with the work
+  of decoding one bounded by ``[limits] decompress_max_bytes`` and
+  ``decompress_max_items`` (4.13 beyond).
+* **Only the client-server API.** A path must be ``/_matrix/client/...``
+  (media is not carried, docs/client-proxy.md); anything else, the homeserver's
+  admin API included, is 4.03 ``M_FORBIDDEN`` and nothing reaches the
+  homeserver.
+* **Long polls are bounded.** A sync ``timeout`` (and an ``events`` one) above
+  ``[limits] long_poll_max`` is lowered to it; a parked sync ends with 2.03
+  after ``min(PARK_MAX, long_poll_max)``.
 """
 
 from __future__ import annotations
@@ -81,6 +90,11 @@ PARK_MAX = 900.0
 PARK_POLL_MS = 30_000
 PARK_ACK_DELAY = 1.0
 SYNC_SECTIONS = ("rooms", "presence", "account_data", "to_device", "device_lists")
+# The one path prefix a client session may reach (the client-server API).
+CLIENT_PREFIX = ("", "_matrix", "client")
+# Endpoints whose ``timeout`` query makes the homeserver hold the request.
+_LONG_POLL_ENDINGS = ("/sync", "/events")
+ONLY_CLIENT_API = "lowbw: only /_matrix/client/ is carried"
 _LOGIN_ENDINGS = ("/login", "/register", "/refresh")
 _METHODS = {Code.GET: "GET", Code.POST: "POST", Code.PUT: "PUT", Code.DELETE: "DELETE"}
 
@@ -114,6 +128,23 @@ def sync_is_empty(body: Any) -> bool:
     if not isinstance(body, dict):
         return False
     return not any(_has_content(body.get(k)) for k in SYNC_SECTIONS)
+
+
+def client_path_allowed(path: str) -> bool:
+    """True if ``path`` (percent-encoded, as sent to the homeserver) is in the
+    client-server API: ``/_matrix/client/`` and more, no dot segments that a
+    server could fold into another prefix."""
+    parts = path.split("/")
+    if len(parts) < 4 or tuple(parts[:3]) != CLIENT_PREFIX or not parts[3]:
+        return False
+    return not any(p in (".", "..") for p in parts)
+
+
+def long_poll_ms(given: Any, cap_s: float) -> int | None:
+    """A ``timeout`` query value in milliseconds, lowered to ``cap_s``; None if not a number."""
+    if not (isinstance(given, str) and given.isascii() and given.isdigit() and len(given) <= 9):
+        return None
+    return min(int(given), int(cap_s * 1000))
 
 
 def _is_sync(segments: list[str]) -> bool:
@@ -153,7 +184,8 @@ class ClientService:
         self._states: dict[SessionAddress, ClientState] = {}
         self.stopping = False
         self._parked = 0
-        self.park_max = PARK_MAX
+        self.limits = services.limits
+        self.park_max = min(PARK_MAX, self.limits.long_poll_max)
         self.park_poll_ms = PARK_POLL_MS
         if park_tuning is None:
             # The sessions' own timings and block size, but a quick empty ACK.
@@ -235,6 +267,9 @@ class ClientService:
             path = routes.decode_segments(segments)
         except DecodeError as exc:
             return self._error(codec, coap.NOT_FOUND, "M_UNRECOGNIZED", exc.message or "unknown route")
+        if not client_path_allowed(path):
+            log.info("%s: %s outside the client-server API refused", rec.name, method)
+            return self._error(codec, coap.FORBIDDEN, "M_FORBIDDEN", ONLY_CLIENT_API)
         try:
             token = self._bearer(request, addr, rec)
         except _BindRequired:
@@ -256,11 +291,13 @@ class ClientService:
         if method == "GET" and self._parks(segments, raw_query):
             return await self._parked_sync(path, query, token, addr, codec)
         timeout = None
-        if path.endswith("/sync"):
-            given = query.get("timeout", "0")
-            if not (isinstance(given, str) and given.isascii() and given.isdigit() and len(given) <= 9):
+        if path.endswith(_LONG_POLL_ENDINGS):
+            wait_ms = long_poll_ms(query.get("timeout", "0"), self.limits.long_poll_max)
+            if wait_ms is None:
                 return self._error(codec, coap.BAD_REQUEST, "M_INVALID_PARAM", "timeout")
-            timeout = self.s.homeserver.timeout + int(given) / 1000 + 10.0
+            if "timeout" in query:
+                query["timeout"] = str(wait_ms)
+            timeout = self.s.homeserver.timeout + wait_ms / 1000 + 10.0
         try:
             result = await self.s.homeserver.request(
                 method, path, query=query, json_body=body, access_token=token, timeout=timeout
@@ -280,7 +317,33 @@ class ClientService:
 
     def _codec(self, addr: SessionAddress, state: ClientState) -> BodyCodec:
         dict_version = 1 if addr.caps & handshake.CAP_DICT_V1 else None
-        return BodyCodec(addr.table_id, dict_version, state.refs if state.refs_on else None)
+        return BodyCodec(
+            addr.table_id,
+            dict_version,
+            state.refs if state.refs_on else None,
+            max_bytes=self.limits.decompress_max_bytes,
+            max_items=self.limits.decompress_max_items,
+        )
+
+    def precheck(self, request: Message, addr: SessionAddress) -> Message | None:
+        """Refuse the first block of a block-wise upload early (method and
+        path); None if it may go on. The rest is checked on the whole request."""
+        state = self._state(addr)
+        codec = self._codec(addr, state)
+        if _METHODS.get(request.code) is None:
+            return self._error(codec, coap.METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "method not carried")
+        try:
+            segments = [state.refs.resolve_text(seg) for seg in request.opt.uri_path]
+            path = routes.decode_segments(segments)
+        except DecodeError as exc:
+            return self._error(codec, coap.NOT_FOUND, "M_UNRECOGNIZED", exc.message or "unknown route")
+        if not client_path_allowed(path):
+            return self._error(codec, coap.FORBIDDEN, "M_FORBIDDEN", ONLY_CLIENT_API)
+        return None
+
+    def refusal(self, addr: SessionAddress, code: int, errcode: str, text: str) -> Message:
+        """An error answer in this session's body encoding."""
+        return self._error(self._codec(addr, self._state(addr)), code, errcode, text)
 
     def _bearer(self, request: Message, addr: SessionAddress, rec: DeviceRecord) -> str | None:
         binds = _options(request, BEARER_BIND_OPTION)

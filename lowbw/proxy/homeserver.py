@@ -14,6 +14,12 @@ Contract, so the proxy can map every outcome to a CoAP answer:
   never replayed to another origin.
 * TLS certificates are verified unless the caller passes ``verify_tls=False``
   (meant for loopback tests).
+* Two connection pools (``pool=``): ``"readings"`` for sensor readings and
+  what must never wait behind a long poll, ``"other"`` for everything else.
+  Each is its own aiohttp connector with its own connection limit
+  (``set_pool_limits``; ``[limits] readings_connections`` and
+  ``other_connections`` of proxy.toml), so parked and long-polling syncs can
+  fill at most the ``other`` pool.
 
 Application-service use: pass the appservice's ``as_token`` and ``as_user`` (sent
 as the ``user_id`` query parameter) to act as one of its namespaced users, and
@@ -59,6 +65,11 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 # Added to a long-poll's server-side wait so the client does not give up first.
 SYNC_TIMEOUT_MARGIN = 10.0
+# Connection pools: readings (never behind a long poll) and everything else.
+POOL_READINGS = "readings"
+POOL_OTHER = "other"
+DEFAULT_READINGS_CONNECTIONS = 32
+DEFAULT_OTHER_CONNECTIONS = 64
 
 QueryValue = str | int | bool | Mapping[str, Any] | Sequence[str] | None
 
@@ -216,8 +227,9 @@ def _describe(exc: BaseException) -> str:
 class Homeserver:
     """Async client for one homeserver.
 
-    ``session``: an aiohttp session to share (the caller closes it); by default the
-    client creates its own on first use and ``close()`` closes it.
+    ``session``: an aiohttp session to share (the caller closes it; both pools
+    then use it); by default the client creates one per pool on first use and
+    ``close()`` closes them.
     """
 
     def __init__(
@@ -229,6 +241,8 @@ class Homeserver:
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_body: int = DEFAULT_MAX_BODY,
+        readings_connections: int = DEFAULT_READINGS_CONNECTIONS,
+        other_connections: int = DEFAULT_OTHER_CONNECTIONS,
     ) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -236,8 +250,10 @@ class Homeserver:
         if parts.query or parts.fragment:
             raise EncodeError("homeserver URL must not have a query or fragment")
         self.base_url = base_url.rstrip("/")
-        self._session = session
-        self._own_session = session is None
+        self._shared = session
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        # Connections per pool (0: no limit, aiohttp's meaning).
+        self.pool_limits = {POOL_READINGS: readings_connections, POOL_OTHER: other_connections}
         if ssl_context is not None:
             self._ssl: ssl.SSLContext | bool = ssl_context
         else:
@@ -259,17 +275,38 @@ class Homeserver:
         await self.close()
 
     async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
+    def set_pool_limits(self, readings: int, other: int) -> None:
+        """Connections each pool may hold; takes effect for a pool not used yet."""
+        self.pool_limits = {POOL_READINGS: readings, POOL_OTHER: other}
+
+    def pool_in_use(self, pool: str) -> int:
+        """Connections of ``pool`` busy with a request now (for tests and metrics)."""
+        session = self._sessions.get(pool)
+        if session is None:
+            return 0
+        connector = session.connector
+        if connector is None:
+            return 0
+        return len(getattr(connector, "_acquired", ()))
+
+    def _get_session(self, pool: str = POOL_OTHER) -> aiohttp.ClientSession:
+        if self._shared is not None:
+            return self._shared
+        if pool not in self.pool_limits:
+            raise EncodeError("unknown connection pool %r" % pool)
+        session = self._sessions.get(pool)
+        if session is None:
+            limit = self.pool_limits[pool]
+            session = self._sessions[pool] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0),
                 trust_env=False,
                 headers={"User-Agent": "lowbw-proxy"},
             )
-        return self._session
+        return session
 
     # -- the one way out ---------------------------------------------------
 
@@ -284,6 +321,7 @@ class Homeserver:
         ts: int | None = None,
         *,
         timeout: float | None = None,
+        pool: str = POOL_OTHER,
     ) -> HttpResult:
         """Send one request; return whatever HTTP status comes back.
 
@@ -317,7 +355,7 @@ class Homeserver:
         limit = self.timeout if timeout is None else timeout
         started = time.monotonic()
         try:
-            async with self._get_session().request(
+            async with self._get_session(pool).request(
                 method,
                 url,
                 data=data.encode("utf-8") if data is not None else None,
@@ -424,7 +462,13 @@ class Homeserver:
         """PUT a room event; the same ``txn_id`` from the same sender makes one event."""
         path = encode_path(CLIENT_V3 + "/rooms/{}/send/{}/{}", room_id, event_type, txn_id)
         return await self.request(
-            "PUT", path, json_body=dict(content), access_token=token, as_user=as_user, ts=ts
+            "PUT",
+            path,
+            json_body=dict(content),
+            access_token=token,
+            as_user=as_user,
+            ts=ts,
+            pool=POOL_READINGS,
         )
 
     async def create_room(

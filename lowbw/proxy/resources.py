@@ -42,30 +42,68 @@ Generic API rules:
   block-wise (aiocoap Block2, block size from the link's tuning).
 * No HTTP answer at all: 5.03 (unreachable) or 5.04 (too slow) with Max-Age,
   or 5.02 (answer too large).
+
+What one session may spend (``[limits]`` of proxy.toml, ``lowbw.proxy.limits``):
+
+* ``observations_per_session``: Observe registrations on ``x``; a new one
+  silently ends the session's oldest. A re-registration with the same token
+  replaces its own. All end with the session.
+* ``requests_in_flight``: requests being rendered at once; one more is
+  answered 5.03 ``M_LIMIT_EXCEEDED`` with Max-Age ``BUSY_RETRY_AFTER`` and
+  costs nothing else.
+* ``long_poll_max``: a sync ``timeout`` above it is lowered to it.
+* ``sensor_body_max`` / ``client_body_max``: the largest request body (whole,
+  or reassembled from Block1) of a sensor key / a client key; beyond it 4.13
+  with Size1 giving the maximum, decided on the Size1 option or on the bytes
+  received so far, never after reassembly.
+* Block1 uploads (``UploadSpool``): method, path and permission are checked on
+  block 0; a block larger than the session's block size (its tuning, from the
+  link rate or MTU) is 4.13 with Block1 naming the size to use; at most
+  ``blockwise_uploads_per_session`` unfinished uploads (a new one drops the
+  oldest), each dropped after ``blockwise_idle`` seconds without a block
+  (0: derived from the link, ``upload_idle``); reassembly appends each block
+  once (linear in the body).
+* Homeserver connections: readings go through their own pool
+  (``readings_connections``), everything else through ``other_connections``
+  (``lowbw.proxy.homeserver``).
+* Closing a session (revocation, new handshake, stop) ends all of it at once:
+  the transport cancels its requests in the works (parked syncs, homeserver
+  calls, observations) and ``session_closed`` drops its uploads and counters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import urllib.parse
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiocoap import resource
-from aiocoap.blockwise import Block1Spool, Block2Cache
+from aiocoap.blockwise import Block2Cache, ContinueException, _extract_block_key
+from aiocoap.error import RenderableError
 from aiocoap.message import Message
 from aiocoap.numbers.codes import Code
-from aiocoap.optiontypes import OpaqueOption
+from aiocoap.optiontypes import BlockOption, OpaqueOption
 from aiocoap.util.asyncio.timeoutdict import TimeoutDict
 
 from lowbw.proxy import sensor
-from lowbw.proxy.clients import ClientService, is_client
-from lowbw.proxy.homeserver import CLIENT_V3, Homeserver, HomeserverUnavailable, encode_path, query_params
+from lowbw.proxy.clients import ClientService, is_client, long_poll_ms
+from lowbw.proxy.homeserver import (
+    CLIENT_V3,
+    POOL_READINGS,
+    Homeserver,
+    HomeserverUnavailable,
+    encode_path,
+    query_params,
+)
 from lowbw.proxy.limits import Limits
 from lowbw.proxy.registry import DeviceRecord, Registry
 from lowbw.proxy.sessions import SessionTable
-from lowbw.proxy.transport import SessionAddress
+from lowbw.proxy.transport import FRAME_OVERHEAD, SessionAddress
 from lowbw.wire import cbor, coap, keys, reading, routes, status
 from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
 
@@ -81,6 +119,16 @@ DEFAULT_RETRY_AFTER = 30
 MAX_BODY_ITEMS = 4096
 MAX_BODY_DEPTH = 32
 _METHODS = {Code.GET: "GET", Code.POST: "POST", Code.PUT: "PUT", Code.DELETE: "DELETE"}
+# Max-Age (seconds) of the 5.03 for a request beyond ``requests_in_flight``:
+# one of the session's requests in the works will likely be done by then.
+BUSY_RETRY_AFTER = 2
+# A derived upload idle time counts this many block exchanges' airtime ...
+UPLOAD_IDLE_BLOCKS = 4
+# ... plus the device's retransmissions of one block (MAX_TRANSMIT_SPAN), and never less than this.
+UPLOAD_IDLE_MIN = 10.0
+# Block2 answers kept per session for the device to fetch the next block
+# (each one a whole answer): the oldest goes first.
+DOWNLOADS_PER_SESSION = 2
 
 
 def now_ms() -> int:
@@ -195,6 +243,206 @@ def http_answer(result: Any, method: str, table_id: int) -> Message:
     return msg
 
 
+class Refusal(RenderableError):
+    """An answer decided before rendering (block-wise checks): aiocoap sends it."""
+
+    def __init__(self, message: Message) -> None:
+        super().__init__()
+        self.message = message
+
+    def to_message(self) -> Message:
+        return self.message
+
+
+def upload_idle(limits: Limits, addr: SessionAddress) -> float:
+    """Seconds an unfinished Block1 upload of ``addr`` is kept without a new block.
+
+    ``limits.blockwise_idle`` when set; else a few block exchanges' airtime at
+    the session's link rate plus the time the device may spend retransmitting
+    one block (its tuning's ``MAX_TRANSMIT_SPAN``).
+    """
+    if limits.blockwise_idle > 0:
+        return limits.blockwise_idle
+    tuning = addr.tuning
+    frame = addr.maximum_payload_size + FRAME_OVERHEAD + 24
+    airtime = frame * 8 / float(getattr(tuning, "link_bps", 0) or 1e6)
+    return max(UPLOAD_IDLE_MIN, UPLOAD_IDLE_BLOCKS * 2 * airtime + tuning.MAX_TRANSMIT_SPAN)
+
+
+class _Upload:
+    """One Block1 upload being reassembled: the first block's request and the bytes so far."""
+
+    __slots__ = ("first", "body", "timer")
+
+    def __init__(self, first: Message) -> None:
+        self.first = first
+        self.body = bytearray(first.payload)
+        # The assembled request gets the whole body at the end; block 0's
+        # copy is not kept twice.
+        first.payload = b""
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class UploadSpool:
+    """Block1 reassembly with a session's limits (aiocoap's ``Block1Spool`` replaced).
+
+    aiocoap's spool keeps any number of uploads per remote for a fixed time,
+    checks nothing until the body is whole, and copies the whole buffer for
+    every block (quadratic). This one checks the first block
+    (``precheck``: method, path, permission), the block size and the body
+    size on every block, keeps at most ``blockwise_uploads_per_session``
+    unfinished uploads per session with an idle timer each, and appends
+    every block once.
+    """
+
+    def __init__(
+        self,
+        limits: Limits,
+        body_max: Callable[[SessionAddress], int | None],
+        precheck: Callable[[Message, SessionAddress], Message | None],
+        refusal: Callable[[SessionAddress, int, str, str], Message],
+    ) -> None:
+        self.limits = limits
+        self._body_max = body_max
+        self._precheck = precheck
+        self._refusal = refusal
+        self._uploads: dict[SessionAddress, OrderedDict[Any, _Upload]] = {}
+
+    def pending(self, addr: SessionAddress) -> int:
+        return len(self._uploads.get(addr, ()))
+
+    def total(self) -> int:
+        return sum(len(u) for u in self._uploads.values())
+
+    def forget(self, addr: SessionAddress) -> None:
+        uploads = self._uploads.pop(addr, None)
+        for up in (uploads or {}).values():
+            if up.timer is not None:
+                up.timer.cancel()
+
+    def _drop(self, addr: SessionAddress, key: Any) -> None:
+        uploads = self._uploads.get(addr)
+        if uploads is None:
+            return
+        up = uploads.pop(key, None)
+        if up is not None and up.timer is not None:
+            up.timer.cancel()
+        if not uploads:
+            del self._uploads[addr]
+
+    def _too_large(self, addr: SessionAddress, limit: int) -> Refusal:
+        msg = self._refusal(
+            addr, coap.REQUEST_ENTITY_TOO_LARGE, "M_TOO_LARGE", "body larger than %d bytes" % limit
+        )
+        msg.opt.size1 = limit
+        return Refusal(msg)
+
+    def feed_and_take(self, req: Message) -> Message:
+        """The whole request once its last block is in; raises ``ContinueException``
+        (2.31) before that, ``Refusal`` for anything refused."""
+        addr = req.remote
+        if not isinstance(addr, SessionAddress):
+            return req
+        limit = self._body_max(addr)
+        if limit is None or addr.closed:
+            raise Refusal(Message(code=Code.FORBIDDEN))
+        block1 = req.opt.block1
+        size1 = req.opt.size1
+        if block1 is None:
+            if len(req.payload) > limit or (size1 is not None and size1 > limit):
+                raise self._too_large(addr, limit)
+            return req
+        key = _extract_block_key(req)
+        if block1.size_exponent > addr.maximum_block_size_exp:
+            self._drop(addr, key)
+            msg = self._refusal(
+                addr,
+                coap.REQUEST_ENTITY_TOO_LARGE,
+                "M_TOO_LARGE",
+                "blocks of at most %d bytes" % addr.maximum_payload_size,
+            )
+            # RFC 7959 2.9.3: Block1 in a 4.13 names the block size to use.
+            msg.opt.block1 = BlockOption.BlockwiseTuple(0, False, addr.maximum_block_size_exp)
+            raise Refusal(msg)
+        if len(req.payload) > block1.size or (block1.more and len(req.payload) != block1.size):
+            self._drop(addr, key)
+            raise Refusal(
+                self._refusal(addr, coap.BAD_REQUEST, "M_BAD_JSON", "payload size does not match Block1")
+            )
+        if (size1 is not None and size1 > limit) or block1.start + len(req.payload) > limit:
+            self._drop(addr, key)
+            raise self._too_large(addr, limit)
+        uploads = self._uploads.get(addr)
+        if block1.block_number == 0:
+            refused = self._precheck(req, addr)
+            if refused is not None:
+                self._drop(addr, key)
+                raise Refusal(refused)
+            if uploads is None:
+                uploads = self._uploads[addr] = OrderedDict()
+            old = uploads.pop(key, None)
+            if old is not None and old.timer is not None:
+                old.timer.cancel()
+            while len(uploads) >= max(1, self.limits.blockwise_uploads_per_session):
+                _, oldest = uploads.popitem(last=False)
+                if oldest.timer is not None:
+                    oldest.timer.cancel()
+                log.debug("%s: unfinished upload dropped for a newer one", addr.device)
+            up = uploads[key] = _Upload(req)
+        else:
+            found = uploads.get(key) if uploads is not None else None
+            # A block may come again (a retry with a new Message ID): it
+            # replaces what followed its start. A gap is an error.
+            if found is None or block1.start > len(found.body):
+                self._drop(addr, key)
+                raise Refusal(
+                    self._refusal(addr, coap.REQUEST_ENTITY_INCOMPLETE, "M_UNKNOWN", "upload not in progress")
+                )
+            up = found
+            del up.body[block1.start :]
+            up.body += req.payload
+            uploads.move_to_end(key)  # type: ignore[union-attr]
+        if up.timer is not None:
+            up.timer.cancel()
+            up.timer = None
+        if block1.more:
+            up.timer = asyncio.get_running_loop().call_later(
+                upload_idle(self.limits, addr), self._drop, addr, key
+            )
+            raise ContinueException(block1)
+        self._drop(addr, key)
+        whole = up.first
+        whole.payload = bytes(up.body)
+        whole.opt.block1 = block1
+        whole.token = req.token
+        whole.mid = req.mid
+        if req.opt.block2 is not None:
+            whole.opt.block2 = req.opt.block2
+        return whole
+
+
+class _SessionAnswers(TimeoutDict):  # type: ignore[misc]
+    """aiocoap's Block2 answer cache, with at most DOWNLOADS_PER_SESSION per session
+    (keys start with the remote's ``blockwise_key``)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self._by_session: dict[Any, list[Any]] = {}
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        items = self._items
+        mine = [k for k in self._by_session.get(key[0], ()) if k in items and k != key]
+        while len(mine) >= DOWNLOADS_PER_SESSION:
+            items.pop(mine.pop(0), None)
+        mine.append(key)
+        self._by_session[key[0]] = mine
+        super().__setitem__(key, value)
+
+    def forget(self, session_key: Any) -> None:
+        for k in self._by_session.pop(session_key, ()):
+            self._items.pop(k, None)
+
+
 class ProxySite(resource.ObservableResource):
     """The one root resource: routes by Uri-Path (module docstring).
 
@@ -207,14 +455,21 @@ class ProxySite(resource.ObservableResource):
     def __init__(self, services: Services, blockwise_timeout: float = 600.0) -> None:
         super().__init__()
         self.s = services
-        self._watchers: dict[str, set[Any]] = {}
+        limits = services.limits
+        # Readings get their own homeserver connections (set before first use).
+        services.homeserver.set_pool_limits(limits.readings_connections, limits.other_connections)
+        # device -> its session's Observe registrations, oldest first: token -> observation
+        self._watchers: dict[str, OrderedDict[bytes, Any]] = {}
+        # session -> requests being rendered
+        self._in_flight: dict[SessionAddress, int] = {}
+        self.clients = ClientService(services)
+        self._block1 = UploadSpool(limits, self._body_max, self._precheck, self._refusal)
         # aiocoap keeps block-wise state for MAX_TRANSMIT_WAIT (93 s by default):
         # far too short when one block takes 15 s of airtime each way.
-        self._block1 = Block1Spool()
-        self._block1._assemblies = TimeoutDict(blockwise_timeout)
         self._block2 = Block2Cache()
-        self._block2._completes = TimeoutDict(blockwise_timeout)
-        self.clients = ClientService(services)
+        self._block2._completes = _SessionAnswers(blockwise_timeout)
+
+    # -- Observe ---------------------------------------------------------------------
 
     async def add_observation(self, request: Message, serverobservation: Any) -> None:
         addr = request.remote
@@ -225,29 +480,65 @@ class ProxySite(resource.ObservableResource):
             or not isinstance(addr, SessionAddress)
             or addr.closed
         ):
+            # Not accepted: aiocoap still calls the cancellation callback at the end.
+            serverobservation._cancellation_callback = _nothing
             return
-        watchers = self._watchers.setdefault(addr.device, set())
-        watchers.add(serverobservation)
+        token = bytes(request.token)
+        watchers = self._watchers.get(addr.device)
+        if watchers is None:
+            watchers = self._watchers[addr.device] = OrderedDict()
+        # A registration with the same token replaces its own (aiocoap ends the old one).
+        watchers.pop(token, None)
+        while len(watchers) >= max(1, self.s.limits.observations_per_session):
+            old_token, old = watchers.popitem(last=False)
+            self._end_observation(addr, old_token, old)
+        watchers[token] = serverobservation
 
         def cancel() -> None:
-            watchers.discard(serverobservation)
+            if watchers.get(token) is serverobservation:
+                del watchers[token]
             if not watchers and self._watchers.get(addr.device) is watchers:
                 del self._watchers[addr.device]
 
         serverobservation.accept(cancel)
 
+    def _end_observation(self, addr: SessionAddress, token: bytes, obs: Any) -> None:
+        """End one registration silently (a newer one took its place, or the session closed)."""
+        transport = self.s.table.transport
+        if transport is not None and transport.stop_request(addr, token):
+            return
+        # No transport to stop it through: its next trigger ends it.
+        obs.trigger(Message(code=Code.SERVICE_UNAVAILABLE), is_last=True)
+
+    def observations(self, device: str) -> int:
+        return len(self._watchers.get(device, ()))
+
     def notify_commands(self, device: str) -> None:
-        """A command was queued for ``device``: notify its observations."""
-        for obs in list(self._watchers.get(device, ())):
+        """A command was queued for ``device``: notify its observations (and no one else's)."""
+        for obs in list(self._watchers.get(device, {}).values()):
             obs.trigger()
 
     def session_closed(self, addr: SessionAddress) -> None:
-        """End the observations of a closed session (their token dies with it)."""
+        """Everything of a closed session ends now.
+
+        The transport has already cancelled the session's requests in the
+        works (``LowbwMessageManager.forget_remote``): parked syncs, homeserver
+        calls, observations. Here: parked syncs and token bindings of a client
+        session, observation bookkeeping, unfinished uploads and cached answers.
+        """
         self.clients.session_closed(addr)
-        for obs in list(self._watchers.get(addr.device, ())):
-            # ServerObservation keeps no public handle on its request; ending all
-            # of the device's observations is right: it has one session.
-            obs.deregister("session closed")
+        watchers = self._watchers.get(addr.device)
+        if watchers is not None:
+            # One session per device: these are the closed session's (a new
+            # session registers only after it replaced this one).
+            del self._watchers[addr.device]
+            for token, obs in list(watchers.items()):
+                self._end_observation(addr, token, obs)
+        self._in_flight.pop(addr, None)
+        self._block1.forget(addr)
+        self._block2._completes.forget(addr.blockwise_key)
+
+    # -- block-wise uploads ------------------------------------------------------------
 
     async def needs_blockwise_assembly(self, request: Message) -> bool:
         # Readings are small: skip aiocoap's block-wise bookkeeping on the hot
@@ -256,6 +547,52 @@ class ProxySite(resource.ObservableResource):
             return request.opt.block1 is not None or request.opt.block2 is not None
         return True
 
+    def _body_max(self, addr: SessionAddress) -> int | None:
+        """The largest request body ``addr`` may send (None: not a session of anyone now)."""
+        rec = self.s.table.device(addr.device)
+        if rec is None:
+            return None
+        limits = self.s.limits
+        return limits.client_body_max if is_client(rec) else limits.sensor_body_max
+
+    def _refusal(self, addr: SessionAddress, code: int, errcode: str, text: str) -> Message:
+        rec = self.s.table.device(addr.device)
+        if rec is not None and is_client(rec):
+            return self.clients.refusal(addr, code, errcode, text)
+        return error_message(code, errcode, text, addr.table_id)
+
+    def _precheck(self, request: Message, addr: SessionAddress) -> Message | None:
+        """The first block of an upload: would the whole request be refused for
+        its method, path or permission? Then say so now."""
+        rec = self.s.table.device(addr.device)
+        if rec is None or addr.closed:
+            return Message(code=Code.FORBIDDEN)
+        if is_client(rec):
+            return self.clients.precheck(request, addr)
+        path = list(request.opt.uri_path)
+        if path == [routes.ROUTE_READING] or path == [routes.ROUTE_COMMANDS]:
+            return None if request.code == Code.POST else Message(code=Code.METHOD_NOT_ALLOWED)
+        if path == [routes.ROUTE_TIME]:
+            return Message(code=Code.METHOD_NOT_ALLOWED)
+        routed = self._route(request, path, addr, rec)
+        return routed if isinstance(routed, Message) else None
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _busy(self, addr: SessionAddress, rec: DeviceRecord) -> Message:
+        text = "lowbw: %d requests of this session in the works" % self.s.limits.requests_in_flight
+        code = coap.SERVICE_UNAVAILABLE
+        if is_client(rec):
+            msg = self.clients.refusal(addr, code, "M_LIMIT_EXCEEDED", text)
+            msg.opt.max_age = BUSY_RETRY_AFTER
+            return msg
+        return error_message(
+            code, "M_LIMIT_EXCEEDED", text, addr.table_id, status.retry_after_to_options(BUSY_RETRY_AFTER)
+        )
+
+    def in_flight(self, addr: SessionAddress) -> int:
+        return self._in_flight.get(addr, 0)
+
     async def render(self, request: Message) -> Message:
         addr = request.remote
         if not isinstance(addr, SessionAddress):
@@ -263,6 +600,24 @@ class ProxySite(resource.ObservableResource):
         rec = self.s.table.device(addr.device)
         if rec is None or addr.closed:
             return Message(code=Code.FORBIDDEN)
+        busy = self._in_flight.get(addr, 0)
+        if busy >= max(1, self.s.limits.requests_in_flight):
+            log.debug("%s: request refused, %d in the works", rec.name, busy)
+            return self._busy(addr, rec)
+        self._in_flight[addr] = busy + 1
+        try:
+            return await self._dispatch(request, addr, rec)
+        finally:
+            left = self._in_flight.get(addr, 0) - 1
+            if left > 0:
+                self._in_flight[addr] = left
+            else:
+                self._in_flight.pop(addr, None)
+
+    async def _dispatch(self, request: Message, addr: SessionAddress, rec: DeviceRecord) -> Message:
+        limit = self._body_max(addr)
+        if limit is not None and len(request.payload) > limit:
+            return self._block1._too_large(addr, limit).message
         if is_client(rec):
             return await self.clients.render(request, addr, rec)
         path = list(request.opt.uri_path)
@@ -334,6 +689,7 @@ class ProxySite(resource.ObservableResource):
                     as_user=as_user,
                     ts=measured if self.s.mode == "appservice" else None,
                     timeout=self.s.reading_timeout,
+                    pool=POOL_READINGS,
                 )
             except HomeserverUnavailable as exc:
                 return unavailable_message(exc, self.s.retry_after, table_id)
@@ -374,9 +730,10 @@ class ProxySite(resource.ObservableResource):
 
     # -- the client-server API ----------------------------------------------------------
 
-    async def client_api(
+    def _route(
         self, request: Message, segments: list[str], addr: SessionAddress, rec: DeviceRecord
-    ) -> Message:
+    ) -> tuple[str, str] | Message:
+        """``(method, path)`` of a device's API request, or the refusal."""
         table_id = addr.table_id
         method = _METHODS.get(request.code)
         if method is None:
@@ -389,6 +746,16 @@ class ProxySite(resource.ObservableResource):
         if why is not None:
             log.info("%s: %s %s refused: %s", rec.name, method, _loggable(path), why)
             return error_message(coap.FORBIDDEN, "M_FORBIDDEN", why, table_id)
+        return method, path
+
+    async def client_api(
+        self, request: Message, segments: list[str], addr: SessionAddress, rec: DeviceRecord
+    ) -> Message:
+        table_id = addr.table_id
+        routed = self._route(request, segments, addr, rec)
+        if isinstance(routed, Message):
+            return routed
+        method, path = routed
         query: dict[str, Any] = query_params(request.opt.uri_query)
         for key in RESERVED_QUERY:
             if key in query:
@@ -412,10 +779,13 @@ class ProxySite(resource.ObservableResource):
             return error_message(coap.INTERNAL_SERVER_ERROR, "M_UNKNOWN", "no credential", table_id)
         timeout = None
         if path.endswith("/sync"):
-            try:
-                timeout = self.s.homeserver.timeout + int(query.get("timeout", "0")) / 1000 + 10.0
-            except (TypeError, ValueError):
+            # A long poll holds a homeserver connection: never longer than long_poll_max.
+            wait_ms = long_poll_ms(query.get("timeout", "0"), self.s.limits.long_poll_max)
+            if wait_ms is None:
                 return error_message(coap.BAD_REQUEST, "M_INVALID_PARAM", "timeout", table_id)
+            if "timeout" in query:
+                query["timeout"] = str(wait_ms)
+            timeout = self.s.homeserver.timeout + wait_ms / 1000 + 10.0
         try:
             result = await self.s.homeserver.request(
                 method,
@@ -431,6 +801,10 @@ class ProxySite(resource.ObservableResource):
         except LowbwError as exc:
             return error_message(coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad request", table_id)
         return http_answer(result, method, table_id)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _loggable(path: str) -> str:

@@ -250,6 +250,10 @@ class LowbwMessageManager(MessageManager):
       sweep per ``DEDUP_SWEEP`` seconds.
     * 5.xx and 4.29 answers are not kept (module docstring).
     * NSTART=1 backlogs keep only the newest Observe notification per token.
+      A newer notification marks the older ones superseded (a dict lookup,
+      not a scan of the backlog: a scan per notification is quadratic in the
+      backlog, which once pinned the CPU for minutes); a superseded one is
+      skipped when its turn comes.
     """
 
     def __init__(self, token_manager: TokenManager) -> None:
@@ -258,19 +262,31 @@ class LowbwMessageManager(MessageManager):
         self._dedup: dict[tuple[Any, int], list[Any]] = {}
         self._dedup_mids: dict[Any, list[int]] = {}
         self._sweep: asyncio.TimerHandle | None = None
+        # (remote, token) -> the newest notification handed over for it; an
+        # older one still in the backlog is skipped when its turn comes.
+        self._newest_note: dict[tuple[Any, bytes], Message] = {}
 
     def send_message(self, message: Message, messageerror_monitor: Any) -> None:
         tuning = getattr(message.remote, "tuning", None)
         if tuning is not None:
             message.transport_tuning = tuning
-        backlog = self._backlogs.get(message.remote)
-        if backlog and message.code.is_response() and message.opt.observe is not None:
-            backlog[:] = [
-                (m, mon)
-                for (m, mon) in backlog
-                if not (m.token == message.token and m.opt.observe is not None)
-            ]
+        if message.code.is_response() and message.opt.observe is not None:
+            # Sent at once (no backlog) it is also taken off again at once,
+            # in _send_initially.
+            self._newest_note[(message.remote, message.token)] = message
         super().send_message(message, messageerror_monitor)
+
+    def _send_initially(self, message: Message, messageerror_monitor: Any = None) -> None:
+        if message.code.is_response() and message.opt.observe is not None:
+            key = (message.remote, message.token)
+            newest = self._newest_note.get(key)
+            if newest is not None:
+                if newest is not message:
+                    # Superseded while it waited in the backlog: the newer
+                    # one carries the current state.
+                    return
+                del self._newest_note[key]
+        super()._send_initially(message, messageerror_monitor)
 
     def _drop(self, key: tuple[Any, int]) -> None:
         if self._dedup.pop(key, None) is None:
@@ -333,9 +349,31 @@ class LowbwMessageManager(MessageManager):
                 _, handle = self._active_exchanges.pop(key)
                 handle.cancel()
         self._backlogs.pop(remote, None)
+        for nkey in [k for k in self._newest_note if k[0] is remote]:
+            del self._newest_note[nkey]
         for pkey in [k for k in self._piggyback_opportunities if k[0] is remote]:
             _, handle = self._piggyback_opportunities.pop(pkey)
             handle.cancel()
+        self.stop_requests(remote)
+
+    def stop_requests(self, remote: Any, token: bytes | None = None) -> int:
+        """End the work on ``remote``'s incoming requests (all, or the one with
+        ``token``) without answering: their rendering tasks are cancelled
+        (parked syncs, homeserver calls in flight, Observe registrations).
+        Returns how many were stopped."""
+        incoming = self.token_manager.incoming_requests
+        if not incoming:
+            return 0
+        if token is not None:
+            keys = [(token, remote)] if (token, remote) in incoming else []
+        else:
+            keys = [k for k in incoming if k[1] is remote]
+        for key in keys:
+            entry = incoming.pop(key, None)
+            if entry is not None:
+                # The stopper ends the pipe's interest: aiocoap cancels the task.
+                entry[1]()
+        return len(keys)
 
     async def shutdown(self) -> None:
         if self._sweep is not None:
@@ -570,6 +608,10 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
             addr.pending_timer = None
         if self._mman is not None:
             self._mman.forget_remote(addr)
+
+    def stop_request(self, addr: SessionAddress, token: bytes) -> bool:
+        """Silently end one incoming request (an Observe registration replaced)."""
+        return self._mman is not None and self._mman.stop_requests(addr, token) > 0
 
 
 async def add_lowbw_transport(ctx: Context, bind: tuple[str, int], handler: FrameHandler) -> LowbwTransport:
