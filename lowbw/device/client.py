@@ -75,7 +75,7 @@ UNANSWERED_LIMIT = const(2)
 # IK2 = kind + e + sid/caps + tag + CoAP.
 _DOWN_OVERHEAD = const(17)
 _IK2_OVERHEAD = const(52)
-_IK1_OVERHEAD = const(98)  # without the 4-byte counter epoch
+_IK1_OVERHEAD = const(98)  # without the 4-byte counter epoch and the handshake number
 _UP_OVERHEAD = const(22)  # long form, the worst case
 _ANSWER_COAP = const(9)  # 4-byte header + Commands-Pending option (delta 65004: 5 B)
 _ANSWER_EXTRA = {"f": 64, "t": 10, "v": 0, "a": 0}
@@ -166,6 +166,7 @@ class Device:
         self.caps = None
         self._ctr_limit = 0
         self._hs = []
+        self._cookie = None
         self._req = None
         self._out = []
         self._acks = []
@@ -281,6 +282,9 @@ class Device:
             return
         if kind == frames.HS_IK2:
             plaintext = self._finish_handshake(datagram)
+        elif kind == frames.HS_COOKIE_REPLY:
+            self._take_cookie(datagram, now)
+            plaintext = None
         elif kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
             plaintext = None
             if self.session is not None:
@@ -441,8 +445,8 @@ class Device:
         if self.session is not None:
             room = cfg.mtu - _REQ_HEAD - _UP_OVERHEAD
         else:
-            room = cfg.mtu - _REQ_HEAD - _IK1_OVERHEAD - (0 if self.store.epoch_confirmed
-                                                           else handshake.EPOCH_LEN)
+            room = (cfg.mtu - _REQ_HEAD - _IK1_OVERHEAD - len(handshake.encode_uint(self.store.hs_next))
+                    - (0 if self.store.epoch_confirmed else handshake.EPOCH_LEN))
         n = 1
         limit = min(cfg.batch_limit, len(q), reading.MAX_READINGS)
         while n < limit and len(self._payload(q[:n + 1], now)) <= room:
@@ -506,10 +510,21 @@ class Device:
             else:
                 self._unanswered += 1
                 answer = _DOWN_OVERHEAD
-        if dgram is None:
+        if dgram is None and self._cookie is not None:
+            # The proxy is under load and answered our last IK message 1 with a
+            # cookie: the same message again, with it (lowbw.wire.handshake).
+            ini, dgram = self._cookie
+            self._cookie = None
+            answer = _IK2_OVERHEAD
+        elif dgram is None:
+            st = self.store
+            hsn = st.hs_next
+            # Saved (step() writes the store) before the message goes out.
+            st.hs_next = hsn + 1
             ini = handshake.Initiator(cfg.private_key, cfg.proxy_public_key, caps=cfg.caps,
-                                      random=self.random, epoch=self._epoch_to_announce())
+                                      random=self.random, epoch=self._epoch_to_announce(), hsn=hsn)
             dgram = ini.start(plaintext)
+            ini.datagram = dgram
             self._hs.append(ini)
             if len(self._hs) > 2:
                 self._hs.pop(0)
@@ -527,7 +542,8 @@ class Device:
         req.state = _WAIT_ANSWER
         req.deadline = now + req.rto
         self._say("-> %s #%d %s (%d B%s)" % (
-            "IK" if dgram[0] == frames.HS_IK1 else "frame", req.msgnum, req.kind, len(dgram),
+            "IK" if dgram[0] == frames.HS_IK1 else ("IK+cookie" if dgram[0] == frames.HS_COOKIED
+                                                      else "frame"), req.msgnum, req.kind, len(dgram),
             ", try %d" % req.sends if req.sends > 1 else ""))
         out.append(dgram)
 
@@ -552,6 +568,10 @@ class Device:
             if ini.epoch is not None and caps & handshake.CAP_EPOCH and ini.epoch == st.epoch:
                 st.epoch_confirmed = True
                 self._say("counter epoch %08x confirmed by the proxy" % st.epoch)
+            if ini.floor is not None and st.hs_next <= ini.floor:
+                # A fresh store: continue above the numbers of the lost one.
+                st.hs_next = ini.floor + 1
+                self._say("handshake numbers continue from %d" % st.hs_next)
             self._hs = []
             self._ctr_limit = 0
             self._unanswered = 0
@@ -560,6 +580,24 @@ class Device:
             return response
         self._say("dropped a handshake answer that matches no handshake of ours")
         return None
+
+    def _take_cookie(self, datagram, now):
+        """A cookie reply: the proxy is under load. Send our newest IK message 1
+        again with the cookie, at once (it counts as a retransmission)."""
+        req = self._req
+        if not self._hs or req is None or self.session is not None:
+            return
+        try:
+            cookie = handshake.parse_cookie_reply(datagram)
+        except DecodeError:
+            self._say("dropped a malformed cookie reply")
+            return
+        ini = self._hs[-1]
+        self._cookie = (ini, handshake.cookied(cookie, ini.datagram))
+        self._say("proxy under load: handshake again with its cookie")
+        # Sent at the next step() as a fresh try, not a backed-off retransmission.
+        req.state = _WAIT_RETRY
+        req.deadline = now
 
     def _seal_control(self, msg):
         # Empty ACKs and RSTs: only on a session, and never retransmitted.

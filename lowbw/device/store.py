@@ -4,7 +4,7 @@ Everything a device needs to carry on after a reboot or deep sleep without a
 handshake, without losing a reading and without reusing a nonce or a message
 ID. The blob is one CBOR array (``lowbw.wire.cbor``)::
 
-    [2,            format version
+    [3,            format version
      keyid,        8 bytes: SHA-256(device private key | proxy public key)[:8],
                    so a state file from other keys is not used with these
      session,      null, or Session.export_state() as an array:
@@ -26,11 +26,17 @@ ID. The blob is one CBOR array (``lowbw.wire.cbor``)::
                    store is created, so the proxy can tell a message counter
                    that started again from 0 from one it knows
                    (lowbw.wire.handshake, CAP_EPOCH)
-     epoch_confirmed]  true once a handshake answer confirmed the proxy
+     epoch_confirmed,  true once a handshake answer confirmed the proxy
                    recorded the epoch; until then every handshake announces it
+     hs_next]      the handshake number the next IK message 1 carries
+                   (lowbw.wire.handshake): written before that message goes
+                   out, so no number is ever sent twice and a captured old
+                   handshake stays dead
 
 Format version 1 (no epoch fields) is still read: its counter was never lost,
 so it is taken as epoch 0, confirmed (the proxy's default for every device).
+Versions 1 and 2 have no ``hs_next``: it is 0 (the proxy accepts the first
+numbered handshake of every device it knew before numbers existed).
 A store with no blob yet has ``epoch`` None (confirmed false); the device
 draws it (``lowbw.device.client``) before it sends anything, and it is
 written with the next save.
@@ -56,9 +62,10 @@ from lowbw.wire import cbor
 from lowbw.wire._compat import const
 from lowbw.wire.errors import DecodeError
 
-FORMAT_VERSION = const(2)
+FORMAT_VERSION = const(3)
 _V1_ITEMS = const(9)
 _V2_ITEMS = const(11)
+_V3_ITEMS = const(12)
 KINDS = ("v", "a", "f", "t")
 # The largest state a device writes is a full queue of full readings.
 _MAX_ITEMS = const(20000)
@@ -111,6 +118,7 @@ class Store:
         self.mono = 0.0
         self.epoch = None
         self.epoch_confirmed = False
+        self.hs_next = 0
         self.saves = 0
 
     # Subclasses: bytes or None (nothing stored yet), and the write.
@@ -124,13 +132,13 @@ class Store:
         return cbor.dumps([
             FORMAT_VERSION, self.keyid, self.session, self.mid_limit, self.queue,
             self.dropped, self.inflight, self.next_rid, self.mono,
-            self.epoch, self.epoch_confirmed,
+            self.epoch, self.epoch_confirmed, self.hs_next,
         ])
 
     def decode(self, blob):
         """Load fields from a blob; DecodeError (nothing changed) if it is not a valid state."""
         (self.keyid, self.session, self.mid_limit, self.queue, self.dropped, self.inflight,
-         self.next_rid, self.mono, self.epoch, self.epoch_confirmed) = parse(blob)
+         self.next_rid, self.mono, self.epoch, self.epoch_confirmed, self.hs_next) = parse(blob)
 
     def save(self):
         self._write(self.encode())
@@ -138,18 +146,23 @@ class Store:
 
 
 def parse(blob):
-    """The 10 fields after the version, validated (a version 1 blob gets epoch 0,
-    confirmed); DecodeError if ``blob`` is not a state."""
+    """The 11 fields after the version, validated (a version 1 blob gets epoch 0,
+    confirmed; versions 1 and 2 get hs_next 0); DecodeError if ``blob`` is not a state."""
     obj = cbor.loads(blob, max_depth=6, max_items=_MAX_ITEMS)
     if not isinstance(obj, list) or not obj:
         raise DecodeError("state: not a lowbw device state")
     version = obj[0]
     if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
         raise DecodeError("state: unsupported format version %r" % (version,))
+    hs_next = 0
     if version == 1 and len(obj) == _V1_ITEMS:
         epoch, confirmed = 0, True
-    elif version == FORMAT_VERSION and len(obj) == _V2_ITEMS:
+    elif (version == 2 and len(obj) == _V2_ITEMS) or (version == 3 and len(obj) == _V3_ITEMS):
         epoch, confirmed = obj[9], obj[10]
+        if version == 3:
+            hs_next = obj[11]
+            if not (_is_int(hs_next) and 0 <= hs_next < (1 << 63)):
+                raise DecodeError("state: bad handshake number")
         # None: saved before any device drew one (nothing was sent yet).
         if epoch is not None and not (_is_int(epoch) and 0 <= epoch <= 0xFFFFFFFF):
             raise DecodeError("state: bad counter epoch")
@@ -192,7 +205,7 @@ def parse(blob):
                 _check_entry(e)
         elif kind == "a" and not _is_int(data):
             raise DecodeError("state: bad in-flight command ack")
-    return kid, session, mid_limit, queue, dropped, inflight, next_rid, mono, epoch, confirmed
+    return kid, session, mid_limit, queue, dropped, inflight, next_rid, mono, epoch, confirmed, hs_next
 
 
 class MemoryStore(Store):

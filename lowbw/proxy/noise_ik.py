@@ -4,10 +4,10 @@ The datagrams are exactly those of ``lowbw.wire.handshake`` (module docstring
 there): IK ``0x81``/``0x82`` with the first request as 0-RTT payload, XX
 ``0x83``/``0x84``/``0x85`` for pairing, Noise prologue ``frames.PROLOGUE``.
 ``Responder`` here has the same methods as ``lowbw.wire.handshake.Responder``
-and gives byte-identical answers for the same keys, except that an optional
-counter epoch (caps bit 5) is left at the front of the request for the caller
-to take off with ``handshake.split_epoch`` (tests/proxy/test_server_noise.py proves it with fixed ephemerals);
-the device keeps the plain-Python state machine, the proxy uses
+and gives byte-identical answers for the same keys (tests/proxy/test_server_noise.py
+proves it with fixed ephemerals): like it, ``read_init`` takes the optional
+counter epoch and the handshake number off the request and leaves them in
+``self.epoch`` and ``self.hsn``; the device keeps the plain-Python state machine, the proxy uses
 ``noiseprotocol`` as DESIGN.md asks.
 
 What noiseprotocol lacks and this module adds:
@@ -37,7 +37,7 @@ from noise.exceptions import (
     NoiseValueError,
 )
 
-from lowbw.wire import frames
+from lowbw.wire import frames, handshake
 from lowbw.wire.errors import AuthError, DecodeError, LowbwError, StateError
 from lowbw.wire.handshake import XX1_MIN_LEN
 
@@ -80,6 +80,9 @@ class Responder:
         self._hs: object | None = None
         self.pattern: str | None = None
         self.sid: int | None = None
+        self.epoch: int | None = None
+        self.hsn: int | None = None
+        self._offered = 0
         self._failed = False
 
     # -- helpers -----------------------------------------------------------
@@ -166,17 +169,25 @@ class Responder:
             raise DecodeError("handshake payload lacks caps")
         self._conn = conn
         self.pattern = pattern
+        self._offered = payload[0]
         if pattern == "IK":
-            return self._remote_static(), payload[0], payload[1:]
+            try:
+                self.epoch, self.hsn, request = handshake.split_init_payload(payload[0], payload[1:])
+            except LowbwError:
+                self._failed = True
+                raise
+            return self._remote_static(), payload[0], bytes(request)
         return None, payload[0], b""
 
-    def respond(self, sid: int, caps: int, response: bytes = b"") -> tuple[bytes, frames.Session | None]:
+    def respond(
+        self, sid: int, caps: int, response: bytes = b"", floor: int | None = None
+    ) -> tuple[bytes, frames.Session | None]:
         conn = self._conn
         if conn is None or self.sid is not None or self._failed:
             raise StateError("respond() needs exactly one read_init() first")
         if not 0 <= sid <= 0xFFFF or not 0 <= caps <= 0xFF:
             raise StateError("session id is 16 bits, caps 8 bits")
-        head = bytes([sid >> 8, sid & 0xFF, caps])
+        head = handshake.answer_head(sid, caps, floor)
         if self.pattern == "IK":
             msg = self._write(conn, head + bytes(response))
             self.sid = sid
@@ -199,8 +210,9 @@ class Responder:
             raise DecodeError("XX message 3 truncated")
         if len(datagram) - 3 > MAX_MESSAGE_LEN:
             raise DecodeError("handshake message too long")
-        request = self._read(conn, bytes(datagram[3:]))
-        return self._remote_static(), request, self._session(conn, self.sid)
+        payload = self._read(conn, bytes(datagram[3:]))
+        self.epoch, request = handshake.split_epoch(self._offered, payload)
+        return self._remote_static(), bytes(request), self._session(conn, self.sid)
 
 
 def init_ephemeral(datagram: bytes) -> bytes:

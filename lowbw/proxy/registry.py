@@ -5,7 +5,7 @@ commands of the operator.  A device is its Noise static public key; the record
 says which Matrix user it acts as, which rooms and event types it may use and
 how its readings are rendered (``slots``, as in the device config).
 
-Tables (schema version 3, kept in ``PRAGMA user_version``):
+Tables (schema version 4, kept in ``PRAGMA user_version``):
 
 ``devices``      name (primary key), public_key (unique, revoked devices included:
                  a revoked key is never let in again under another name), user_id,
@@ -14,8 +14,12 @@ Tables (schema version 3, kept in ``PRAGMA user_version``):
                  seen, -1 before the first), epoch (the device's counter epoch,
                  0 until it announces one; ``lowbw.wire.handshake``: a new epoch
                  means its message counter started again, so msg_top goes back
-                 to -1 in the same transaction)
-``ephemerals``   the last 256 IK ephemeral keys per device (replayed IK1 detection)
+                 to -1 in the same transaction), hs_floor (highest IK handshake
+                 number accepted, -1 before any) and hs_announce (highest
+                 handshake number among the IK messages that announced the
+                 current epoch): ``accept_handshake``
+``ephemerals``   the last 256 IK ephemeral keys per device (a second, older
+                 replay check; the handshake number is the one that holds forever)
 ``sent_events``  (device, Matrix txn_id) -> event_id: exactly-once sending
 ``commands``     downlink commands; acknowledged ones stay (acked_ms set) so a
                  transaction the homeserver pushes again is not queued twice
@@ -35,6 +39,8 @@ a restore) would reuse nonces.
 Schema history: version 1 had no ``epoch`` column; opening a version 1 file
 adds it (default 0, the epoch of every device that never announced one).
 Version 2 had no ``client_tokens``; opening it adds the (empty) table.
+Version 3 had no handshake numbers; opening it adds ``hs_floor`` and
+``hs_announce`` (-1: the next handshake of every device is accepted once).
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process
 (each commit is in the WAL before the call returns); a power loss may roll back
@@ -61,7 +67,9 @@ from typing import Any
 
 from lowbw.wire.errors import LowbwError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# Handshake numbers are kept in a signed 64-bit column.
+MAX_HSN = (1 << 63) - 1
 MAX_EPOCH = 0xFFFFFFFF
 EPHEMERALS_KEPT = 256
 PUBLIC_KEY_LEN = 32
@@ -80,7 +88,9 @@ CREATE TABLE devices (
     revoked INTEGER NOT NULL DEFAULT 0,
     created_ms INTEGER NOT NULL,
     msg_top INTEGER NOT NULL DEFAULT -1,
-    epoch INTEGER NOT NULL DEFAULT 0
+    epoch INTEGER NOT NULL DEFAULT 0,
+    hs_floor INTEGER NOT NULL DEFAULT -1,
+    hs_announce INTEGER NOT NULL DEFAULT -1
 );
 CREATE TABLE ephemerals (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -135,6 +145,10 @@ _MIGRATIONS = {
         "CREATE TABLE client_tokens (device TEXT NOT NULL REFERENCES devices(name), "
         "handle TEXT NOT NULL, token TEXT NOT NULL, created_ms INTEGER NOT NULL, "
         "PRIMARY KEY (device, handle))",
+    ),
+    3: (
+        "ALTER TABLE devices ADD COLUMN hs_floor INTEGER NOT NULL DEFAULT -1",
+        "ALTER TABLE devices ADD COLUMN hs_announce INTEGER NOT NULL DEFAULT -1",
     ),
 }
 
@@ -323,6 +337,13 @@ class Registry:
         )
         return _device_from_row(rows[0]) if rows else None
 
+    def revoked_name(self, public_key: bytes) -> str | None:
+        """The name of the revoked device that had this key; None if no revoked device had it."""
+        rows = self._read(
+            "SELECT name FROM devices WHERE public_key = ? AND revoked = 1", (bytes(public_key),)
+        )
+        return str(rows[0]["name"]) if rows else None
+
     def devices(self) -> list[DeviceRecord]:
         rows = self._read("SELECT %s FROM devices ORDER BY name" % _DEVICE_COLUMNS)
         return [_device_from_row(r) for r in rows]
@@ -362,6 +383,58 @@ class Registry:
                 (name, name, EPHEMERALS_KEPT),
             )
             return True
+
+    def accept_handshake(self, name: str, e: bytes, hsn: int, epoch: int | None) -> tuple[bool, int | None]:
+        """Decide on an authenticated IK message 1 of ``name``: ``(accepted, floor)``.
+
+        ``hsn`` is its handshake number, ``epoch`` the counter epoch it
+        announces (None: it announces none). Not accepted (a replay, however
+        old): its ephemeral was seen, or
+
+        * it announces no epoch and ``hsn`` is not above the highest accepted;
+        * it announces a retired epoch;
+        * it announces the current epoch and ``hsn`` is not above the highest
+          among the accepted handshakes that announced it.
+
+        A handshake announcing a new epoch is accepted whatever its number
+        (the device lost its store and counts from 0 again); ``floor`` is then
+        the highest number accepted before when ``hsn`` is not above it, and
+        the device is told to continue above it. Recorded in one transaction
+        with the ephemeral; the epoch itself is recorded by ``set_device_epoch``.
+        """
+        if not isinstance(hsn, int) or isinstance(hsn, bool) or not 0 <= hsn <= MAX_HSN:
+            return False, None
+        with self._write() as db:
+            row = db.execute(
+                "SELECT epoch, hs_floor, hs_announce FROM devices WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                raise RegistryError("no device named %r" % name)
+            current, floor, announce = int(row["epoch"]), int(row["hs_floor"]), int(row["hs_announce"])
+            if epoch is None:
+                if hsn <= floor:
+                    return False, None
+            elif epoch == current:
+                if hsn <= announce:
+                    return False, None
+            elif db.execute(
+                "SELECT 1 FROM retired_epochs WHERE device = ? AND epoch = ?", (name, epoch)
+            ).fetchone():
+                return False, None
+            cur = db.execute("INSERT OR IGNORE INTO ephemerals (device, e) VALUES (?, ?)", (name, bytes(e)))
+            if cur.rowcount == 0:
+                return False, None
+            db.execute(
+                "DELETE FROM ephemerals WHERE device = ? AND seq <= "
+                "(SELECT seq FROM ephemerals WHERE device = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (name, name, EPHEMERALS_KEPT),
+            )
+            jump = floor if epoch is not None and hsn <= floor else None
+            db.execute(
+                "UPDATE devices SET hs_floor = max(hs_floor, ?), hs_announce = ? WHERE name = ?",
+                (hsn, hsn if epoch is not None else announce, name),
+            )
+            return True, jump
 
     def msg_top(self, name: str) -> int:
         """Highest message number seen from the device; -1 if none (or no such device)."""

@@ -7,19 +7,28 @@ device may sleep for days and wake with its persisted session (0 extra bytes).
 
 Who gets in (everything else gets no answer at all):
 
+* Before any crypto, ``lowbw.proxy.guard.HandshakeGuard``: per-source and
+  global handshake budgets, a cookie round trip while under load, recently
+  accepted ephemerals dropped as replays.
 * IK message 1 must authenticate (a valid Noise message to our static key),
   its static key must be enrolled and not revoked (``registry.device_by_key``)
-  and its ephemeral key must be new for that device
-  (``registry.remember_ephemeral``; a replayed IK1 is dropped). The ephemeral
-  is recorded only after the message authenticated, so forged datagrams cannot
-  fill the replay cache.
+  and its handshake number must be above the device's last accepted one
+  (``registry.accept_handshake``, which also keeps the old ephemeral check):
+  a replayed IK1 is dropped however old it is, so it can neither replace the
+  live session nor re-post its reading. Numbers are recorded only after the
+  message authenticated, so forged datagrams cannot move them.
 * XX message 1 is unauthenticated; its answer (100 bytes) is never larger than
   it (at least 100 bytes by the padding rule). Only when XX message 3 reveals
-  an enrolled key does a session exist. At most ``MAX_PENDING_XX`` pairings
-  wait at once, each for ``XX_TIMEOUT`` seconds.
-* Revocation: ``poll_changes`` (called for every datagram) asks the registry
-  whether another process committed (``PRAGMA data_version``); if so it
-  reloads the device list and closes the sessions of revoked devices at once.
+  an enrolled key does a session exist. Each source keeps at most
+  ``xx_pending_per_source`` pairings waiting and the proxy
+  ``xx_pending_total``, each for ``XX_TIMEOUT`` seconds; past a budget the
+  oldest waiting pairing gives way, so a flood cannot lock pairing out.
+* Revocation: a timer (``start_timers``, every ``registry_poll_interval``)
+  asks the registry whether another process committed (``PRAGMA
+  data_version``); if so it reloads the device list and closes the sessions
+  of revoked devices at once, datagram or not.
+* Rejections are counted (``RejectLog``), per key for unknown and revoked
+  keys, and summarised in one log line per ``log_summary_interval``.
 
 Session ids are 16-bit, random and unused. One session per device: a new
 handshake replaces the device's old session.
@@ -52,6 +61,7 @@ from typing import Any
 
 from lowbw.proxy import noise_ik
 from lowbw.proxy.clients import is_client
+from lowbw.proxy.guard import HandshakeGuard, RejectLog, key_tag
 from lowbw.proxy.limits import Limits
 from lowbw.proxy.registry import DeviceRecord, Registry
 from lowbw.proxy.transport import LinkTuning, LowbwTransport, SessionAddress, Sockaddr
@@ -60,8 +70,19 @@ from lowbw.wire.errors import AuthError, DecodeError, LowbwError, ReplayError
 
 log = logging.getLogger("lowbw.proxy.sessions")
 
-MAX_PENDING_XX = 256
-XX_TIMEOUT = 300.0
+# A pairing waits this long for its third message (several airtimes of a
+# 100-byte XX message 2 at 100 bit/s, plus the device's retries).
+XX_TIMEOUT = 120.0
+# caps, and a handshake number of at least one byte, after the fixed part.
+IK1_MIN_LEN = 1 + noise_ik.IK1_FIXED + 2
+# No handshake carries more than a request that fits the largest datagram.
+MAX_HANDSHAKE_LEN = 65507
+
+
+class HandshakeRefused(LowbwError):
+    """A handshake message dropped before any crypto (budget, cookie, recent replay)."""
+
+
 STATE_VERSION = 1
 # The highest message number per device is written to the registry when it has
 # moved this far (and at a graceful stop): a top that lags by less than 2**15
@@ -139,7 +160,15 @@ class SessionTable:
         self._ephemeral = ephemeral
         self.by_sid: dict[int, SessionAddress] = {}
         self.by_device: dict[str, SessionAddress] = {}
-        self._pending_xx: dict[int, tuple[Any, float, int, bytes]] = {}
+        # sid -> (responder, deadline, caps, ephemeral, source); oldest first
+        self._pending_xx: dict[int, tuple[Any, float, int, bytes, Sockaddr]] = {}
+        self.guard = HandshakeGuard(self.limits, time.monotonic())
+        self.rejects = RejectLog()
+        # IK answers that must tell the device to count its handshakes above a floor.
+        self._floors: dict[int, int] = {}
+        self._next_poll = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._next_summary = 0.0
         self.devices: dict[str, DeviceRecord] = {}
         self._commands: dict[str, int] = {}
         self._tops: dict[str, int] = {}
@@ -170,8 +199,45 @@ class SessionTable:
                 self._commands[name] = n
 
     def poll_changes(self) -> None:
+        """Called for every datagram: at most one registry check per
+        ``registry_poll_interval`` (the timer of ``start_timers`` does the
+        rest, so revocations apply without waiting for a datagram)."""
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + self.limits.registry_poll_interval
         if self.registry.changed():
             self.reload()
+
+    def start_timers(self) -> None:
+        """Run the periodic work on the running loop: registry changes
+        (revocations, commands), expired pairings, the rejected-datagram summary."""
+        self._next_summary = time.monotonic() + self.limits.log_summary_interval
+        self._tick()
+
+    def stop_timers(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.log_rejects()
+
+    def _tick(self) -> None:
+        try:
+            self._next_poll = 0.0
+            self.poll_changes()
+            self._purge_xx()
+            if time.monotonic() >= self._next_summary:
+                self._next_summary = time.monotonic() + self.limits.log_summary_interval
+                self.log_rejects()
+        except LowbwError as exc:
+            log.warning("periodic registry check failed: %s", exc.message or type(exc).__name__)
+        interval = max(0.05, min(self.limits.registry_poll_interval, self.limits.log_summary_interval))
+        self._timer = asyncio.get_running_loop().call_later(interval, self._tick)
+
+    def log_rejects(self) -> None:
+        line = self.rejects.summary()
+        if line is not None:
+            log.warning("%s", line)
 
     def device(self, name: str) -> DeviceRecord | None:
         return self.devices.get(name)
@@ -292,49 +358,87 @@ class SessionTable:
     def handshake(self, datagram: bytes, sockaddr: Sockaddr) -> tuple[SessionAddress, bytes] | None:
         """A handshake datagram: maybe a new session and its 0-RTT request.
 
-        Raises a LowbwError (the datagram is dropped without an answer) for
-        anything that does not lead to a session.
+        First the guard's cheap checks (``lowbw.proxy.guard``: budgets, cookies
+        under load, recent ephemerals), then the crypto. Raises a LowbwError
+        (the datagram is dropped without an answer, and counted) for anything
+        that does not lead to a session; returns None when it answered with a
+        cookie reply or an XX message 2.
         """
         kind = datagram[0] if datagram else -1
-        if kind == frames.HS_IK1 or kind == frames.HS_XX1:
-            return self._initiation(datagram, sockaddr)
+        cookie = None
+        if kind == frames.HS_COOKIED:
+            cookie, datagram = handshake.split_cookied(datagram)
+            kind = datagram[0]
+        if kind == frames.HS_IK1:
+            if len(datagram) < IK1_MIN_LEN or len(datagram) > MAX_HANDSHAKE_LEN:
+                raise DecodeError("IK message 1 of impossible length")
+        elif kind == frames.HS_XX1:
+            if len(datagram) < handshake.XX1_MIN_LEN or len(datagram) > MAX_HANDSHAKE_LEN:
+                raise DecodeError("XX message 1 of impossible length")
+        elif kind == frames.HS_XX3:
+            if cookie is not None or len(datagram) > MAX_HANDSHAKE_LEN:
+                raise DecodeError("XX message 3 of impossible length")
+            if frames.peek_session_id(datagram) not in self._pending_xx:
+                raise AuthError("XX message 3 for no pairing in progress")
+        else:
+            raise DecodeError("not a handshake a proxy receives")
+        initiation = kind != frames.HS_XX3
+        ephemeral = bytes(datagram[1 : 1 + handshake.DH_LEN]) if initiation else b""
+        now = time.monotonic()
+        verdict = self.guard.admit(sockaddr, initiation, ephemeral, cookie, now)
+        if verdict == HandshakeGuard.COOKIE:
+            self.rejects.count(verdict)
+            if self.transport is not None:
+                reply = bytes([frames.HS_COOKIE_REPLY]) + self.guard.cookie_for(sockaddr, ephemeral, now)
+                self.transport.sendto(reply, sockaddr)
+            return None
+        if verdict != HandshakeGuard.PASS:
+            self.rejects.count(verdict)
+            raise HandshakeRefused(verdict)
         if kind == frames.HS_XX3:
             return self._xx_final(datagram, sockaddr)
-        raise DecodeError("not a handshake a proxy receives")
+        return self._initiation(datagram, sockaddr)
 
-    @staticmethod
-    def _take_epoch(responder: Any, offered: int, payload: bytes) -> tuple[int | None, bytes]:
-        # The wire Responder takes the epoch off itself; noise_ik's leaves it in the payload.
-        if isinstance(responder, handshake.Responder):
-            return responder.epoch, payload
-        epoch, rest = handshake.split_epoch(offered, payload)
-        return epoch, bytes(rest)
+    def _refuse_key(self, device_pub: bytes) -> AuthError:
+        """An authenticated handshake from a key that may not get in: counted per key."""
+        name = self.registry.revoked_name(device_pub)
+        if name is not None:
+            self.rejects.count("handshake from a revoked device", name)
+        else:
+            self.rejects.count("handshake from an unknown key", key_tag(device_pub))
+        return AuthError("static key not enrolled (or revoked)")
 
     def _initiation(self, datagram: bytes, sockaddr: Sockaddr) -> tuple[SessionAddress, bytes] | None:
         responder = self._responder()
-        device_pub, offered, request = responder.read_init(datagram)
+        try:
+            device_pub, offered, request = responder.read_init(datagram)
+        except AuthError:
+            self.rejects.count("handshake that did not authenticate")
+            raise
         caps = handshake.negotiate_caps(offered)
         if device_pub is None:
             # XX message 1 is not authenticated: the epoch comes in message 3.
             self._xx_start(responder, caps | (offered & handshake.CAP_EPOCH), datagram, sockaddr)
             return None
-        epoch, request = self._take_epoch(responder, offered, request)
+        epoch, hsn = responder.epoch, responder.hsn
         rec = self.registry.device_by_key(device_pub)
         if rec is None:
-            raise AuthError("static key not enrolled (or revoked)")
-        if not self.registry.remember_ephemeral(rec.name, noise_ik.init_ephemeral(datagram)):
-            log.info("%s: replayed handshake dropped", rec.name)
-            raise ReplayError("IK message 1 with an ephemeral seen before")
-        if epoch is not None and self.registry.epoch_retired(rec.name, epoch):
-            log.info("%s: handshake for a retired counter epoch dropped (replay)", rec.name)
-            raise ReplayError("IK message 1 announcing a retired counter epoch")
+            raise self._refuse_key(device_pub)
+        ephemeral = noise_ik.init_ephemeral(datagram)
+        accepted, floor = self.registry.accept_handshake(rec.name, ephemeral, hsn, epoch)
+        if not accepted:
+            self.rejects.count("replayed handshake", rec.name)
+            raise ReplayError("IK message 1 not newer than the device's last accepted handshake")
+        self.guard.remember(ephemeral)
         self.devices[rec.name] = rec
         if epoch is not None:
             self.set_epoch(rec.name, epoch)
             caps |= handshake.CAP_EPOCH
         addr = SessionAddress(self._new_sid(), None, rec.name, caps, sockaddr, self.tuning, pending=responder)
+        if floor is not None:
+            self._floors[addr.sid] = floor
         self._add(addr)
-        log.info("%s: IK handshake, session %04x (caps 0x%02x)", rec.name, addr.sid, caps)
+        log.debug("%s: IK handshake %d, session %04x (caps 0x%02x)", rec.name, hsn, addr.sid, caps)
         loop = asyncio.get_running_loop()
         addr.pending_timer = loop.call_later(
             self.tuning.EMPTY_ACK_DELAY + PENDING_GRACE, self._answer_pending, addr
@@ -350,7 +454,8 @@ class SessionTable:
         if addr.pending_timer is not None:
             addr.pending_timer.cancel()
             addr.pending_timer = None
-        dgram, session = responder.respond(addr.sid, addr.caps, response)
+        floor = self._floors.pop(addr.sid, None)
+        dgram, session = responder.respond(addr.sid, addr.caps, response, floor)
         addr.session = session
         return bytes(dgram)
 
@@ -363,13 +468,23 @@ class SessionTable:
 
     def _purge_xx(self) -> None:
         now = time.monotonic()
-        for sid in [s for s, (_, deadline, _, _) in self._pending_xx.items() if deadline < now]:
+        for sid in [s for s, entry in self._pending_xx.items() if entry[1] < now]:
             del self._pending_xx[sid]
 
     def _xx_start(self, responder: Any, caps: int, datagram: bytes, sockaddr: Sockaddr) -> None:
+        """Answer XX message 1, within the pairing budgets: a source keeps at most
+        ``xx_pending_per_source`` pairings waiting and the proxy ``xx_pending_total``;
+        past either, the oldest waiting one (of that source, or of all) gives way,
+        so a flood can delay a pairing but never lock it out."""
         self._purge_xx()
-        if len(self._pending_xx) >= MAX_PENDING_XX:
-            raise LowbwError("too many pairings in progress")
+        limits = self.limits
+        mine = [sid for sid, entry in self._pending_xx.items() if entry[4] == sockaddr]
+        while mine and len(mine) >= max(1, limits.xx_pending_per_source):
+            del self._pending_xx[mine.pop(0)]
+            self.rejects.count("pairing replaced by a newer one from its source")
+        while self._pending_xx and len(self._pending_xx) >= max(1, limits.xx_pending_total):
+            del self._pending_xx[next(iter(self._pending_xx))]
+            self.rejects.count("pairing dropped: too many in progress")
         sid = self._new_sid()
         dgram, _ = responder.respond(sid, caps)
         if len(dgram) > len(datagram):
@@ -379,6 +494,7 @@ class SessionTable:
             time.monotonic() + XX_TIMEOUT,
             caps,
             noise_ik.init_ephemeral(datagram),
+            sockaddr,
         )
         if self.transport is not None:
             self.transport.sendto(bytes(dgram), sockaddr)
@@ -388,17 +504,23 @@ class SessionTable:
         pending = self._pending_xx.pop(sid, None)
         if pending is None:
             raise AuthError("XX message 3 for no pairing in progress")
-        responder, deadline, caps, e = pending
+        responder, deadline, caps, e, _source = pending
         if deadline < time.monotonic():
             raise AuthError("pairing timed out")
-        device_pub, request, session = responder.read_final(datagram)
-        epoch, request = self._take_epoch(responder, caps, request)
+        try:
+            device_pub, request, session = responder.read_final(datagram)
+        except AuthError:
+            self.rejects.count("handshake that did not authenticate")
+            raise
+        epoch = responder.epoch
         rec = self.registry.device_by_key(device_pub)
         if rec is None:
-            raise AuthError("static key not enrolled (or revoked)")
+            raise self._refuse_key(device_pub)
         if not self.registry.remember_ephemeral(rec.name, e):
+            self.rejects.count("replayed handshake", rec.name)
             raise ReplayError("XX with an ephemeral seen before")
         if epoch is not None and self.registry.epoch_retired(rec.name, epoch):
+            self.rejects.count("replayed handshake", rec.name)
             raise ReplayError("XX announcing a retired counter epoch")
         self.devices[rec.name] = rec
         if epoch is not None:

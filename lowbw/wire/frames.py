@@ -13,6 +13,9 @@ nonce from it and a sliding replay window (docs/PROTOCOL.md, "Frames").
     10000011    Noise XX message 1 (device -> proxy)
     10000100    Noise XX message 2 (proxy -> device)
     10000101    Noise XX message 3 (device -> proxy), session id follows
+    10000110    cookie reply (proxy -> device, only under load): 16-byte cookie
+    10000111    a handshake initiation with a cookie (device -> proxy): 16-byte
+                cookie, then the IK1 or XX1 datagram whole (its kind byte included)
 
 Transport frames from the initiator (device) carry the 2-byte session id the
 proxy assigned, so a session survives a change of source address; frames from
@@ -41,6 +44,9 @@ HS_IK2 = const(0x82)
 HS_XX1 = const(0x83)
 HS_XX2 = const(0x84)
 HS_XX3 = const(0x85)
+HS_COOKIE_REPLY = const(0x86)
+HS_COOKIED = const(0x87)
+COOKIE_LEN = const(16)
 
 SHORT_BITS = const(6)
 SHORT_MASK = const(0x3F)
@@ -68,7 +74,7 @@ def kind_of(datagram):
     b0 = datagram[0]
     kind = b0 & KIND_MASK
     if kind == KIND_HANDSHAKE or kind == 0xC0:
-        if b0 < HS_IK1 or b0 > HS_XX3:
+        if b0 < HS_IK1 or b0 > HS_COOKIED:
             raise DecodeError("unknown frame kind 0x%02x" % b0)
         return b0
     return kind

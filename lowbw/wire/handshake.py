@@ -2,8 +2,8 @@
 
 IK, one round trip, first request as 0-RTT payload::
 
-    device -> proxy   0x81 | e(32) | enc(s)(48) | enc(caps(1) | [epoch(4)] | coap request)(+16)
-    proxy  -> device  0x82 | e(32) | enc(sid(2) | caps(1) | coap response)(+16)
+    device -> proxy   0x81 | e(32) | enc(s)(48) | enc(caps(1) | [epoch(4)] | hsn(1..9) | coap request)(+16)
+    proxy  -> device  0x82 | e(32) | enc(sid(2) | caps(1) | [floor(1..9)] | coap response)(+16)
 
 XX, for a device that does not yet hold the proxy's key (pairing); the proxy
 still admits only enrolled device keys::
@@ -31,6 +31,31 @@ back: the proxy echoes the bit only when it has recorded the epoch. A new
 epoch restarts the proxy's count for that device. Announcing costs 4 bytes
 once per fresh store; ordinary handshakes do not carry it.
 
+Handshake number (``hsn``): every IK message 1 carries, right after the
+caps byte and the optional epoch, a number that grows with each handshake the
+device starts, as a CBOR unsigned integer head (1 byte below 24, 2 below 256,
+3 below 65536, 5 below 2**32, 9 above). The proxy records the highest it
+accepted per device and answers only a larger one, so an IK message 1
+captured on the air is dead as soon as a newer handshake was accepted, however
+many handshakes happened in between (WireGuard does the same with a TAI64N
+timestamp). A device keeps its next number in its store; an initiator without
+a store (the client-proxy, tests) uses the wall clock in seconds, strictly
+increasing within the process (``clock_hsn``).
+
+A device that lost its store (fresh epoch) starts counting again at 0. The
+proxy accepts the handshake that announces the new epoch and, when its number
+is not above the device's old highest, answers with that highest as ``floor``
+(caps bit 6, ``CAP_FLOOR``, set in the answer): the device continues from
+floor + 1, so numbers from before the loss stay below every future one.
+
+Cookies (only while the proxy is under load, in the spirit of WireGuard's
+cookie reply): the proxy may answer an IK1 or XX1 with ``0x86 | cookie(16)``
+instead of doing any Diffie-Hellman work. The device sends the same
+initiation again, prefixed: ``0x87 | cookie(16) | IK1-or-XX1 datagram``. The
+cookie is a MAC the proxy computes from a secret it rotates, the source
+address and the initiation's ephemeral key, so only a sender that receives at
+its address can present one; it costs no state at the proxy.
+
 This module is sans-I/O and shared with MicroPython.
 """
 
@@ -42,6 +67,8 @@ from lowbw.wire.noise import HandshakeState
 CAPS_TABLE_MASK = const(0x0F)
 CAP_DICT_V1 = const(0x10)
 CAP_EPOCH = const(0x20)
+# In the proxy's answer only: a handshake-number floor follows the caps byte.
+CAP_FLOOR = const(0x40)
 # Flags negotiate_caps intersects. CAP_EPOCH is not one: it is answered per
 # handshake by whoever processed the epoch (see negotiate_caps).
 CAPS_KNOWN_FLAGS = const(0x10)
@@ -53,6 +80,89 @@ DEFAULT_CAPS = const(0x02)
 
 XX1_MIN_LEN = const(100)
 DH_LEN = const(32)
+HSN_MAX = (1 << 64) - 1
+
+_last_clock_hsn = [0]
+
+
+def clock_hsn():
+    """A handshake number from the wall clock (seconds), strictly increasing in
+    this process: for initiators that keep no store (module docstring)."""
+    import time
+
+    n = int(time.time())
+    last = _last_clock_hsn[0]
+    if n <= last:
+        n = last + 1
+    _last_clock_hsn[0] = n
+    return n
+
+
+def encode_uint(n):
+    """A CBOR unsigned-integer head (major type 0) for 0 <= n < 2**64."""
+    if not isinstance(n, int) or n is True or n is False or n < 0 or n > HSN_MAX:
+        raise EncodeError("a handshake number is an integer 0..2**64-1")
+    if n < 24:
+        return bytes([n])
+    if n < 0x100:
+        return bytes([24, n])
+    if n < 0x10000:
+        return bytes([25]) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes([26]) + n.to_bytes(4, "big")
+    return bytes([27]) + n.to_bytes(8, "big")
+
+
+def split_uint(payload):
+    """``(n, rest)``: a CBOR unsigned-integer head off the front of ``payload``.
+
+    DecodeError if it is missing, truncated, not major type 0, or not in
+    shortest form (so one number has one encoding)."""
+    if len(payload) < 1:
+        raise DecodeError("handshake payload lacks its handshake number")
+    b0 = payload[0]
+    if b0 < 24:
+        return b0, payload[1:]
+    size = {24: 1, 25: 2, 26: 4, 27: 8}.get(b0)
+    if size is None:
+        raise DecodeError("handshake number is not a CBOR unsigned integer")
+    if len(payload) < 1 + size:
+        raise DecodeError("handshake number truncated")
+    n = int.from_bytes(bytes(payload[1:1 + size]), "big")
+    if n < (24 if size == 1 else 1 << (4 * size)):
+        raise DecodeError("handshake number not in shortest form")
+    return n, payload[1 + size:]
+
+
+def split_init_payload(offered, payload):
+    """``(epoch or None, hsn, request)`` of an IK message 1 payload after its caps byte."""
+    epoch, rest = split_epoch(offered, payload)
+    hsn, rest = split_uint(rest)
+    return epoch, hsn, rest
+
+
+def cookied(cookie, datagram):
+    """The initiation ``datagram`` (IK1 or XX1) again, carrying a cookie from a cookie reply."""
+    if len(cookie) != frames.COOKIE_LEN:
+        raise EncodeError("a cookie is %d bytes" % frames.COOKIE_LEN)
+    return bytes([frames.HS_COOKIED]) + bytes(cookie) + bytes(datagram)
+
+
+def parse_cookie_reply(datagram):
+    """The cookie in a cookie reply (``0x86 | cookie(16)``); DecodeError otherwise."""
+    if len(datagram) != 1 + frames.COOKIE_LEN or datagram[0] != frames.HS_COOKIE_REPLY:
+        raise DecodeError("not a cookie reply")
+    return bytes(datagram[1:])
+
+
+def split_cookied(datagram):
+    """``(cookie, initiation)`` of a ``0x87`` datagram; DecodeError if it is not one."""
+    if len(datagram) < 2 + frames.COOKIE_LEN or datagram[0] != frames.HS_COOKIED:
+        raise DecodeError("not a handshake with a cookie")
+    inner = datagram[1 + frames.COOKIE_LEN:]
+    if inner[0] != frames.HS_IK1 and inner[0] != frames.HS_XX1:
+        raise DecodeError("a cookie rides only on IK or XX message 1")
+    return bytes(datagram[1:1 + frames.COOKIE_LEN]), bytes(inner)
 
 
 def negotiate_caps(offered, supported_flags=CAPS_KNOWN_FLAGS):
@@ -90,6 +200,14 @@ def _epoch_bytes(epoch):
     return epoch.to_bytes(EPOCH_LEN, "big")
 
 
+def answer_head(sid, caps, floor=None):
+    """sid(2) | caps(1) | [floor]: the start of IK/XX message 2's payload."""
+    caps &= ~CAP_FLOOR
+    if floor is None:
+        return bytes([sid >> 8, sid & 0xFF, caps])
+    return bytes([sid >> 8, sid & 0xFF, caps | CAP_FLOOR]) + encode_uint(floor)
+
+
 def _split_session(hs, sid, initiator):
     c_send, c_recv = hs.split()
     return frames.Session(c_send.k, c_recv.k, sid, initiator)
@@ -108,12 +226,24 @@ class Initiator:
     (module docstring); it sets CAP_EPOCH in the offered caps. The proxy took
     it if the answer's caps have CAP_EPOCH (for XX, that only says it will read
     it from message 3).
+
+    ``hsn`` is the handshake number IK message 1 carries (module docstring):
+    a device passes the next one from its store; None takes ``clock_hsn()``.
+    After ``finish``, ``floor`` is the number the proxy asked the device to
+    continue above (CAP_FLOOR), else None.
     """
 
-    def __init__(self, s_priv, proxy_pub=None, caps=DEFAULT_CAPS, e_priv=None, random=None, epoch=None):
+    def __init__(self, s_priv, proxy_pub=None, caps=DEFAULT_CAPS, e_priv=None, random=None, epoch=None,
+                 hsn=None):
         self.pattern = "IK" if proxy_pub is not None else "XX"
         self._epoch = _epoch_bytes(epoch)
         self.epoch = epoch
+        self.hsn = None
+        self._hsn = b""
+        if self.pattern == "IK":
+            self.hsn = clock_hsn() if hsn is None else hsn
+            self._hsn = encode_uint(self.hsn)
+        self.floor = None
         # The bit says what follows the caps byte, so it follows ``epoch``, never the caller.
         self.caps = (caps | CAP_EPOCH) if epoch is not None else (caps & ~CAP_EPOCH)
         self.hs = HandshakeState(self.pattern, True, s_priv, rs=proxy_pub, prologue=frames.PROLOGUE,
@@ -126,7 +256,8 @@ class Initiator:
             raise StateError("handshake already started")
         self.state = 1
         if self.pattern == "IK":
-            return bytes([frames.HS_IK1]) + self.hs.write_message(bytes([self.caps]) + self._epoch + request)
+            return bytes([frames.HS_IK1]) + self.hs.write_message(
+                bytes([self.caps]) + self._epoch + self._hsn + request)
         # XX message 1 is plaintext: no request may ride on it.
         self.request = request
         pad = XX1_MIN_LEN - 1 - DH_LEN - 1
@@ -145,7 +276,11 @@ class Initiator:
         caps = payload[2]
         self.state = 2
         if self.pattern == "IK":
-            return _split_session(self.hs, sid, True), caps, bytes(payload[3:])
+            rest = payload[3:]
+            if caps & CAP_FLOOR:
+                self.floor, rest = split_uint(rest)
+                caps &= ~CAP_FLOOR
+            return _split_session(self.hs, sid, True), caps, bytes(rest)
         msg3 = self.hs.write_message(self._epoch + self.request)
         xx3 = bytes([frames.HS_XX3, sid >> 8, sid & 0xFF]) + msg3
         return _split_session(self.hs, sid, True), caps, xx3
@@ -165,9 +300,11 @@ class Responder:
     ``read_final(xx3) -> (device_pub, request, session)``.
 
     ``caps`` is the byte as offered (CAP_EPOCH included); ``request`` never
-    holds the epoch. ``self.epoch`` is the device's counter epoch, or None if
-    it announced none: set by ``read_init`` (IK) or ``read_final`` (XX). The
-    caller adds CAP_EPOCH to the caps it answers once it has recorded it.
+    holds the epoch or the handshake number. ``self.epoch`` is the device's
+    counter epoch, or None if it announced none: set by ``read_init`` (IK) or
+    ``read_final`` (XX). ``self.hsn`` is IK message 1's handshake number. The
+    caller adds CAP_EPOCH to the caps it answers once it has recorded it, and
+    passes ``floor`` to ``respond`` when the device must count above it.
     """
 
     def __init__(self, s_priv, e_priv=None, random=None):
@@ -178,6 +315,7 @@ class Responder:
         self.pattern = None
         self.sid = None
         self.epoch = None
+        self.hsn = None
         self.offered = 0
 
     def read_init(self, datagram):
@@ -201,15 +339,15 @@ class Responder:
             raise DecodeError("handshake payload lacks caps")
         self.offered = payload[0]
         if self.pattern == "IK":
-            self.epoch, request = split_epoch(self.offered, payload[1:])
+            self.epoch, self.hsn, request = split_init_payload(self.offered, payload[1:])
             return self.hs.remote_static(), self.offered, bytes(request)
         return None, self.offered, b""
 
-    def respond(self, sid, caps, response=b""):
+    def respond(self, sid, caps, response=b"", floor=None):
         if self.hs is None or self.sid is not None:
             raise StateError("respond() needs exactly one read_init() first")
         self.sid = sid
-        head = bytes([sid >> 8, sid & 0xFF, caps])
+        head = answer_head(sid, caps, floor)
         if self.pattern == "IK":
             dgram = bytes([frames.HS_IK2]) + self.hs.write_message(head + response)
             return dgram, _split_session(self.hs, sid, False)

@@ -295,8 +295,9 @@ def test_cold_start_is_one_ik_datagram_carrying_the_reading():
     assert net.run(dev, lambda: dev.pending() == 0)
     assert len(net.up) == 1 and len(net.down) == 1
     d = net.up[0][1]
-    # A fresh store's first handshake also announces its counter epoch: 4 bytes.
-    assert d[0] == frames.HS_IK1 and len(d) == 114
+    # A fresh store's first handshake also announces its counter epoch: 4 bytes,
+    # and carries its handshake number 0: 1 byte.
+    assert d[0] == frames.HS_IK1 and len(d) == 115
     assert len(net.down[0][1]) == 56
     kind, _, msg = proxy.inspect(d)
     assert kind == "IK" and msg.code == coap.POST and msg.payload == reading.encode_readings([(0, [21.5], 0)])
@@ -305,13 +306,13 @@ def test_cold_start_is_one_ik_datagram_carrying_the_reading():
     assert results == [(rid, client.ACKED, coap.CHANGED)]
     c = dev.counters
     assert (c["sent"], c["acked"], c["handshakes"], c["retransmissions"]) == (1, 1, 1, 0)
-    assert (c["bytes_up"], c["bytes_down"]) == (114, 56)
+    assert (c["bytes_up"], c["bytes_down"]) == (115, 56)
     assert dev.store.inflight is None and dev.store.queue == []
     assert dev.idle()
     assert proxy.epochs == [dev.store.epoch] and dev.store.epoch_confirmed
 
 
-def test_cold_handshake_of_a_confirmed_store_is_110_bytes():
+def test_cold_handshake_of_a_confirmed_store_is_111_bytes():
     proxy = FakeProxy()
     net = Net(proxy)
     st = store.MemoryStore()
@@ -323,7 +324,7 @@ def test_cold_handshake_of_a_confirmed_store_is_110_bytes():
     dev2.send(0, [21.5])
     assert net.run(dev2, lambda: dev2.pending() == 0)
     assert len(net.up) == n + 1
-    assert net.up[n][1][0] == frames.HS_IK1 and len(net.up[n][1]) == 110
+    assert net.up[n][1][0] == frames.HS_IK1 and len(net.up[n][1]) == 111
     assert len(net.down[-1][1]) == 56
     assert proxy.handshakes == 2 and proxy.epochs == [st.epoch] and len(proxy.events) == 2
 
@@ -845,8 +846,8 @@ def test_store_format_1_is_epoch_0_confirmed():
     dev = net.device(old)
     dev.send(0, [21.5])
     assert net.run(dev, lambda: dev.pending() == 0)
-    assert len(net.up[0][1]) == 110 and proxy.epochs == [] and proxy.requests[0][0] == 32
-    assert cbor.loads(old.blob)[0] == store.FORMAT_VERSION == 2
+    assert len(net.up[0][1]) == 111 and proxy.epochs == [] and proxy.requests[0][0] == 32
+    assert cbor.loads(old.blob)[0] == store.FORMAT_VERSION == 3
 
 
 def test_fresh_store_draws_a_nonzero_epoch_saved_before_anything_is_sent():
@@ -863,7 +864,7 @@ def test_fresh_store_draws_a_nonzero_epoch_saved_before_anything_is_sent():
     dev.send(0, [21.5])
     assert store.MemoryStore(st.blob).epoch == 7
     out = dev.step(1000.0)
-    assert len(out) == 1 and len(out[0]) == 114
+    assert len(out) == 1 and len(out[0]) == 115
     resp = handshake.Responder(PROXY_PRIV)
     resp.read_init(out[0])
     assert resp.epoch == 7
@@ -881,7 +882,7 @@ def test_epoch_announced_until_an_answer_confirms_it():
     net.drop_down = [0]  # the proxy recorded the epoch, but its answer is lost
     dev.send(0, [21.5])
     assert net.run(dev, lambda: dev.pending() == 0)
-    assert len(net.up) == 2 and len(net.up[0][1]) == 114
+    assert len(net.up) == 2 and len(net.up[0][1]) == 115
     assert proxy.epochs == [st.epoch, st.epoch] and st.epoch_confirmed
     # The retried handshake kept its message number: one event.
     assert proxy.handshakes == 2 and len(proxy.events) == 1
@@ -890,7 +891,7 @@ def test_epoch_announced_until_an_answer_confirms_it():
     dev._drop_session()
     dev.send(0, [22.5])
     assert net.run(dev, lambda: dev.pending() == 0)
-    assert len(net.up[-1][1]) == 110 and len(proxy.epochs) == 2 and len(proxy.events) == 2
+    assert len(net.up[-1][1]) == 111 and len(proxy.epochs) == 2 and len(proxy.events) == 2
 
 
 def test_epoch_announced_on_every_handshake_to_a_proxy_that_does_not_echo_it():
@@ -902,7 +903,7 @@ def test_epoch_announced_on_every_handshake_to_a_proxy_that_does_not_echo_it():
         dev._drop_session()
         dev.send(0, [v])
         assert net.run(dev, lambda: dev.pending() == 0)
-    assert [len(u[1]) for u in net.up] == [114, 114]
+    assert [len(u[1]) for u in net.up] == [115, 115]
     assert proxy.epochs == [dev.store.epoch] * 2 and proxy.handshakes == 2
     assert not dev.store.epoch_confirmed and not dev.caps & handshake.CAP_EPOCH
 

@@ -10,11 +10,11 @@ PROXY_PUB = crypto.x25519_base(PROXY)
 
 
 def test_ik_one_round_trip_with_request():
-    dev = handshake.Initiator(DEV, PROXY_PUB)
+    dev = handshake.Initiator(DEV, PROXY_PUB, hsn=0)
     prx = handshake.Responder(PROXY)
     first = dev.start(b"R" * 12)
     assert first[0] == frames.HS_IK1
-    assert len(first) == 1 + 32 + 48 + 1 + 12 + 16
+    assert len(first) == 1 + 32 + 48 + 1 + 1 + 12 + 16
     pub, caps, request = prx.read_init(first)
     assert pub == crypto.x25519_base(DEV)
     assert caps == handshake.DEFAULT_CAPS and request == b"R" * 12
@@ -35,7 +35,7 @@ def test_ik_wrong_proxy_key_is_not_answered():
 
 
 def test_ik_tampered_answer_fails():
-    dev = handshake.Initiator(DEV, PROXY_PUB)
+    dev = handshake.Initiator(DEV, PROXY_PUB, hsn=0)
     prx = handshake.Responder(PROXY)
     prx.read_init(dev.start(b""))
     answer, _ = prx.respond(1, 2)
@@ -88,7 +88,7 @@ def test_bad_input_and_order():
         else:
             raise AssertionError("accepted %r" % bad)
     raises(StateError, prx.respond, 1, 2)
-    dev = handshake.Initiator(DEV, PROXY_PUB)
+    dev = handshake.Initiator(DEV, PROXY_PUB, hsn=0)
     raises(StateError, dev.finish, b"\x82")
     dev.start()
     raises(StateError, dev.start)
@@ -102,9 +102,9 @@ def test_supported_tables_match_keys_module():
 
 
 def test_ik_sizes_without_and_with_counter_epoch():
-    """The worked sizes: 110 + 56 bytes cold, 114 + 56 when the epoch rides along."""
-    for epoch, up in ((None, 110), (0x89ABCDEF, 114)):
-        dev = handshake.Initiator(DEV, PROXY_PUB, epoch=epoch)
+    """The worked sizes: 111 + 56 bytes cold, 115 + 56 when the epoch rides along."""
+    for epoch, up in ((None, 111), (0x89ABCDEF, 115)):
+        dev = handshake.Initiator(DEV, PROXY_PUB, hsn=0, epoch=epoch)
         prx = handshake.Responder(PROXY)
         first = dev.start(b"R" * 12)
         assert len(first) == up
@@ -127,11 +127,12 @@ def test_ik_sizes_without_and_with_counter_epoch():
 def test_epoch_is_big_endian_after_the_caps_byte():
     from lowbw.wire.noise import HandshakeState
 
-    dev = handshake.Initiator(DEV, PROXY_PUB, epoch=0x01020304)
+    dev = handshake.Initiator(DEV, PROXY_PUB, hsn=0, epoch=0x01020304)
     first = dev.start(b"xyz")
     raw = HandshakeState("IK", False, PROXY, prologue=frames.PROLOGUE)
     payload = raw.read_message(first[1:])
-    assert bytes(payload) == bytes([handshake.DEFAULT_CAPS | handshake.CAP_EPOCH]) + b"\x01\x02\x03\x04xyz"
+    caps = bytes([handshake.DEFAULT_CAPS | handshake.CAP_EPOCH])
+    assert bytes(payload) == caps + b"\x01\x02\x03\x04\x00xyz"
     assert handshake.split_epoch(handshake.CAP_EPOCH | 2, b"\x01\x02\x03\x04xyz") == (0x01020304, b"xyz")
     assert handshake.split_epoch(2, b"\x01\x02\x03\x04xyz") == (None, b"\x01\x02\x03\x04xyz")
     raises(DecodeError, handshake.split_epoch, handshake.CAP_EPOCH, b"\x01\x02\x03")
@@ -139,21 +140,21 @@ def test_epoch_is_big_endian_after_the_caps_byte():
 
 def test_epoch_bounds_and_caps_bit_follows_the_epoch():
     for epoch in (0, 1, 0xFFFFFFFF):
-        dev = handshake.Initiator(DEV, PROXY_PUB, epoch=epoch)
+        dev = handshake.Initiator(DEV, PROXY_PUB, hsn=0, epoch=epoch)
         prx = handshake.Responder(PROXY)
         prx.read_init(dev.start(b""))
         assert prx.epoch == epoch
     for bad in (-1, 1 << 32, True, 1.0, "1"):
         raises(EncodeError, handshake.Initiator, DEV, PROXY_PUB, epoch=bad)
     # A caller's stray CAP_EPOCH without an epoch is cleared, never sent.
-    dev = handshake.Initiator(DEV, PROXY_PUB, caps=handshake.DEFAULT_CAPS | handshake.CAP_EPOCH)
+    dev = handshake.Initiator(DEV, PROXY_PUB, hsn=0, caps=handshake.DEFAULT_CAPS | handshake.CAP_EPOCH)
     prx = handshake.Responder(PROXY)
     _, caps, req = prx.read_init(dev.start(b"abcd"))
     assert caps == handshake.DEFAULT_CAPS and req == b"abcd" and prx.epoch is None
 
 
 def test_ik_claiming_an_epoch_it_lacks_is_refused():
-    dev = handshake.Initiator(DEV, PROXY_PUB)
+    dev = handshake.Initiator(DEV, PROXY_PUB, hsn=0)
     dev.caps |= handshake.CAP_EPOCH  # a broken device: the bit, then only 3 bytes
     raises(DecodeError, handshake.Responder(PROXY).read_init, dev.start(b"abc"))
 
@@ -176,3 +177,73 @@ def test_xx_pairing_with_epoch_in_message_3():
         dev_pub, request, p_sess = prx.read_final(third)
         assert dev_pub == crypto.x25519_base(DEV) and request == b"REQ" and prx.epoch == epoch
         assert p_sess.open(d_sess.seal(b"hi")) == b"hi"
+
+
+def test_handshake_number_rides_after_caps_and_epoch():
+    from lowbw.wire.noise import HandshakeState
+
+    for hsn, head in ((0, b"\x00"), (23, b"\x17"), (24, b"\x18\x18"), (300, b"\x19\x01\x2c"),
+                      (70000, b"\x1a\x00\x01\x11\x70"), (1 << 40, b"\x1b" + (1 << 40).to_bytes(8, "big"))):
+        dev = handshake.Initiator(DEV, PROXY_PUB, hsn=hsn, epoch=7)
+        first = dev.start(b"q")
+        raw = HandshakeState("IK", False, PROXY, prologue=frames.PROLOGUE)
+        payload = bytes(raw.read_message(first[1:]))
+        caps = bytes([handshake.DEFAULT_CAPS | handshake.CAP_EPOCH])
+        assert payload == caps + b"\x00\x00\x00\x07" + head + b"q"
+        prx = handshake.Responder(PROXY)
+        _, _, req = prx.read_init(first)
+        assert prx.hsn == hsn and prx.epoch == 7 and req == b"q"
+
+
+def test_handshake_number_decoding_refuses_bad_heads():
+    assert handshake.split_uint(b"\x05rest") == (5, b"rest")
+    for bad in (b"", b"\x18", b"\x18\x05", b"\x19\x00\x10", b"\x1a\x00\x00\xff\xff",
+                b"\x1b" + bytes(8), b"\x1c", b"\x20", b"\x40", b"\xff", b"\x19\x01"):
+        raises(DecodeError, handshake.split_uint, bad)
+    for bad in (-1, 1 << 64, True, 1.5, "3"):
+        raises(EncodeError, handshake.encode_uint, bad)
+
+
+def test_ik_without_its_handshake_number_is_refused():
+    from lowbw.wire.noise import HandshakeState
+
+    raw = HandshakeState("IK", True, DEV, rs=PROXY_PUB, prologue=frames.PROLOGUE)
+    first = bytes([frames.HS_IK1]) + raw.write_message(bytes([handshake.DEFAULT_CAPS]))
+    raises(DecodeError, handshake.Responder(PROXY).read_init, first)
+
+
+def test_clock_numbers_grow_strictly():
+    a = handshake.clock_hsn()
+    b = handshake.clock_hsn()
+    assert b > a > 1600000000
+    dev = handshake.Initiator(DEV, PROXY_PUB)
+    assert dev.hsn > b
+
+
+def test_floor_in_the_answer_reaches_the_device():
+    for floor in (None, 0, 5, 1000):
+        dev = handshake.Initiator(DEV, PROXY_PUB, hsn=0, epoch=9)
+        prx = handshake.Responder(PROXY)
+        _, caps, _ = prx.read_init(dev.start(b""))
+        accepted = handshake.negotiate_caps(caps) | handshake.CAP_EPOCH
+        answer, p_sess = prx.respond(3, accepted, b"ok", floor)
+        d_sess, caps2, response = dev.finish(answer)
+        assert dev.floor == floor and response == b"ok"
+        assert caps2 == accepted and not caps2 & handshake.CAP_FLOOR
+        assert p_sess.open(d_sess.seal(b"up")) == b"up"
+
+
+def test_cookie_helpers():
+    cookie = bytes(range(16))
+    reply = bytes([frames.HS_COOKIE_REPLY]) + cookie
+    assert frames.kind_of(reply) == frames.HS_COOKIE_REPLY
+    assert handshake.parse_cookie_reply(reply) == cookie
+    for bad in (reply[:-1], reply + b"x", b"\x82" + cookie):
+        raises(DecodeError, handshake.parse_cookie_reply, bad)
+    ik1 = handshake.Initiator(DEV, PROXY_PUB, hsn=1).start(b"r")
+    wrapped = handshake.cookied(cookie, ik1)
+    assert wrapped[0] == frames.HS_COOKIED and frames.kind_of(wrapped) == frames.HS_COOKIED
+    assert handshake.split_cookied(wrapped) == (cookie, ik1)
+    raises(EncodeError, handshake.cookied, cookie[:8], ik1)
+    for bad in (wrapped[:17], b"\x87" + cookie + b"\x82" + ik1[1:], b"\x86" + cookie + ik1):
+        raises(DecodeError, handshake.split_cookied, bad)

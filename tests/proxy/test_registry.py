@@ -246,6 +246,8 @@ def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
     # devices.epoch, one device that has sent messages.
     v1_schema = registry_module._SCHEMA.split("CREATE TABLE retired_epochs")[0]
     v1_schema = v1_schema.replace(",\n    epoch INTEGER NOT NULL DEFAULT 0", "")
+    v1_schema = v1_schema.replace(",\n    hs_floor INTEGER NOT NULL DEFAULT -1", "")
+    v1_schema = v1_schema.replace(",\n    hs_announce INTEGER NOT NULL DEFAULT -1", "")
     assert v1_schema != registry_module._SCHEMA
     db = sqlite3.connect(path)
     db.executescript(v1_schema)
@@ -268,7 +270,7 @@ def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
         assert r.client_token("old", "lbwh_x") == "syt_secret"
         assert r.drop_client_token("old", "syt_secret") == 1 and r.client_token("old", "lbwh_x") is None
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     db.close()
     with Registry(path) as r:  # opening a migrated file again changes nothing
         assert r.device_epoch("old") == 5
@@ -392,3 +394,54 @@ def test_client_tokens_and_client_records(reg: Registry) -> None:
     reg.add_client_token("cp", "lbwh_c", "syt_2")
     assert reg.revoke("cp") is True
     assert reg.client_token("cp", "lbwh_c") is None  # revocation forgets the handles too
+
+
+def test_handshake_numbers_only_grow(reg: Registry) -> None:
+    reg.add_device(record("a"))
+    reg.add_device(record("b"))
+    e = iter(os.urandom(32) for _ in range(100))
+    assert reg.accept_handshake("a", next(e), 0, None) == (True, None)
+    assert reg.accept_handshake("a", next(e), 0, None) == (False, None)  # not above 0
+    assert reg.accept_handshake("a", next(e), 5, None) == (True, None)
+    for old in (0, 3, 5):
+        assert reg.accept_handshake("a", next(e), old, None) == (False, None)
+    # Another device has its own numbers; an ephemeral seen before is refused too.
+    assert reg.accept_handshake("b", next(e), 1, None) == (True, None)
+    same = next(e)
+    assert reg.accept_handshake("b", same, 2, None) == (True, None)
+    assert reg.accept_handshake("b", same, 3, None) == (False, None)
+    for bad in (-1, 1 << 63, True):
+        assert reg.accept_handshake("a", next(e), bad, None) == (False, None)  # type: ignore[arg-type]
+    with pytest.raises(RegistryError):
+        reg.accept_handshake("nobody", next(e), 9, None)
+
+
+def test_a_fresh_epoch_restarts_the_count_above_the_old_numbers(reg: Registry) -> None:
+    reg.add_device(record("a"))
+    e = iter(os.urandom(32) for _ in range(100))
+    assert reg.accept_handshake("a", next(e), 0, 0x11) == (True, None)
+    assert reg.set_device_epoch("a", 0x11)
+    for n in range(1, 41):
+        assert reg.accept_handshake("a", next(e), n, None)[0]
+    # The device loses its store: a new epoch, numbers from 0 again. Accepted,
+    # and told to continue above 40; a retry of it (answer lost) too.
+    assert reg.accept_handshake("a", next(e), 0, 0x22) == (True, 40)
+    assert reg.set_device_epoch("a", 0x22)
+    assert reg.accept_handshake("a", next(e), 0, 0x22) == (False, None)  # the same one replayed
+    assert reg.accept_handshake("a", next(e), 1, 0x22) == (True, 40)
+    # An old handshake without an epoch (numbers of the lost store) stays dead,
+    # as does one announcing the retired epoch.
+    for n in (1, 20, 40):
+        assert reg.accept_handshake("a", next(e), n, None) == (False, None)
+    assert reg.accept_handshake("a", next(e), 50, 0x11) == (False, None)
+    assert reg.accept_handshake("a", next(e), 41, None) == (True, None)
+    # A new epoch whose number is already above the floor needs no jump.
+    assert reg.accept_handshake("a", next(e), 99, 0x33) == (True, None)
+
+
+def test_revoked_name(reg: Registry) -> None:
+    key = os.urandom(32)
+    reg.add_device(record("a", key))
+    assert reg.revoked_name(key) is None
+    reg.revoke("a")
+    assert reg.revoked_name(key) == "a" and reg.revoked_name(os.urandom(32)) is None
