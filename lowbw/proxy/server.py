@@ -220,6 +220,7 @@ class ProxyServer:
             table.on_commands_changed = site.notify_commands
             table.on_close = site.session_closed
             self.restored = table.restore()
+            table.start_timers()
             if s.mode == "appservice" and s.appservice_listen is not None and s.hs_token:
                 host, port = s.appservice_listen
                 self.appservice = AppserviceListener(s.hs_token, table, host, port)
@@ -288,12 +289,15 @@ class ProxyServer:
             except LowbwError as exc:
                 log.error("sessions not saved: %s", exc.message)
         if self.table is not None:
+            self.table.stop_timers()
             self.table.close_all()
         await self._close()
         log.info("stopped (%d session(s) saved)", saved)
         return saved
 
     async def _close(self) -> None:
+        if self.table is not None:
+            self.table.stop_timers()
         if self.appservice is not None:
             await self.appservice.stop()
             self.appservice = None
