@@ -9,6 +9,7 @@ gave. What is answered here, without the radio:
 ==================================  ===============================================
 ``GET /.well-known/matrix/client``  ``{"m.homeserver": {"base_url": <this proxy>}}``
 ``GET /_matrix/client/versions``    fetched across the link once, then from memory
+                                    (``HEAD``: the same without a body)
 ``/_matrix/media/...``,             501 ``M_UNRECOGNIZED``: media (kilobytes to
 ``/_matrix/client/v1/media/...``    megabytes) is not carried over a radio link
 ``OPTIONS`` anything                204 with CORS headers (browser clients)
@@ -29,19 +30,28 @@ bytes). Tokens from a login through lowbw are handles the proxy issued, so a
 real token crosses the radio only if the client brought it from elsewhere,
 once per session.
 
-A dead link is never a hung request: no answer within ``request_timeout``
-(or CoAP giving up on retransmissions) is 504, an answer that cannot be read
-is 502, both with a Matrix error body.
+A dead link is never a hung request: nothing heard from the proxy for
+``dead_link_timeout`` while a request waits (``lowbw.clientproxy.link``), no
+answer within ``request_timeout``, or CoAP giving up on retransmissions is
+504, an answer that cannot be read is 502, both with a Matrix error body.
+
+The client never leaves the radio (DESIGN.md §8): requests whose ``Host`` is
+not a name of this machine are refused (421), so a web page cannot reach the
+client-proxy through DNS rebinding; and every ``well_known`` the homeserver
+hands out (the login answer) names the client-proxy, not the homeserver,
+so a client that honours it stays on the link.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiocoap import error as coap_error
 from aiocoap.message import Message
@@ -52,6 +62,7 @@ from aiohttp import web
 
 from lowbw.clientproxy.config import ClientProxyConfig
 from lowbw.clientproxy.link import CLIENT_CAPS, ClientLink, open_link
+from lowbw.clientproxy.retransmit import ClientTuning, LinkDead
 from lowbw.clientproxy.txnids import TxnIds
 from lowbw.compact.codec import CF_CBOR, BodyCodec
 from lowbw.compact.refs import ClientRefs
@@ -66,7 +77,6 @@ from lowbw.proxy.clients import (
     SESSION_END_OPTION,
     SYNC_SECTIONS,
 )
-from lowbw.proxy.transport import LinkTuning
 from lowbw.wire import handshake, keys, routes, status
 from lowbw.wire.errors import EncodeError, LowbwError
 
@@ -74,7 +84,7 @@ log = logging.getLogger("lowbw.clientproxy")
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
 }
 METHODS = {"GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": Code.DELETE}
@@ -92,6 +102,13 @@ MAX_PARKS = 16
 MEDIA_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/")
 # Largest JSON body a client may send (Synapse's own limit is 50 MB; this is a radio).
 MAX_REQUEST_BODY = 1024 * 1024
+
+
+# Host names that always mean this machine. IP literals are accepted too: DNS
+# rebinding needs a name (the attacker's), a browser never sends an IP for one.
+LOCAL_NAMES = frozenset(("localhost", "localhost."))
+# Largest sync timeout honoured (ms): longer polls are answered empty after it.
+MAX_SYNC_TIMEOUT_MS = 3_600_000
 
 
 def matrix_error(
@@ -127,11 +144,13 @@ def _dumps(value: Any) -> str:
 
 
 class LinkFailed(LowbwError):
-    """No usable answer came back across the link (the HTTP status says which)."""
+    """No usable answer came back across the link (the HTTP status says which),
+    or the request was refused before it went (``errcode`` then says why)."""
 
-    def __init__(self, http_status: int, message: str) -> None:
+    def __init__(self, http_status: int, message: str, errcode: str = "M_UNKNOWN") -> None:
         super().__init__(message)
         self.http_status = http_status
+        self.errcode = errcode
 
 
 @dataclass
@@ -167,7 +186,9 @@ class ClientProxy:
     def __init__(self, config: ClientProxyConfig, *, public_url: str | None = None) -> None:
         self.config = config
         self.public_url = public_url
-        self.tuning = LinkTuning(config.link_bps, mtu=config.radio_mtu)
+        self.tuning = ClientTuning(
+            config.link_bps, mtu=config.radio_mtu, dead_link_timeout=config.dead_link_timeout
+        )
         self.ctx: Context | None = None
         self.link: ClientLink | None = None
         self._sessions: dict[Any, _SessionState] = {}
@@ -188,6 +209,7 @@ class ClientProxy:
             self.tuning,
             CLIENT_CAPS if self.config.dictionary else CLIENT_CAPS & ~handshake.CAP_DICT_V1,
             self.config.radio_mtu,
+            self.tuning.dead_link_timeout,
         )
 
     async def close(self) -> None:
@@ -205,13 +227,51 @@ class ClientProxy:
 
     # -- HTTP -------------------------------------------------------------------------
 
+    def _host_ok(self, request: web.Request) -> bool:
+        """Whether the request's ``Host`` names this machine (no DNS rebinding).
+
+        Accepted: localhost, any IP literal (127.0.0.1, [::1], a LAN address
+        when listening on one), the configured listen host and the host of
+        ``--public-url``; with or without a port. No ``Host`` at all (HTTP/1.0)
+        cannot come from a browser and is accepted.
+        """
+        raw = request.headers.get("Host")
+        if raw is None:
+            return True
+        name = _host_name(raw)
+        if name is None:
+            return False
+        if name in LOCAL_NAMES or _is_ip(name):
+            return True
+        allowed = {self.config.listen_address[0].lower()}
+        if self.public_url:
+            public = _host_name(urlsplit(self.public_url).netloc.rpartition("@")[2])
+            if public:
+                allowed.add(public)
+        return name in allowed
+
+    def base_url(self, request: web.Request) -> str:
+        """This client-proxy's URL as the client reached it (Host already checked)."""
+        return (self.public_url or "http://%s" % request.host).rstrip("/")
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not self._host_ok(request):
+            log.warning(
+                "request with Host %r refused (not a name of this machine)", request.headers.get("Host")
+            )
+            return matrix_error(
+                421,
+                "M_FORBIDDEN",
+                "lowbw: Host %r is not this client-proxy; use http://127.0.0.1 or http://localhost "
+                "(or start it with --public-url)" % request.headers.get("Host", ""),
+            )
         path = request.rel_url.raw_path
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=CORS_HEADERS)
-        if path == "/.well-known/matrix/client" and request.method == "GET":
-            base = self.public_url or "http://%s" % request.host
-            return web.json_response({"m.homeserver": {"base_url": base}}, headers=CORS_HEADERS)
+        if path == "/.well-known/matrix/client" and request.method in ("GET", "HEAD"):
+            return web.json_response(
+                {"m.homeserver": {"base_url": self.base_url(request)}}, headers=CORS_HEADERS
+            )
         if path == "/_lowbw/stats" and request.method == "GET":
             stats = self.link.stats.as_dict() if self.link is not None else {}
             return web.json_response(stats, headers=CORS_HEADERS)
@@ -221,7 +281,8 @@ class ClientProxy:
             )
         if not path.startswith("/_matrix/client/"):
             return matrix_error(404, "M_UNRECOGNIZED", "Unrecognized request")
-        method = METHODS.get(request.method)
+        # HEAD is GET without a body, as the homeserver answers it (aiohttp sends no body).
+        method = METHODS.get("GET" if request.method == "HEAD" else request.method)
         if method is None:
             return matrix_error(405, "M_UNRECOGNIZED", "Unrecognized request")
         query = [(k, v) for k, v in request.query.items() if k != "access_token"]
@@ -236,21 +297,24 @@ class ClientProxy:
                     body = json.loads(raw)
                 except (ValueError, UnicodeError, RecursionError):
                     return matrix_error(400, "M_NOT_JSON", "Content not JSON.")
+        get = request.method in ("GET", "HEAD")
         try:
-            if path == "/_matrix/client/versions" and request.method == "GET":
+            if path == "/_matrix/client/versions" and get:
                 answer = await self._cached_versions(path)
-            elif request.method == "GET" and path.endswith("/sync") and _parkable(query):
+            elif get and path.endswith("/sync") and _parkable(query):
                 answer = await self._sync(path, query, token)
             else:
                 shorten = request.method == "PUT" and self.config.short_txn
                 sent_path = self.txnids.shorten_path(path) if shorten else path
                 answer = await self.carry(method, sent_path, query, body, token)
-                if request.method == "GET" and path.endswith("/sync"):
+                if get and path.endswith("/sync"):
                     self._after_sync(path, query, token, answer)
         except LinkFailed as exc:
+            if exc.errcode != "M_UNKNOWN":  # refused here, as the homeserver would
+                return matrix_error(exc.http_status, exc.errcode, exc.message)
             log.warning("%s %s: %s", request.method, _loggable(path), exc.message)
             return matrix_error(exc.http_status, "M_UNKNOWN", "lowbw: " + exc.message)
-        return answer.response()
+        return _rewrite_well_known(answer, self.base_url(request)).response()
 
     async def _cached_versions(self, path: str) -> Answer:
         if self._versions is None:
@@ -267,9 +331,14 @@ class ClientProxy:
         wait_ms = 0
         for k, v in query:
             if k == "timeout":
-                if not (v.isascii() and v.isdigit() and len(v) <= 9):
-                    raise LinkFailed(400, "timeout must be a whole number of milliseconds")
-                wait_ms = int(v)
+                # The homeserver's own answer (Synapse: parse_integer), without the radio.
+                if not (v.isascii() and v.lstrip("-").isdigit()):
+                    raise LinkFailed(400, "Query parameter 'timeout' must be an integer", "M_INVALID_PARAM")
+                if int(v) < 0:
+                    raise LinkFailed(
+                        400, "Query parameter 'timeout' must be a positive integer.", "M_INVALID_PARAM"
+                    )
+                wait_ms = min(int(v), MAX_SYNC_TIMEOUT_MS)
         key = _sync_key(token, path, query)
         park = self._parks.get(key)
         if park is None or park.since != since:
@@ -279,9 +348,12 @@ class ClientProxy:
                 self._after_sync(path, query, token, answer)
                 return answer
             park = self._park(path, query, token, since)
-        if wait_ms == 0 and not park.task.done():
-            # "Now" while the parked request is still on its way: now is when the
-            # proxy has looked (its acknowledgement), or its answer if that is news.
+        if not park.task.done() and not park.acked.is_set():
+            # Until the proxy acknowledges the parked request it has not looked
+            # yet: its answer may be an error (a bad since, an unknown token) that
+            # the homeserver would give on this very poll, or news. Wait for one
+            # or the other before answering "nothing new"; the acknowledgement
+            # comes within the proxy's park ACK delay (1 s) plus airtime.
             ack = asyncio.ensure_future(park.acked.wait())
             try:
                 await asyncio.wait(
@@ -503,6 +575,7 @@ class ClientProxy:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         sent_at = time.monotonic()
+        deaths = link.deaths
         request = self.ctx.request(msg)
         response = request.response
         try:
@@ -513,6 +586,8 @@ class ClientProxy:
                     return response.result()
                 if not changed.done():
                     raise TimeoutError
+                if link.deaths != deaths:
+                    raise LinkDead()
                 bound = getattr(msg, "lowbw_bound", None)
                 if bound is not None and bound is not link.session:
                     response.cancel()
@@ -530,6 +605,13 @@ class ClientProxy:
                 # out: the proxy has most likely lost it (a crash). Handshake anew.
                 link.reset()
             raise LinkFailed(504, "no answer across the radio link within %g s" % timeout) from None
+        except LinkDead:
+            response.cancel()
+            raise LinkFailed(
+                504,
+                "nothing heard from the proxy across the radio for %g s: the link is given up "
+                "(is the proxy or the radio down?); the next request sets it up again" % link.dead_after,
+            ) from None
         except coap_error.ConRetransmitsExceeded:
             # Unanswered in the session it was made for: the proxy does not know
             # that session any more. Start a new handshake with the next request.
@@ -567,6 +649,50 @@ class ClientProxy:
                 raise LinkFailed(502, "unreadable answer: %s" % exc.message)
             self.txnids.restore(body)
         return Answer(http_status, body, retry_after)
+
+
+def _rewrite_well_known(answer: Answer, base_url: str) -> Answer:
+    """``answer`` with its ``well_known`` (login, and any answer that has one) naming
+    this client-proxy: a client that honours it (Element Web; mautrix with
+    update_hs_url) would otherwise go to the homeserver directly and its lowbw
+    token handle would fail there. Other entries (identity server) are kept."""
+    body = answer.body
+    if not isinstance(body, dict) or not isinstance(body.get("well_known"), dict):
+        return answer
+    well_known = dict(body["well_known"])
+    homeserver = well_known.get("m.homeserver")
+    well_known["m.homeserver"] = {
+        **(homeserver if isinstance(homeserver, dict) else {}),
+        "base_url": base_url,
+    }
+    return Answer(answer.status, {**body, "well_known": well_known}, answer.retry_after, answer.no_news)
+
+
+def _host_name(host: str) -> str | None:
+    """The name in a ``Host`` value (``name``, ``name:port``, ``[v6]``, ``[v6]:port``),
+    lower-cased; None if it is malformed."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            return None
+        name, rest = host[1:end], host[end + 1 :]
+        if not _is_ip(name):
+            return None
+    else:
+        name, _, port = host.partition(":")
+        rest = ":" + port if _ else ""
+    if rest and not (rest[:1] == ":" and rest[1:].isascii() and rest[1:].isdigit()):
+        return None
+    return name or None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _token_ok(token: str) -> bool:

@@ -10,13 +10,16 @@
     private_key = "<64 hex>"           # this client-proxy's Noise static key (enrolled)
     link_bps = 1000                    # the radio's bit rate: sizes timers and blocks
     request_timeout = 300              # seconds before a request is answered 504
+    dead_link_timeout = 0              # silence (s) after which the link is given up (0: 4 ACK timeouts)
     dictionary = true                  # offer the preset body dictionary (false: to measure it)
     identifier_refs = true             # IDs as references, numbered event types (false: to measure)
     short_txn = true                   # 8-character transaction IDs on the air (false: to measure)
     mtu = 256                          # largest datagram the radio carries (default by link_bps)
 
 Every key but the keys and ``proxy`` has a default; ``--listen``, ``--proxy``
-and ``--link-bps`` on the command line override the file.
+and ``--link-bps`` on the command line override the file. A key not listed
+here (a typo such as ``listn``) or any table is refused, naming the file and
+the key: a misspelt ``listen`` must not start the client-proxy on a default.
 """
 
 from __future__ import annotations
@@ -33,6 +36,23 @@ from lowbw.wire.errors import LowbwError
 DEFAULT_LISTEN = "127.0.0.1:8008"
 DEFAULT_LINK_BPS = 1000.0
 DEFAULT_REQUEST_TIMEOUT = 300.0
+# Every key a client-proxy config may have (anything else is refused).
+KNOWN_KEYS = frozenset(
+    (
+        "name",
+        "listen",
+        "proxy",
+        "proxy_public_key",
+        "private_key",
+        "link_bps",
+        "request_timeout",
+        "dead_link_timeout",
+        "dictionary",
+        "identifier_refs",
+        "short_txn",
+        "mtu",
+    )
+)
 
 
 def default_mtu(link_bps: float) -> int:
@@ -63,6 +83,7 @@ class ClientProxyConfig:
     private_key: bytes
     link_bps: float = DEFAULT_LINK_BPS
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    dead_link_timeout: float = 0.0  # 0: DEAD_LINK_ACK_TIMEOUTS ACK timeouts at link_bps
     dictionary: bool = True
     identifier_refs: bool = True
     short_txn: bool = True
@@ -98,6 +119,7 @@ class ClientProxyConfig:
             "request_timeout = %g\n"
             "dictionary = %s\n"
             "%s"
+            "%s"
             % (
                 self.name,
                 self.path,
@@ -111,15 +133,35 @@ class ClientProxyConfig:
                 self.request_timeout,
                 "true" if self.dictionary else "false",
                 "mtu = %d\n" % self.mtu if self.mtu else "",
+                "dead_link_timeout = %g\n" % self.dead_link_timeout if self.dead_link_timeout else "",
             )
         )
 
 
-def _number(data: dict[str, Any], key: str, default: float) -> float:
+def _number(data: dict[str, Any], key: str, default: float, zero_ok: bool = False) -> float:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value < 0
+        or (value == 0 and not zero_ok)
+    ):
         raise ClientProxyConfigError("%s must be a positive number" % key)
     return float(value)
+
+
+def _check_keys(p: Path, data: dict[str, Any]) -> None:
+    """Refuse what the client-proxy would otherwise silently ignore (as the proxy's config does)."""
+    tables = sorted(k for k, v in data.items() if isinstance(v, dict))
+    if tables:
+        raise ClientProxyConfigError(
+            "%s: unknown table(s): %s (this file has keys only)" % (p, ", ".join(tables))
+        )
+    unknown = sorted(set(data) - KNOWN_KEYS)
+    if unknown:
+        raise ClientProxyConfigError(
+            "%s: unknown key(s): %s (known: %s)" % (p, ", ".join(unknown), ", ".join(sorted(KNOWN_KEYS)))
+        )
 
 
 def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
@@ -132,6 +174,7 @@ def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
         raise ClientProxyConfigError("%s is not valid TOML: %s" % (p, exc))
     if os.name == "posix" and p.stat().st_mode & 0o077:
         raise ClientProxyConfigError("%s is readable by others; it holds a private key (chmod 600)" % p)
+    _check_keys(p, data)
     for key in ("proxy", "proxy_public_key", "private_key"):
         if not isinstance(data.get(key), str):
             raise ClientProxyConfigError("%s: %s is missing (a string)" % (p, key))
@@ -167,4 +210,5 @@ def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
         private_key=priv,
         link_bps=_number(data, "link_bps", DEFAULT_LINK_BPS),
         request_timeout=_number(data, "request_timeout", DEFAULT_REQUEST_TIMEOUT),
+        dead_link_timeout=_number(data, "dead_link_timeout", 0.0, zero_ok=True),
     )

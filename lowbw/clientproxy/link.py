@@ -27,7 +27,16 @@ the lowbw frame layer (``lowbw.wire.frames``, ``lowbw.wire.handshake``).
   that session's identifier references or token slot) is never sent in
   another one.
 * ``reset()`` forgets the session (the proxy restarted and lost it, or the
-  counter nears its limit); the next message starts a new handshake.
+  counter nears its limit); the next message starts a new handshake. The
+  exchanges of a replaced session are ended (``ClientMessageManager.abandon``)
+  rather than retransmitted into the void, so new requests never queue
+  behind them (NSTART=1).
+* **Dead link.** While a confirmable message waits for the proxy, nothing at
+  all heard from it for ``dead_after`` seconds (any authenticated datagram
+  counts) means the proxy or the radio is gone: every request under way fails
+  with ``LinkDead`` (the client-proxy answers 504), the session is forgotten,
+  and the next request starts a new handshake. An idle link (a parked sync
+  and nothing else) sends nothing and so never looks dead.
 * The caps offered are the key table (``keys.TABLE_LOWBW_V1``) and
   ``CAP_DICT_V1`` (unless the config turns the dictionary off, to measure
   it); what the proxy answered is ``caps`` (the body codec follows
@@ -46,11 +55,12 @@ from typing import Any, cast
 from aiocoap import error as coap_error
 from aiocoap import interfaces
 from aiocoap.message import Message
-from aiocoap.numbers.types import ACK
+from aiocoap.numbers.types import ACK, CON
 from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
 
-from lowbw.proxy.transport import LinkTuning, LowbwMessageManager
+from lowbw.clientproxy.retransmit import ClientMessageManager, LinkDead
+from lowbw.proxy.transport import LinkTuning
 from lowbw.wire import frames, handshake, keys
 from lowbw.wire.errors import LowbwError
 
@@ -117,6 +127,7 @@ class LinkStats:
     dropped: int = 0
     stale: int = 0
     oversize: int = 0
+    dead: int = 0  # times the link was given up as dead
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -127,14 +138,15 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
 
     def __init__(
         self,
-        mman: LowbwMessageManager,
+        mman: ClientMessageManager,
         private_key: bytes,
         proxy_public_key: bytes,
         tuning: LinkTuning,
         caps: int = CLIENT_CAPS,
         mtu: int = 65507,
+        dead_after: float = 0.0,
     ) -> None:
-        self._mman: LowbwMessageManager | None = mman
+        self._mman: ClientMessageManager | None = mman
         self.private_key = private_key
         self.proxy_public_key = proxy_public_key
         self.remote = ProxyRemote(tuning)
@@ -152,9 +164,14 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         # Message ID -> event set when the proxy acknowledges it (parked syncs).
         self._ack_events: dict[int, asyncio.Event] = {}
+        # Dead-link watchdog (module docstring); 0: off.
+        self.dead_after = dead_after
+        self.deaths = 0  # how often the link was given up as dead
+        self._unanswered_since: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
-    def message_manager(self) -> LowbwMessageManager | None:
+    def message_manager(self) -> ClientMessageManager | None:
         return self._mman
 
     # -- asyncio ----------------------------------------------------------------------
@@ -179,6 +196,7 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             log.debug("datagram dropped: %s", type(exc).__name__)
             return
         if not plaintext or self._mman is None:
+            self._heard()
             return
         try:
             msg = Message.decode(plaintext, remote=self.remote)
@@ -194,6 +212,7 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         # Which session it came in: identifier references resolve in that session's table.
         msg.lowbw_session = self.session  # type: ignore[attr-defined]
         self._mman.dispatch_message(msg)
+        self._heard()
 
     def _open(self, data: bytes) -> bytes:
         kind = frames.kind_of(data)
@@ -226,10 +245,23 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
     # -- sessions ---------------------------------------------------------------------
 
     def _set_session(self, session: frames.Session | None) -> None:
-        self.session = session
+        old, self.session = self.session, session
+        if old is not None and old is not session and self._mman is not None:
+            # Messages sealed in the old session are never resent in another
+            # (send()); end their exchanges once this change has settled.
+            asyncio.get_running_loop().call_soon(self._abandon_stale)
         changed, self._changed = self._changed, None
         if changed is not None and not changed.done():
             changed.set_result(None)
+
+    def _abandon_stale(self) -> None:
+        mman = self._mman
+        if mman is None:
+            return
+        for key, message in list(mman.exchange_messages(self.remote)):
+            bound = getattr(message, "lowbw_bound", None)
+            if bound is not None and bound is not self.session:
+                mman.abandon(self.remote, key)
 
     def session_changed(self) -> asyncio.Future[None]:
         """A future that completes at the next change of session (new, replaced or dropped)."""
@@ -243,6 +275,52 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             log.info("session %04x dropped", self.session.sid)
             self._set_session(None)
         self._handshakes = []
+
+    # -- dead-link watchdog -----------------------------------------------------------
+
+    def _awaiting(self) -> None:
+        """A confirmable message went out: the proxy owes an answer from now on."""
+        if self.dead_after <= 0 or self._unanswered_since is not None:
+            return
+        self._unanswered_since = time.monotonic()
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(self.dead_after, self._check)
+
+    def _heard(self) -> None:
+        """An authenticated datagram came (and was dispatched): the clock starts again
+        if something still waits for an answer, else it stops."""
+        if self.dead_after <= 0:
+            return
+        mman = self._mman
+        waiting = mman is not None and mman.has_exchanges(self.remote)
+        self._unanswered_since = time.monotonic() if waiting else None
+
+    def _check(self) -> None:
+        self._watchdog = None
+        since = self._unanswered_since
+        if since is None:
+            return
+        left = since + self.dead_after - time.monotonic()
+        if left > 0:
+            self._watchdog = asyncio.get_running_loop().call_later(left, self._check)
+            return
+        self.declare_dead()
+
+    def declare_dead(self) -> None:
+        """Give up on the link: fail everything under way, forget the session and
+        the handshakes, so the next request handshakes afresh."""
+        log.warning(
+            "no answer from the proxy for %.0f s: link given up; the next request sets it up again",
+            self.dead_after,
+        )
+        self.deaths += 1
+        self.stats.dead += 1
+        self._unanswered_since = None
+        self._waiting = []
+        self._handshakes = []
+        self._set_session(None)  # also wakes everyone waiting for a change of session
+        if self._mman is not None:
+            self._mman.fail_remote(self.remote, LinkDead("no answer from the proxy"))
 
     # -- sending ----------------------------------------------------------------------
 
@@ -299,7 +377,13 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             # this one. The client-proxy notices the session change and sends
             # the request afresh (or, for a POST, reports its outcome unknown).
             self.stats.stale += 1
+            if self._mman is not None and message.mtype == CON and message.mid is not None:
+                # Its exchange would otherwise be retransmitted (and dropped here)
+                # until aiocoap gives up, holding back every later request (NSTART=1).
+                asyncio.get_running_loop().call_soon(self._mman.abandon, self.remote, message.mid)
             return
+        if message.mtype == CON:
+            self._awaiting()
         acked = getattr(message, "lowbw_acked", None)
         if acked is not None and message.mid is not None:
             self._ack_events[message.mid] = acked
@@ -330,6 +414,9 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
 
     async def shutdown(self) -> None:
         self._mman = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._transport is not None:
             self._transport.abort()
             self._transport = None
@@ -343,6 +430,7 @@ async def open_link(
     tuning: LinkTuning,
     caps: int = CLIENT_CAPS,
     mtu: int = 65507,
+    dead_after: float = 0.0,
 ) -> ClientLink:
     """A ClientLink towards ``proxy``, attached to an aiocoap client Context."""
     loop = asyncio.get_running_loop()
@@ -350,8 +438,8 @@ async def open_link(
     # aiocoap starts its token counter at a random 16-bit value; from 0, the first
     # 255 requests carry 1-byte tokens (a byte each way per exchange on the air).
     tman._token = 0
-    mman = LowbwMessageManager(tman)
-    link = ClientLink(mman, private_key, proxy_public_key, tuning, caps, mtu)
+    mman = ClientMessageManager(tman)
+    link = ClientLink(mman, private_key, proxy_public_key, tuning, caps, mtu, dead_after)
     family = socket.AF_INET6 if ":" in proxy[0] else socket.AF_INET
     await loop.create_datagram_endpoint(lambda: link, remote_addr=proxy, family=family)
     mman.message_interface = link

@@ -125,8 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg.short_txn = False
         return asyncio.run(serve(cfg, args.public_url))
     except LowbwError as exc:
-        print("lowbw client-proxy: %s" % (exc.message or exc), file=sys.stderr)
-        return 2
+        # The rule of every lowbw command (lowbw.cli.main): one line, exit status 1.
+        print("lowbw client-proxy: error: %s" % (exc.message or exc), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
