@@ -11,6 +11,15 @@ fits a ``selectors`` loop: register ``fileno()`` for reading, call
 ``readable(now)`` when it is, and ``service(now)`` every turn; ``service``
 returns the monotonic time it wants calling again.
 
+Readings carry their absolute measurement time, to the millisecond
+(``StatedTimeDevice``): the adapter knows it (the MQTT payload's ``ts``, the
+time a serial line arrived), and the proxy keeps an absolute time exactly,
+whereas a relative age ("now", "3 s ago") is counted back from when the proxy
+received the datagram, minus the datagram's airtime at the proxy's
+``link_bps``; wrong by seconds when no radio was crossed. It costs 9 bytes of
+CBOR per reading (a float64; float32 cannot hold a Unix time to the ms), 5 for
+a whole second, instead of 1 for "now".
+
 Commands wait at the proxy until the device talks to it (every answer says
 how many are pending), so an adapter that has nothing to send asks for the
 time every ``command_poll`` seconds: a 6-byte request whose answer carries
@@ -20,6 +29,7 @@ that count.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +37,7 @@ from typing import Any
 
 from lowbw.device import client, store, udp
 from lowbw.device import config as device_config
+from lowbw.wire import reading
 from lowbw.wire.errors import DecodeError, LowbwError
 
 Value = int | float | None
@@ -41,6 +52,60 @@ def load_device_config(path: Path) -> Any:
         return device_config.load(str(path))
     except device_config.ConfigError as exc:
         raise DeviceLinkError(exc.message)
+
+
+def wire_time(unix_seconds: float) -> int | float:
+    """A reading's ``t`` for an absolute time (lowbw.wire.reading: Unix seconds),
+    rounded to the millisecond.
+
+    The proxy stores ``int(t * 1000)`` ms, so the float is nudged up until that
+    product gives the intended millisecond (``1795666000.123 * 1000`` is
+    ``...122.99997`` in binary floating point). A whole second goes as an
+    integer: 5 bytes of CBOR instead of 9.
+    """
+    ms = int(round(unix_seconds * 1000))
+    if ms % 1000 == 0:
+        return ms // 1000
+    t = ms / 1000
+    while int(t * 1000) < ms:
+        t = math.nextafter(t, math.inf)
+    return t
+
+
+class StatedTimeDevice(client.Device):  # type: ignore[misc]
+    """The device client, sending each reading's absolute time (to the ms) instead of its age.
+
+    ``Device`` sends an age in whole seconds, counted from the request, which the
+    proxy turns into a time by subtracting it and the datagram's airtime from
+    its arrival: right for a sensor on the radio, wrong for an adapter whose
+    measurement time is known exactly. Queue entries are already absolute
+    (``set_wall_time`` is called before anything is queued), so only the
+    payload differs; entries from a store written without a wall clock
+    (monotonic) still go as ages.
+    """
+
+    def send_at(self, slot: int, values: list[Value], unix_seconds: float) -> int:
+        """Queue a reading measured at ``unix_seconds``; return its id (stored before this returns)."""
+        offset = self.wall_offset()
+        rid: int = self.send(slot, values, unix_seconds - offset)
+        return rid
+
+    def wall_offset(self) -> float:
+        now = client.monotonic()
+        wall = self.wall_time(now)
+        if wall is None:
+            raise DeviceLinkError("%s: the wall clock is not set" % self.config.name)
+        return float(wall - now)
+
+    def _payload(self, entries: list[Any], now: float) -> Any:
+        items = []
+        for _rid, slot, values, t, absolute in entries:
+            if absolute:
+                items.append((slot, values, wire_time(t)))
+            else:
+                age = now - t
+                items.append((slot, values, -int(age + 0.5) if age > 0 else 0))
+        return reading.encode_readings(items)
 
 
 class DeviceLink:
@@ -67,7 +132,7 @@ class DeviceLink:
             )
         except OSError as exc:
             raise DeviceLinkError("%s: cannot read state file (%s)" % (state_path, exc))
-        self.device = client.Device(cfg, self.store, log=self._dlog.debug)
+        self.device = StatedTimeDevice(cfg, self.store, log=self._dlog.debug)
         # This host's clock is set: readings carry absolute times, which stay
         # right in the state file across restarts.
         self.device.set_wall_time(time.time())
@@ -102,9 +167,10 @@ class DeviceLink:
         """True if ``n`` more readings fit in the queue without dropping any."""
         return bool(len(self.store.queue) + n <= self.cfg.queue_limit)
 
-    def queue(self, slot: int, values: list[Value], when: float | None = None) -> int:
-        """Queue a reading (durable when this returns); EncodeError if it does not fit the slot."""
-        rid: int = self.device.send(slot, values, when)
+    def queue(self, slot: int, values: list[Value], at: float | None = None) -> int:
+        """Queue a reading measured at ``at`` (Unix seconds; default now), durable when
+        this returns; EncodeError if it does not fit the slot."""
+        rid: int = self.device.send_at(slot, values, time.time() if at is None else at)
         self.counters["queued"] += 1
         return rid
 

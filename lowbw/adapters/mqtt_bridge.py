@@ -74,7 +74,7 @@ from lowbw.adapters.values import (
     SlotMapper,
     describe,
     is_scalar,
-    when_from_timestamp,
+    unix_from_timestamp,
 )
 from lowbw.wire import cbor
 from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
@@ -95,6 +95,9 @@ class Incoming:
     dup: bool
     retain: bool
     digest: str
+    # Unix seconds it reached the bridge: its measurement time without a time_field,
+    # however long it then waits for room in the device queue.
+    arrived: float = 0.0
 
 
 def _reject_constant(text: str) -> object:
@@ -351,9 +354,9 @@ class MqttBridge:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = None
-        self.inbox.put(
-            ("msg", (topic, payload, msg.qos, msg.mid, bool(msg.dup), bool(msg.retain), digest(payload)))
-        )
+        arrived = time.time()
+        item = (topic, payload, msg.qos, msg.mid, bool(msg.dup), bool(msg.retain), digest(payload), arrived)
+        self.inbox.put(("msg", item))
         self._wake()
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
@@ -452,14 +455,14 @@ class MqttBridge:
             if kind == "pub":
                 self._published(item)
                 continue
-            topic, payload, qos, mid, dup, retain, dig = item
+            topic, payload, qos, mid, dup, retain, dig, arrived = item
             self.counters["received"] += 1
             if topic is None:
                 self.counters["bad"] += 1
                 log.warning("skipped a message whose topic is not UTF-8")
                 self._ack_raw(mid, qos)
                 continue
-            m = Incoming(topic, payload, qos, mid, dup, retain, dig)
+            m = Incoming(topic, payload, qos, mid, dup, retain, dig, arrived)
             if qos > 0 and any(p.mid == mid and p.topic == topic and p.digest == dig for p in self.pending):
                 # A redelivery (after a reconnect) of a message still waiting here.
                 self.counters["duplicates"] += 1
@@ -541,7 +544,7 @@ class MqttBridge:
         self._ack(m)
         return True
 
-    def _resolve(self, m: Incoming) -> tuple[DeviceLink, list[Reading], float | None]:
+    def _resolve(self, m: Incoming) -> tuple[DeviceLink, list[Reading], float]:
         if len(m.payload) > self.cfg.max_payload:
             raise MappingError(
                 "payload of %d bytes (bridge.max_payload %d)" % (len(m.payload), self.cfg.max_payload)
@@ -567,12 +570,12 @@ class MqttBridge:
         link = self.links[name]
         mapper = self._mapper(index, link)
         obj = decode_payload(m.payload, rule.payload)
-        when = None
+        # Sent as an absolute time, which the proxy keeps exactly: the payload's own
+        # time if it states one, else when the message arrived here.
+        when = m.arrived or time.time()
         if isinstance(obj, dict) and rule.time_field and rule.time_field in obj:
             obj = dict(obj)
-            when = when_from_timestamp(
-                obj.pop(rule.time_field), time.monotonic(), time.time(), rule.time_field
-            )
+            when = unix_from_timestamp(obj.pop(rule.time_field), time.time(), rule.time_field)
         slot: int | None = None
         if rule.slot is not None:
             slot = mapper.slot_index(rule.slot)

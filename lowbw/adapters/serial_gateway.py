@@ -52,7 +52,7 @@ from lowbw.adapters.devicelink import DeviceLink, DeviceLinkError, load_device_c
 from lowbw.adapters.line_protocol import LineError, LineSplitter, parse_line
 from lowbw.adapters.logutil import Throttle, setup_logging
 from lowbw.adapters.runner import run_until_signal
-from lowbw.adapters.values import SlotMapper, describe, when_from_timestamp
+from lowbw.adapters.values import SlotMapper, describe, unix_from_timestamp
 from lowbw.wire import frames, slip
 from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
 
@@ -511,10 +511,12 @@ class SerialGateway:
             values = parse_line(text, self.cfg.line.format)
             if values is None:
                 return
-            when = None
+            # The line's arrival (``now`` is when select saw it) on the wall clock,
+            # or the time the line states: sent as an absolute time, kept exactly.
+            when = time.time() - max(0.0, time.monotonic() - now)
             tf = self.cfg.line.time_field
             if tf is not None and tf in values:
-                when = when_from_timestamp(values.pop(tf), now, time.time(), tf)
+                when = unix_from_timestamp(values.pop(tf), time.time(), tf)
             readings = self.mapper.map(values)
         except DecodeError as exc:
             self.counters["lines_bad"] += 1

@@ -239,3 +239,22 @@ def when_from_timestamp(raw: object, now_mono: float, now_wall: float, name: str
         raise MappingError("%s: %s is not a Unix time" % (name, v))
     age = now_wall - ts
     return now_mono - (age if age > 0 else 0.0)
+
+
+def unix_from_timestamp(raw: object, now_wall: float, name: str = "time") -> float:
+    """Unix seconds of a stated measurement time (seconds, or milliseconds if > 1e11).
+
+    A time in the future is taken as now: the proxy would otherwise date the
+    reading after it was received.
+    """
+    v = to_value(raw, 0, name)
+    if v is None:
+        raise MappingError("%s: null is not a time" % name)
+    if isinstance(v, int) and v > 10**11:
+        return min(v / 1000.0, now_wall)  # exact ms: one division, no float product
+    ts = float(v)
+    if ts > 1e11:
+        ts /= 1000.0
+    if ts <= 0:
+        raise MappingError("%s: %s is not a Unix time" % (name, v))
+    return min(ts, now_wall)
