@@ -123,3 +123,42 @@ def test_bad_config_fails_cleanly(tmp_path):
         timeout=30,
     )
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_device_send_reports_what_the_proxy_answered(
+    device_factory, proxy_config_path, proxy_factory, fault_injector, synapse, matrix_user
+):
+    """Homeserver down: the proxy's 5.03 is reported, not a timeout. Revoked: the
+    proxy's silence after earlier handshakes is named, and nothing is promised."""
+    dev = device_factory()
+    proxy_factory(homeserver_url=fault_injector.url)
+    first = device_send(dev.config_path, "215")
+    assert first.returncode == 0, first.stderr
+
+    fault_injector.set("down")
+    down = subprocess.run(
+        [sys.executable, "-m", "lowbw", "device", "send", "--device-config", str(dev.config_path),
+         "--timeout", "5", "216"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert down.returncode == 1
+    err = down.stderr.strip().splitlines()[-1]
+    assert err.startswith("lowbw device send: error: not acknowledged within 5 s: the proxy answered 5.03 "
+                          "(the proxy cannot reach the homeserver)"), down.stderr
+    assert "no acknowledgement" not in down.stderr
+
+    fault_injector.set("pass")
+    revoke = subprocess.run(
+        [sys.executable, "-m", "lowbw", "device", "revoke", "--config", proxy_config_path, dev.name],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert revoke.returncode == 0, revoke.stderr
+    revoked = subprocess.run(
+        [sys.executable, "-m", "lowbw", "device", "send", "--device-config", str(dev.config_path),
+         "--timeout", "4", "217"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert revoked.returncode == 1
+    err = revoked.stderr.strip().splitlines()[-1]
+    assert "no answer from the proxy at 127.0.0.1:" in err and "key unknown or revoked?" in err, err
+    assert "goes out with the next run" not in revoked.stderr and "sent again" not in err
