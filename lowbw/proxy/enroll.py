@@ -46,7 +46,7 @@ from typing import Any
 
 from lowbw.proxy import keyfile
 from lowbw.proxy.config import ProxyConfig
-from lowbw.proxy.homeserver import CLIENT_V3, Homeserver, HttpResult, encode_path
+from lowbw.proxy.homeserver import CLIENT_V3, Homeserver, HomeserverUnavailable, HttpResult, encode_path
 from lowbw.proxy.registry import DeviceRecord, Registry
 from lowbw.wire import handshake, reading
 from lowbw.wire.errors import LowbwError
@@ -309,6 +309,25 @@ async def register_with_shared_secret(hs: Homeserver, localpart: str, shared_sec
     return str(body["user_id"]), str(body["access_token"])
 
 
+async def check_invitees(cfg: ProxyConfig, hs: Homeserver, invite: Sequence[str]) -> None:
+    """Every ``--invite`` user exists: the homeserver's profile API answers 404 for
+    one that does not (a room invite to it would otherwise "succeed" silently).
+
+    Asked before anything is created, with the appservice token (token mode:
+    without one, as Synapse allows by default). Only a 404 is fatal; a
+    homeserver that will not say (profile lookups restricted) gets a warning.
+    """
+    token = cfg.appservice.as_token if cfg.mode == "appservice" and cfg.appservice is not None else None
+    for user in invite:
+        result = await hs.request("GET", encode_path(CLIENT_V3 + "/profile/{}", user), access_token=token)
+        if result.status == 404:
+            raise EnrollError(
+                "cannot invite %s: no such user on the homeserver (%s)" % (user, result.errcode or "404")
+            )
+        if not result.ok:
+            log.warning("could not check that %s exists: homeserver answered %d", user, result.status)
+
+
 async def _setup_matrix(
     cfg: ProxyConfig,
     hs: Homeserver,
@@ -318,12 +337,15 @@ async def _setup_matrix(
 ) -> tuple[str, str | None, str, bool]:
     """Create the Matrix user and get it into the room: (user_id, access_token, room_id, created)."""
     localpart = cfg.user_localpart(name)
+    await check_invitees(cfg, hs, invite)
     as_user: str | None
     if cfg.mode == "appservice":
         assert cfg.appservice is not None
         token = cfg.appservice.as_token
         try:
             user_id = await hs.register_appservice_user(localpart, token)
+        except HomeserverUnavailable:
+            raise
         except LowbwError as exc:
             raise EnrollError(
                 "registering %s as the appservice failed (%s); is appservice.yaml loaded by the homeserver?"
@@ -391,6 +413,13 @@ async def enroll(
     """Enroll device ``name`` (see the module docstring); the homeserver client is closed if we made it."""
     check_device_name(name)
     check_room(room)
+    if not slots:
+        # The device config needs at least one slot (lowbw.device.config), and a
+        # device without one could never send a reading.
+        raise EnrollError(
+            "no reading slots: give at least one --schema SPEC (e.g. --schema temperature:°C:1) or "
+            "--schema-file FILE; see `lowbw device enroll --help`"
+        )
     checked_slots = check_slots(slots)
     types = [check_event_type(t) for t in (event_types or DEFAULT_EVENT_TYPES)]
     perms = [check_permission(p) for p in permissions]
@@ -408,6 +437,12 @@ async def enroll(
         hs = homeserver or Homeserver(cfg.homeserver.url, verify_tls=cfg.homeserver.verify_tls)
         try:
             user_id, access_token, room_id, created = await _setup_matrix(cfg, hs, name, room, invites)
+        except HomeserverUnavailable as exc:
+            # No HTTP answer at all: not a registration problem, whatever step it was.
+            raise EnrollError(
+                "the homeserver is unreachable at %s (%s); is it running, and is [homeserver] url in %s "
+                "right? Nothing was enrolled" % (cfg.homeserver.url, exc.message or "no answer", cfg.path)
+            )
         finally:
             if homeserver is None:
                 await hs.close()

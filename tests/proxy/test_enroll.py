@@ -172,7 +172,9 @@ def test_enroll_new_room_appservice(
     assert "revoked" in listing
 
     # Enrolling the same name again is refused before anything is touched.
-    code, again = run_cli(["device", "enroll", "--config", str(config), name, "--room", "new"], capsys)
+    code, again = run_cli(
+        ["device", "enroll", "--config", str(config), name, "--room", "new", "--schema", "t"], capsys
+    )
     assert code == 1 and "already enrolled (revoked)" in again
 
     for text in (output, listing, listing_json, revoked, again):
@@ -200,7 +202,7 @@ def test_enroll_joins_an_existing_room_by_alias(
     code, output = run_cli(
         [
             "device", "enroll", "--config", proxy_config_path, name, "--room", "#%s:lowbw.test" % alias_local,
-            "--out", str(out), "--proxy-host", "192.0.2.7", "--proxy-port", "6000",
+            "--out", str(out), "--proxy-host", "192.0.2.7", "--proxy-port", "6000", "--schema", "t",
         ],
         capsys,
     )  # fmt: skip
@@ -208,7 +210,7 @@ def test_enroll_joins_an_existing_room_by_alias(
     dev = json.loads(out.read_text())
     assert dev["room_id"] == created["room_id"]
     assert dev["proxy"]["host"] == "192.0.2.7" and dev["proxy"]["port"] == 6000
-    assert dev["slots"] == []
+    assert dev["slots"] == [{"name": "t", "fields": [{"name": "t", "unit": "", "scale": 0}]}]
     status, members = call(
         synapse,
         "GET",
@@ -227,7 +229,9 @@ def test_enroll_failures_leave_nothing_behind(
     name = new_name()
     # A private room nobody invited the device to.
     code, output = run_cli(
-        ["device", "enroll", "--config", proxy_config_path, name, "--room", "!nosuchroom:lowbw.test"], capsys
+        ["device", "enroll", "--config", proxy_config_path, name, "--room", "!nosuchroom:lowbw.test",
+         "--schema", "t"],
+        capsys,
     )
     assert code == 1
     assert "joining !nosuchroom:lowbw.test" in output and "Traceback" not in output
@@ -238,7 +242,8 @@ def test_enroll_failures_leave_nothing_behind(
     target = cfg.dir / "taken.json"
     target.write_text("{}")
     code, output = run_cli(
-        ["device", "enroll", "--config", proxy_config_path, name, "--room", "new", "--out", str(target)],
+        ["device", "enroll", "--config", proxy_config_path, name, "--room", "new", "--out", str(target),
+         "--schema", "t"],
         capsys,
     )
     assert code == 1 and "exists" in output
@@ -299,6 +304,8 @@ def test_enroll_token_mode(
             name,
             "--room",
             "new",
+            "--schema",
+            "t",
             "--out",
             str(config.parent / "2.json"),
         ],
@@ -317,7 +324,9 @@ def test_token_mode_without_shared_secret(
             'registration_shared_secret = ""',
         )
     )
-    code, output = run_cli(["device", "enroll", "--config", str(config), new_name(), "--room", "new"], capsys)
+    code, output = run_cli(
+        ["device", "enroll", "--config", str(config), new_name(), "--room", "new", "--schema", "t"], capsys
+    )
     assert code == 1 and "registration_shared_secret" in output
     # A wrong secret: the homeserver refuses, the message says why, the secret is not shown.
     config.write_text(
@@ -325,7 +334,9 @@ def test_token_mode_without_shared_secret(
             'registration_shared_secret = ""', 'registration_shared_secret = "WRONGSECRET"'
         )
     )
-    code, output = run_cli(["device", "enroll", "--config", str(config), new_name(), "--room", "new"], capsys)
+    code, output = run_cli(
+        ["device", "enroll", "--config", str(config), new_name(), "--room", "new", "--schema", "t"], capsys
+    )
     assert code == 1 and "403" in output and "WRONGSECRET" not in output
 
 
@@ -340,7 +351,7 @@ def test_enroll_reuses_a_leftover_appservice_user(synapse: SynapseServer, proxy_
         assert cfg.appservice is not None
         async with Homeserver(cfg.homeserver.url) as hs:
             await hs.register_appservice_user(cfg.user_localpart(name), cfg.appservice.as_token)
-        result = await enroll(cfg, name, "new")
+        result = await enroll(cfg, name, "new", slots=[parse_schema_spec("t")])
         assert result.record.user_id == cfg.user_id(name) and result.created_room
 
     asyncio.run(twice())
@@ -417,6 +428,27 @@ def test_bad_device_names(name: str) -> None:
         check_device_name(name)
 
 
+def test_enroll_refuses_to_invite_a_user_who_does_not_exist(
+    synapse: SynapseServer,
+    proxy_config_path: str,
+    matrix_user: MatrixUser,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = load(proxy_config_path)
+    name = new_name()
+    ghost = "@nobody_%s:lowbw.test" % secrets.token_hex(4)
+    code, output = run_cli(
+        ["device", "enroll", "--config", proxy_config_path, name, "--room", "new", "--schema", "t",
+         "--invite", matrix_user.user_id, "--invite", ghost],
+        capsys,
+    )
+    assert code == 1, output
+    assert "cannot invite %s: no such user on the homeserver" % ghost in output
+    with Registry(cfg.proxy.registry) as reg:
+        assert reg.device(name) is None
+    assert not (cfg.devices_dir / ("%s.json" % name)).exists()
+
+
 def test_local_checks_come_before_the_homeserver(tmp_path: Path) -> None:
     """Bad input fails without any request: the homeserver URL here answers nothing."""
     from lowbw.proxy.config import write_default
@@ -424,7 +456,7 @@ def test_local_checks_come_before_the_homeserver(tmp_path: Path) -> None:
     cfg = write_default(tmp_path / "p", "http://127.0.0.1:9", bind="0.0.0.0").config
 
     def fails(match: str, **kw: Any) -> None:
-        args = {"name": "ok", "room": "new", **kw}
+        args = {"name": "ok", "room": "new", "slots": [parse_schema_spec("t")], **kw}
         with pytest.raises(EnrollError, match=match):
             asyncio.run(enroll(cfg, **args))
 
@@ -436,8 +468,12 @@ def test_local_checks_come_before_the_homeserver(tmp_path: Path) -> None:
     fails("room 'lobby'", room="lobby", proxy_host="h")
     fails("given twice", slots=[parse_schema_spec("t"), parse_schema_spec("t")], proxy_host="h")
     fails("proxy port 0", proxy_host="h", proxy_port=0)
+    # No --schema: a device without slots could never send a reading.
+    fails("no reading slots: give at least one --schema", slots=[], proxy_host="h")
     assert not cfg.proxy.registry.exists()
-    # Past the local checks, an unreachable homeserver is a clean error.
-    with pytest.raises(EnrollError, match="cannot connect to 127.0.0.1:9"):
-        asyncio.run(enroll(cfg, "ok", "new", proxy_host="h"))
+    # Past the local checks, an unreachable homeserver is named as such (not "is appservice.yaml loaded?").
+    with pytest.raises(EnrollError) as exc:
+        asyncio.run(enroll(cfg, "ok", "new", slots=[parse_schema_spec("t")], proxy_host="h"))
+    assert exc.value.message.startswith("the homeserver is unreachable at http://127.0.0.1:9 (")
+    assert "cannot connect to 127.0.0.1:9" in exc.value.message and "appservice.yaml" not in exc.value.message
     assert keyfile.read_public_key(cfg.proxy.public_key)
