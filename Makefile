@@ -1,8 +1,14 @@
-# lowbw: two commands. `make demo` runs the stack, `make test` runs every test.
+# lowbw: `make install` installs the runtime, `make demo` runs the stack, `make test` runs every test.
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck bench clean
+.PHONY: install test demo lint typecheck bench clean
+
+# Runtime only: .venv with lowbw and its dependencies (aiocoap, aiohttp, paho-mqtt, ...),
+# no test stack (Synapse, MicroPython, mypy) and no Debian packages. `make test` adds those.
+install:
+	VENV=$(VENV) LOWBW_INSTALL=runtime scripts/bootstrap.sh
+	@echo "installed: $(VENV)/bin/lowbw (try $(VENV)/bin/lowbw --help)"
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	VENV=$(VENV) scripts/bootstrap.sh

@@ -50,8 +50,29 @@ def _figure() -> Any:
     return fig
 
 
-def plot_log(events: list[dict[str, Any]], out: str, title: str = "") -> None:
+def _delay_axis(ax: Any, delays: list[float]) -> None:
+    """A queue delay is never negative; all zero (nothing ever waited) would leave an
+    empty panel with an axis from -0.05 to 0.05, so say it in words instead."""
+    top = max(delays, default=0.0)
+    if top > 0:
+        ax.set_ylim(0.0, top * 1.1)
+        return
+    ax.set_ylim(0.0, 1.0)
+    ax.text(
+        0.5,
+        0.5,
+        "no queue delay: every frame went on air at once",
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        color="0.35",
+    )
+
+
+def plot_log(events: list[dict[str, Any]], out: str, title: str = "") -> Any:
+    """Plot an event log into ``out``; return the matplotlib Figure."""
     fig = _figure()
+    delays: list[float] = []
     ax1 = fig.add_subplot(2, 1, 1)
     ax2 = fig.add_subplot(2, 1, 2, sharex=ax1)
     txs = sorted((e for e in events if e.get("ev") == "tx"), key=lambda e: float(e["t"]))
@@ -70,12 +91,14 @@ def plot_log(events: list[dict[str, Any]], out: str, title: str = "") -> None:
             ys.append(total)
         ax1.plot(xs, ys, label="%s (%.2f s)" % (d, total))
         first = [e for e in mine if int(e.get("frag", 0)) == 0]
+        delays += [float(e["queue_delay"]) for e in first]
         ax2.plot(
             [float(e["t"]) - float(e["queue_delay"]) for e in first],
             [float(e["queue_delay"]) for e in first],
             marker=".",
             linestyle="-",
             label=d,
+            clip_on=False,  # points at 0 sit on the axis: keep them whole
         )
     drops = [e for e in events if e.get("ev") == "drop"]
     for e in drops:
@@ -86,14 +109,17 @@ def plot_log(events: list[dict[str, Any]], out: str, title: str = "") -> None:
     ax1.grid(True, alpha=0.3)
     ax2.set_xlabel("time (s)")
     ax2.set_ylabel("queue delay (s)")
+    _delay_axis(ax2, delays)
     if txs:
         ax2.legend(loc="upper left")
     ax2.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, format="png")
+    return fig
 
 
-def plot_stats(stats: dict[str, Any], out: str, title: str = "") -> None:
+def plot_stats(stats: dict[str, Any], out: str, title: str = "") -> Any:
+    """Plot a stats file's figures into ``out``; return the matplotlib Figure."""
     fig = _figure()
     dirs = [d for d in DIRECTIONS if isinstance(stats.get(d), dict)]
     ax1 = fig.add_subplot(1, 3, 1)
@@ -110,6 +136,7 @@ def plot_stats(stats: dict[str, Any], out: str, title: str = "") -> None:
     ax2.set_xticks(xs, dirs)
     ax2.set_ylabel("queue delay (s)")
     ax2.set_title("queue delay")
+    _delay_axis(ax2, means + maxes)
     ax2.legend()
     ax3 = fig.add_subplot(1, 3, 3)
     keys = ("offered_bytes", "delivered_bytes", "dropped_bytes")
@@ -127,6 +154,7 @@ def plot_stats(stats: dict[str, Any], out: str, title: str = "") -> None:
     fig.suptitle(title or "radio_sim stats: %s" % stats.get("preset", "?"))
     fig.tight_layout()
     fig.savefig(out, format="png")
+    return fig
 
 
 def plot_file(path: str, out: str, title: str = "") -> str:

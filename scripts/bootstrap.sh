@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Create .venv and install everything lowbw and its tests need.
 # Called by `make` targets; safe to run again (it only adds what is missing).
+# LOWBW_INSTALL=runtime (`make install`): lowbw and its runtime dependencies only,
+# no test extras, no Debian packages, no MicroPython stubs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
+INSTALL=${LOWBW_INSTALL:-test}
 PYTHON=${PYTHON:-}
 if [ -z "$PYTHON" ]; then
   for candidate in python3.11 python3.12 python3.13 python3; do
@@ -18,6 +21,17 @@ fi
 if [ -z "$PYTHON" ]; then
   echo "lowbw needs Python >= 3.11; none found on PATH" >&2
   exit 1
+fi
+
+if [ "$INSTALL" = runtime ]; then
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  # Editable, as `make test` installs it: one .venv serves both, and `make test`
+  # later only adds the test extras.
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e .
+  exit 0
 fi
 
 # Debian packages the tests use (the MQTT broker), only when we may install them.

@@ -124,3 +124,25 @@ def test_plot_rejects_other_files(tmp_path):
     p.write_text("hello\n")
     with pytest.raises(ValueError):
         load(str(p))
+
+
+def test_plot_with_no_queue_delay_says_so_on_a_non_negative_axis(tmp_path):
+    from radio_sim.plot import plot_log, plot_stats
+    from radio_sim.sim import exchange
+
+    log_path = tmp_path / "events.jsonl"
+    log = EventLog(str(log_path))
+    # One frame each way, far apart: nothing ever waits for the channel.
+    exchange([("up", bytes(30)), ("down", bytes(22))], "100bps", observers=[log])
+    log.close()
+    kind, events = load(str(log_path))
+    assert kind == "log"
+    assert all(float(e["queue_delay"]) == 0 for e in events if e["ev"] == "tx")
+    fig = plot_log(events, str(tmp_path / "log.png"))
+    delay_ax = fig.axes[1]
+    assert delay_ax.get_ylim()[0] == 0.0 and delay_ax.get_ylim()[1] > 0
+    assert any("no queue delay" in t.get_text() for t in delay_ax.texts)
+    stats = {d: {"airtime_s": 1.0, "queue_delay_s": {"mean": 0.0, "max": 0.0}} for d in ("up", "down")}
+    fig = plot_stats(stats, str(tmp_path / "stats.png"))
+    assert fig.axes[1].get_ylim()[0] == 0.0
+    assert any("no queue delay" in t.get_text() for t in fig.axes[1].texts)
