@@ -119,7 +119,7 @@ class Sender(threading.Thread):
                 self.dev._drop_session()  # every reading a cold start: IK (and a cookie) again
             t0 = time.monotonic()
             rid = self.dev.send(0, [100 + i])
-            done = self.link.run(self.dev, until=lambda: rid in self.results, timeout=15)
+            done = self.link.run(self.dev, until=lambda r=rid: r in self.results, timeout=15)
             if done and self.results[rid] == client.ACKED:
                 self.acked.append(time.monotonic() - t0)
             else:
