@@ -42,6 +42,9 @@ def reading_request(mid: int) -> coap.Message:
     return msg
 
 
+EXAMPLE_HSN = 5
+
+
 def exchange(deterministic: bool) -> dict[str, bytes]:
     """Run a cold IK exchange then a warm one through the real wire code."""
     dev_eph: bytes | None
@@ -56,7 +59,8 @@ def exchange(deterministic: bool) -> dict[str, bytes]:
         dev_eph = proxy_eph = None
     proxy_pub = crypto.x25519_base(proxy_priv)
 
-    device_hs = handshake.Initiator(dev_priv, proxy_pub, e_priv=dev_eph)
+    # Handshake number 5: a device's sixth handshake (one byte on the air).
+    device_hs = handshake.Initiator(dev_priv, proxy_pub, e_priv=dev_eph, hsn=EXAMPLE_HSN)
     proxy_hs = handshake.Responder(proxy_priv, e_priv=proxy_eph)
 
     cold_req = reading_request(mid=1).encode()

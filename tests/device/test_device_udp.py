@@ -116,9 +116,10 @@ def test_udp_loop_delivers_readings(responder: UdpResponder) -> None:
         link.close()
     assert sorted(r[1][0] for r in responder.proxy.events.values()) == [21.5, 22.0, 22.5]
     assert responder.proxy.handshakes == 1
-    # A fresh store's first handshake announces its counter epoch (4 bytes); the
-    # answer confirms it, so a later cold start is 110 again.
-    assert [len(d) for d in responder.up] == [114, 31, 31]
+    # A fresh store's first handshake announces its counter epoch (4 bytes) and
+    # carries handshake number 0 (1 byte); the answer confirms the epoch, so a
+    # later cold start is 111 again.
+    assert [len(d) for d in responder.up] == [115, 31, 31]
     assert dev.counters["bytes_up"] == 176
     assert dev.counters["bytes_down"] == sum(map(len, responder.down))
     assert dev.store.epoch_confirmed and responder.proxy.epochs == [dev.store.epoch]

@@ -82,6 +82,10 @@ class FakeProxy:
         self.override = None  # msg -> Message: replaces every answer while set
         self.pending_out = []
         self.sep_mid = 0x7000
+        self.hsns = []  # handshake numbers of the IK messages answered
+        self.hs_floor = -1  # highest accepted, as the proxy's registry keeps it
+        self.cookie = None  # bytes: under load, IK 1 without this cookie gets a cookie reply
+        self.cookie_replies = 0
 
     # -- helpers for tests
     def txn(self, msgnum, index):
@@ -100,6 +104,9 @@ class FakeProxy:
     def inspect(self, dgram):
         """(kind, counter or None, CoAP message) of an uplink datagram, without touching state."""
         k = frames.kind_of(dgram)
+        if k == frames.HS_COOKIED:
+            dgram = handshake.split_cookied(dgram)[1]
+            k = frames.HS_IK1
         if k == frames.HS_IK1:
             _, _, req = handshake.Responder(self.priv).read_init(dgram)
             return "IK", None, coap.decode(req)
@@ -116,6 +123,14 @@ class FakeProxy:
             kind = frames.kind_of(dgram)
         except DecodeError:
             return []
+        if kind == frames.HS_COOKIED:
+            cookie, dgram = handshake.split_cookied(dgram)
+            if cookie != self.cookie:
+                return []
+            kind = frames.HS_IK1
+        elif kind == frames.HS_IK1 and self.cookie is not None:
+            self.cookie_replies += 1
+            return [bytes([frames.HS_COOKIE_REPLY]) + self.cookie]
         if kind == frames.HS_IK1:
             eph = handshake.init_ephemeral(dgram)
             if eph in self.seen_eph:
@@ -128,6 +143,14 @@ class FakeProxy:
                 return []
             if pub != self.device_pub:
                 return []
+            floor = None
+            if resp.epoch is None or resp.epoch == self.epoch:
+                if resp.hsn <= self.hs_floor:
+                    return []  # an old handshake: silence
+            elif resp.hsn <= self.hs_floor:
+                floor = self.hs_floor  # a fresh store: count on above the old numbers
+            self.hs_floor = max(self.hs_floor, resp.hsn)
+            self.hsns.append(resp.hsn)
             self.handshakes += 1
             accepted = handshake.negotiate_caps(caps)
             if resp.epoch is not None:
@@ -140,7 +163,7 @@ class FakeProxy:
             sid = self.next_sid
             self.next_sid += 1
             answer = self.handle(sid, request)
-            out, session = resp.respond(sid, accepted, answer or b"")
+            out, session = resp.respond(sid, accepted, answer or b"", floor)
             self.sessions[sid] = session
             return [out]
         if kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
@@ -1014,3 +1037,74 @@ def test_error_key_ids_match_the_key_tables():
     for table, (errcode, error) in _client._ERROR_KEY_IDS.items():
         t = _keys.get_table(table)
         assert t.ids["errcode"] == errcode and t.ids["error"] == error
+
+
+def test_handshake_numbers_grow_and_survive_a_reboot():
+    proxy = FakeProxy()
+    net = Net(proxy)
+    st = store.MemoryStore()
+    dev = net.device(st)
+    for v in (21.5, 22.5, 23.5):
+        dev._drop_session()
+        dev.send(0, [v])
+        assert net.run(dev, lambda: dev.pending() == 0)
+    assert proxy.hsns == [0, 1, 2] and st.hs_next == 3
+    # A reboot: the next handshake continues from the store.
+    dev2 = net.device(store.MemoryStore(st.blob))
+    dev2._drop_session()
+    dev2.send(0, [24.5])
+    assert net.run(dev2, lambda: dev2.pending() == 0)
+    assert proxy.hsns == [0, 1, 2, 3] and len(proxy.events) == 4
+
+
+def test_a_handshake_number_is_stored_before_its_message_goes_out():
+    st = store.MemoryStore()
+    dev = client.Device(make_config(), st, clock=lambda: 1000.0, random=DetRandom())
+    dev.send(0, [21.5])
+    out = dev.step(1000.0)
+    assert len(out) == 1 and out[0][0] == frames.HS_IK1
+    assert store.MemoryStore(st.blob).hs_next == 1
+    resp = handshake.Responder(PROXY_PRIV)
+    resp.read_init(out[0])
+    assert resp.hsn == 0
+
+
+def test_fresh_store_continues_above_the_old_numbers():
+    proxy = FakeProxy()
+    net = Net(proxy)
+    proxy.hs_floor = 40  # the device made 41 handshakes before it lost its store
+    proxy.epoch = 0x1234
+    st = store.MemoryStore()
+    dev = net.device(st)
+    dev.send(0, [21.5])
+    assert net.run(dev, lambda: dev.pending() == 0)
+    assert proxy.hsns == [0] and st.hs_next == 41 and st.epoch_confirmed
+    dev._drop_session()
+    dev.send(0, [22.5])
+    assert net.run(dev, lambda: dev.pending() == 0)
+    assert proxy.hsns == [0, 41] and len(proxy.events) == 2
+
+
+def test_cookie_reply_under_load_then_the_same_handshake_with_it():
+    proxy = FakeProxy()
+    proxy.cookie = bytes(range(100, 116))
+    net = Net(proxy)
+    dev = net.device()
+    results = []
+    dev.on_result = lambda rid, status, code, reason: results.append(status)
+    dev.send(0, [21.5])
+    assert net.run(dev, lambda: dev.pending() == 0)
+    ups = [u[1] for u in net.up]
+    assert [u[0] for u in ups] == [frames.HS_IK1, frames.HS_COOKIED]
+    assert ups[1] == handshake.cookied(proxy.cookie, ups[0])  # the same IK 1, with the cookie
+    assert proxy.cookie_replies == 1 and proxy.handshakes == 1 and results == [client.ACKED]
+    assert len(proxy.events) == 1 and dev.counters["retransmissions"] == 0
+    # A cookie reply nobody asked for (no handshake in flight) changes nothing.
+    dev.receive(bytes([frames.HS_COOKIE_REPLY]) + bytes(16), 0.0)
+    assert dev.step(0.0) == [] and dev.idle()
+    # A malformed one is dropped.
+    dev._drop_session()
+    dev.send(0, [22.5])
+    out = dev.step(0.0)
+    dev.receive(bytes([frames.HS_COOKIE_REPLY]) + bytes(3), 0.0)
+    assert out and out[0][0] == frames.HS_IK1 and dev.step(0.0) == []
