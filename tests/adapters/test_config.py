@@ -17,8 +17,8 @@ def test_examples_load():
     assert gw.serial.mode == "modem" and gw.modem is not None and gw.modem.proxy_port == 5683
     assert gw.serial.baud == 9600 and gw.line is None
     br = load_bridge(EXAMPLES / "mqtt-bridge.toml")
-    assert [d.config.name for d in br.devices] == ["kitchen.json", "cellar.json"]
-    assert br.devices[0].config.is_absolute() and br.devices[1].state.name == "cellar.json.state"
+    assert [d.config.name for d in br.devices] == ["kitchen.json"]
+    assert br.devices[0].config.is_absolute() and br.devices[0].state.name == "kitchen.json.state"
     assert br.topics[1].rename == {"temp": "temperature", "hum": "humidity"}
     assert br.mqtt.password is None or isinstance(br.mqtt.password, str)
 
