@@ -120,7 +120,7 @@ def test_udp_loop_delivers_readings(responder: UdpResponder) -> None:
     # carries handshake number 0 (1 byte); the answer confirms the epoch, so a
     # later cold start is 111 again.
     assert [len(d) for d in responder.up] == [115, 31, 31]
-    assert dev.counters["bytes_up"] == 176
+    assert dev.counters["bytes_up"] == 177
     assert dev.counters["bytes_down"] == sum(map(len, responder.down))
     assert dev.store.epoch_confirmed and responder.proxy.epochs == [dev.store.epoch]
 
