@@ -218,7 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--room",
         required=True,
         metavar="ROOM",
-        help="room ID or alias to join, or `new` to create a private room",
+        help="room ID or alias to join (its encryption is detected), or `new` to create a private "
+        "room, end-to-end encrypted unless --unencrypted",
+    )
+    enroll.add_argument(
+        "--unencrypted",
+        action="store_true",
+        help="with --room new: a room without end-to-end encryption (readable by the homeserver)",
     )
     enroll.add_argument(
         "--schema",
@@ -434,6 +440,7 @@ def cmd_device_enroll(args: argparse.Namespace) -> int:
             out=args.out,
             proxy_host=args.proxy_host,
             proxy_port=args.proxy_port,
+            encrypted=not args.unencrypted,
         )
     )
     rec = result.record
@@ -442,7 +449,16 @@ def cmd_device_enroll(args: argparse.Namespace) -> int:
         "  matrix user  %s%s"
         % (rec.user_id, " (own access token, in the registry)" if rec.access_token else "")
     )
-    print("  room         %s%s" % (result.room_id, " (created)" if result.created_room else " (joined)"))
+    print(
+        "  room         %s%s%s"
+        % (
+            result.room_id,
+            " (created)" if result.created_room else " (joined)",
+            ", end-to-end encrypted: the proxy is the device's Matrix device (docs/e2ee.md)"
+            if rec.encrypted
+            else ", not encrypted",
+        )
+    )
     print("  public key   %s" % rec.public_key.hex())
     print(
         "  slots        %s" % (", ".join("%d=%s" % (i, s["name"]) for i, s in enumerate(rec.slots)) or "none")

@@ -362,10 +362,17 @@ def set_homeserver_url(config_path: Path, url: str) -> None:
 
 
 def enroll(
-    config_path: Path, name: str, *, schema: Sequence[str], invite: Sequence[str] = ()
+    config_path: Path,
+    name: str,
+    *,
+    schema: Sequence[str],
+    invite: Sequence[str] = (),
+    encrypted: bool = False,
 ) -> dict[str, Any]:
-    """``lowbw device enroll NAME --room new``; returns the device config it wrote."""
+    """``lowbw device enroll NAME --room new [--unencrypted]``; returns the device config it wrote."""
     args = ["device", "enroll", "--config", str(config_path), name, "--room", "new"]
+    if not encrypted:
+        args.append("--unencrypted")
     for s in schema:
         args += ["--schema", s]
     for user in invite:

@@ -13,8 +13,12 @@
    HMAC-SHA1 over nonce, user, password, admin flag); the access token it returns
    is kept in the registry, the random password is thrown away.
 4. The room.  ``new``: the device user creates a private room and invites the
-   ``--invite`` users; otherwise the device user joins the room ID or alias
-   (it must be public or the user invited).
+   ``--invite`` users; the room is end-to-end encrypted (``m.room.encryption``,
+   ``m.megolm.v1.aes-sha2``) unless ``encrypted=False`` (``--unencrypted``).
+   Otherwise the device user joins the room ID or alias (it must be public or
+   the user invited), and whether that room is encrypted is read from its
+   state. An encrypted device's Matrix device and keys are made by the proxy
+   (``lowbw.proxy.e2ee``) when it first needs them.
 5. The device config JSON (0600: it holds the device's private key), then the
    registry record.  If the record cannot be added the config file is removed.
 
@@ -328,14 +332,39 @@ async def check_invitees(cfg: ProxyConfig, hs: Homeserver, invite: Sequence[str]
             log.warning("could not check that %s exists: homeserver answered %d", user, result.status)
 
 
+ENCRYPTION_STATE = {
+    "type": "m.room.encryption",
+    "state_key": "",
+    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+}
+
+
+async def room_is_encrypted(hs: Homeserver, room_id: str, token: str, as_user: str | None) -> bool:
+    """True if the room has an ``m.room.encryption`` state event (encryption cannot be turned off)."""
+    result = await hs.request(
+        "GET",
+        encode_path(CLIENT_V3 + "/rooms/{}/state/m.room.encryption/", room_id),
+        access_token=token,
+        as_user=as_user,
+    )
+    if result.status == 404:
+        return False
+    if not result.ok:
+        raise _failed("reading the encryption state of %s" % room_id, result)
+    return isinstance(result.json, dict) and bool(result.json.get("algorithm"))
+
+
 async def _setup_matrix(
     cfg: ProxyConfig,
     hs: Homeserver,
     name: str,
     room: str,
     invite: Sequence[str],
-) -> tuple[str, str | None, str, bool]:
-    """Create the Matrix user and get it into the room: (user_id, access_token, room_id, created)."""
+    encrypted: bool = True,
+) -> tuple[str, str | None, str, bool, bool]:
+    """Create the Matrix user and get it into the room.
+
+    Returns (user_id, access_token, room_id, created, encrypted)."""
     localpart = cfg.user_localpart(name)
     await check_invitees(cfg, hs, invite)
     as_user: str | None
@@ -374,26 +403,26 @@ async def _setup_matrix(
         log.warning("could not set the display name of %s: %d", user_id, displayname.status)
 
     if room == NEW_ROOM:
-        result = await hs.create_room(
-            token,
-            {
-                "preset": "private_chat",
-                "name": name,
-                "topic": "lowbw device %s" % name,
-                "invite": list(invite),
-            },
-            as_user=as_user,
-        )
+        create: dict[str, Any] = {
+            "preset": "private_chat",
+            "name": name,
+            "topic": "lowbw device %s" % name,
+            "invite": list(invite),
+        }
+        if encrypted:
+            create["initial_state"] = [ENCRYPTION_STATE]
+        result = await hs.create_room(token, create, as_user=as_user)
         body = result.json if isinstance(result.json, dict) else {}
         if not result.ok or not isinstance(body.get("room_id"), str):
             raise _failed("creating a room for %s" % name, result)
-        return user_id, device_token, str(body["room_id"]), True
+        return user_id, device_token, str(body["room_id"]), True, encrypted
 
     result = await hs.join_room(room, token, as_user=as_user)
     body = result.json if isinstance(result.json, dict) else {}
     if not result.ok or not isinstance(body.get("room_id"), str):
         raise _failed("%s joining %s (invite it first, or make the room public)" % (user_id, room), result)
-    return user_id, device_token, str(body["room_id"]), False
+    room_id = str(body["room_id"])
+    return user_id, device_token, room_id, False, await room_is_encrypted(hs, room_id, token, as_user)
 
 
 async def enroll(
@@ -409,6 +438,7 @@ async def enroll(
     proxy_host: str | None = None,
     proxy_port: int | None = None,
     homeserver: Homeserver | None = None,
+    encrypted: bool = True,
 ) -> EnrollResult:
     """Enroll device ``name`` (see the module docstring); the homeserver client is closed if we made it."""
     check_device_name(name)
@@ -436,7 +466,9 @@ async def enroll(
         device_priv, device_pub = keyfile.generate_keypair()
         hs = homeserver or Homeserver(cfg.homeserver.url, verify_tls=cfg.homeserver.verify_tls)
         try:
-            user_id, access_token, room_id, created = await _setup_matrix(cfg, hs, name, room, invites)
+            user_id, access_token, room_id, created, is_encrypted = await _setup_matrix(
+                cfg, hs, name, room, invites, encrypted
+            )
         except HomeserverUnavailable as exc:
             # No HTTP answer at all: not a registration problem, whatever step it was.
             raise EnrollError(
@@ -456,6 +488,7 @@ async def enroll(
             event_types=types,
             slots=checked_slots,
             permissions=perms,
+            encrypted=is_encrypted,
         )
         write_device_config(
             target,
@@ -476,7 +509,7 @@ async def enroll(
         except BaseException:
             target.unlink(missing_ok=True)
             raise
-    log.info("enrolled %s as %s in %s", name, user_id, room_id)
+    log.info("enrolled %s as %s in %s%s", name, user_id, room_id, " (encrypted)" if is_encrypted else "")
     return EnrollResult(record=record, config_path=target, room_id=room_id, created_room=created)
 
 

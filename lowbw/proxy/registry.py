@@ -5,7 +5,7 @@ commands of the operator.  A device is its Noise static public key; the record
 says which Matrix user it acts as, which rooms and event types it may use and
 how its readings are rendered (``slots``, as in the device config).
 
-Tables (schema version 4, kept in ``PRAGMA user_version``):
+Tables (schema version 5, kept in ``PRAGMA user_version``):
 
 ``devices``      name (primary key), public_key (unique, revoked devices included:
                  a revoked key is never let in again under another name), user_id,
@@ -17,13 +17,18 @@ Tables (schema version 4, kept in ``PRAGMA user_version``):
                  to -1 in the same transaction), hs_floor (highest IK handshake
                  number accepted, -1 before any) and hs_announce (highest
                  handshake number among the IK messages that announced the
-                 current epoch): ``accept_handshake``
+                 current epoch): ``accept_handshake``, encrypted (1: the
+                 device's room is end-to-end encrypted, so its events go out
+                 as Megolm ciphertext, ``lowbw.proxy.e2ee``)
 ``ephemerals``   the last 256 IK ephemeral keys per device (a second, older
                  replay check; the handshake number is the one that holds forever)
 ``sent_events``  (device, Matrix txn_id) -> event_id: exactly-once sending
 ``commands``     downlink commands; acknowledged ones stay (acked_ms set) so a
                  transaction the homeserver pushes again is not queued twice
 ``sessions``     opaque session states saved at a graceful stop
+``matrix_devices`` for devices in encrypted rooms: the Matrix device (device
+                 ID and its access token) the proxy logged in for the device
+                 user, whose Olm/Megolm state lives in the e2ee store
 ``client_tokens`` for client-proxy keys (permission ``client``): handle ->
                  the Matrix access token it stands for. A login through a
                  client-proxy answers the client with the handle, so the real
@@ -41,6 +46,7 @@ adds it (default 0, the epoch of every device that never announced one).
 Version 2 had no ``client_tokens``; opening it adds the (empty) table.
 Version 3 had no handshake numbers; opening it adds ``hs_floor`` and
 ``hs_announce`` (-1: the next handshake of every device is accepted once).
+Version 4 had no ``encrypted`` column and no ``matrix_devices``.
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process
 (each commit is in the WAL before the call returns); a power loss may roll back
@@ -67,7 +73,7 @@ from typing import Any
 
 from lowbw.wire.errors import LowbwError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Handshake numbers are kept in a signed 64-bit column.
 MAX_HSN = (1 << 63) - 1
 MAX_EPOCH = 0xFFFFFFFF
@@ -90,7 +96,14 @@ CREATE TABLE devices (
     msg_top INTEGER NOT NULL DEFAULT -1,
     epoch INTEGER NOT NULL DEFAULT 0,
     hs_floor INTEGER NOT NULL DEFAULT -1,
-    hs_announce INTEGER NOT NULL DEFAULT -1
+    hs_announce INTEGER NOT NULL DEFAULT -1,
+    encrypted INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE matrix_devices (
+    device TEXT PRIMARY KEY NOT NULL REFERENCES devices(name),
+    device_id TEXT NOT NULL,
+    access_token TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
 );
 CREATE TABLE ephemerals (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -150,6 +163,11 @@ _MIGRATIONS = {
         "ALTER TABLE devices ADD COLUMN hs_floor INTEGER NOT NULL DEFAULT -1",
         "ALTER TABLE devices ADD COLUMN hs_announce INTEGER NOT NULL DEFAULT -1",
     ),
+    4: (
+        "ALTER TABLE devices ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0",
+        "CREATE TABLE matrix_devices (device TEXT PRIMARY KEY NOT NULL REFERENCES devices(name), "
+        "device_id TEXT NOT NULL, access_token TEXT NOT NULL, created_ms INTEGER NOT NULL)",
+    ),
 }
 
 
@@ -175,6 +193,8 @@ class DeviceRecord:
     permissions: list[str] = field(default_factory=list)
     revoked: bool = False
     created_ms: int = field(default_factory=now_ms)
+    # The device's room is end-to-end encrypted (lowbw.proxy.e2ee).
+    encrypted: bool = False
 
 
 def _device_from_row(row: sqlite3.Row) -> DeviceRecord:
@@ -189,11 +209,13 @@ def _device_from_row(row: sqlite3.Row) -> DeviceRecord:
         permissions=json.loads(row["permissions"]),
         revoked=bool(row["revoked"]),
         created_ms=int(row["created_ms"]),
+        encrypted=bool(row["encrypted"]),
     )
 
 
 _DEVICE_COLUMNS = (
-    "name, public_key, user_id, access_token, rooms, event_types, slots, permissions, revoked, created_ms"
+    "name, public_key, user_id, access_token, rooms, event_types, slots, permissions, revoked, created_ms, "
+    "encrypted"
 )
 
 
@@ -312,7 +334,7 @@ class Registry:
             if other is not None:
                 raise RegistryError("that public key is already enrolled as device %r" % other["name"])
             db.execute(
-                "INSERT INTO devices (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" % _DEVICE_COLUMNS,
+                "INSERT INTO devices (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" % _DEVICE_COLUMNS,
                 (
                     rec.name,
                     rec.public_key,
@@ -321,6 +343,7 @@ class Registry:
                     *encoded,
                     int(rec.revoked),
                     int(rec.created_ms),
+                    int(rec.encrypted),
                 ),
             )
 
@@ -336,6 +359,30 @@ class Registry:
             (bytes(public_key),),
         )
         return _device_from_row(rows[0]) if rows else None
+
+    def set_encrypted(self, name: str, encrypted: bool = True) -> bool:
+        """Mark the device's room as encrypted (never back: encryption cannot be
+        turned off in a Matrix room); True if that changed anything."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE devices SET encrypted = ? WHERE name = ? AND encrypted != ?",
+                (int(encrypted), name, int(encrypted)),
+            )
+            return cur.rowcount == 1
+
+    def matrix_device(self, name: str) -> tuple[str, str] | None:
+        """(device_id, access_token) of the Matrix device the proxy logged in for ``name``."""
+        rows = self._read("SELECT device_id, access_token FROM matrix_devices WHERE device = ?", (name,))
+        return (str(rows[0]["device_id"]), str(rows[0]["access_token"])) if rows else None
+
+    def set_matrix_device(self, name: str, device_id: str, access_token: str) -> None:
+        with self._write() as db:
+            self._require_device(db, name)
+            db.execute(
+                "INSERT OR REPLACE INTO matrix_devices (device, device_id, access_token, created_ms) "
+                "VALUES (?, ?, ?, ?)",
+                (name, device_id, access_token, now_ms()),
+            )
 
     def revoked_name(self, public_key: bytes) -> str | None:
         """The name of the revoked device that had this key; None if no revoked device had it."""
@@ -354,6 +401,7 @@ class Registry:
             cur = db.execute("UPDATE devices SET revoked = 1 WHERE name = ? AND revoked = 0", (name,))
             db.execute("DELETE FROM sessions WHERE device = ?", (name,))
             db.execute("DELETE FROM client_tokens WHERE device = ?", (name,))
+            db.execute("DELETE FROM matrix_devices WHERE device = ?", (name,))
             return cur.rowcount == 1
 
     def _current_data_version(self) -> int:

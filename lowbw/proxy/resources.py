@@ -679,12 +679,20 @@ class ProxySite(resource.ObservableResource):
         for txn, content, measured in contents:
             if registry.sent_event(rec.name, txn) is not None:
                 continue
-            path = encode_path(CLIENT_V3 + "/rooms/{}/send/{}/{}", room, sensor.EVENT_TYPE, txn)
+            event_type, body = sensor.EVENT_TYPE, content
+            if rec.encrypted:
+                # Fail closed (docs/e2ee.md): Megolm ciphertext or 5.03, never plaintext.
+                try:
+                    body = await self._encrypt(rec, room, event_type, content)
+                except HomeserverUnavailable as exc:
+                    return unavailable_message(exc, self.s.retry_after, table_id)
+                event_type = "m.room.encrypted"
+            path = encode_path(CLIENT_V3 + "/rooms/{}/send/{}/{}", room, event_type, txn)
             try:
                 result = await self.s.homeserver.request(
                     "PUT",
                     path,
-                    json_body=content,
+                    json_body=body,
                     access_token=token,
                     as_user=as_user,
                     ts=measured if self.s.mode == "appservice" else None,
@@ -700,6 +708,21 @@ class ProxySite(resource.ObservableResource):
                 return http_answer(result, "PUT", table_id)
             registry.record_event(rec.name, txn, event_id)
         return Message(code=Code.CHANGED)
+
+    async def _encrypt(
+        self, rec: DeviceRecord, room: str, event_type: str, content: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``content`` as ``m.room.encrypted`` content for ``rec``'s Matrix device (lowbw.proxy.e2ee).
+
+        HomeserverUnavailable (answered 5.03, the device sends again later) when
+        it cannot be encrypted yet."""
+        e2ee = self.s.table.e2ee
+        if e2ee is None:
+            raise HomeserverUnavailable("end-to-end encryption is not running")
+        try:
+            return await e2ee.encrypt(rec, room, event_type, content)
+        except LowbwError as exc:
+            raise HomeserverUnavailable(exc.message or "cannot encrypt yet") from None
 
     # -- downlink commands -------------------------------------------------------------
 

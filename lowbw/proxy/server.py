@@ -41,7 +41,8 @@ from aiocoap.protocol import Context
 
 from lowbw.logsetup import setup_logging
 from lowbw.proxy import config as proxy_config
-from lowbw.proxy.appservice import AppserviceListener
+from lowbw.proxy.appservice import AppserviceListener, detect_command
+from lowbw.proxy.e2ee import E2EEService
 from lowbw.proxy.homeserver import DEFAULT_TIMEOUT, Homeserver, HomeserverUnavailable, encode_path
 from lowbw.proxy.limits import Limits
 from lowbw.proxy.registry import Registry
@@ -147,6 +148,7 @@ class ProxyServer:
         self.site: ProxySite | None = None
         self.homeserver: Homeserver | None = None
         self.appservice: AppserviceListener | None = None
+        self.e2ee: E2EEService | None = None
         self._ctx: Context | None = None
         self._http: aiohttp.ClientSession | None = None
         self.restored = 0
@@ -221,6 +223,19 @@ class ProxyServer:
             table.on_close = site.session_closed
             self.restored = table.restore()
             table.start_timers()
+            # Devices in encrypted rooms: their Matrix devices come up in the background
+            # (readings meanwhile get 5.03: never plaintext into an encrypted room).
+            self.e2ee = E2EEService(
+                s.homeserver_url,
+                self.registry,
+                s.private_key,
+                mode=s.mode,
+                as_token=s.as_token,
+                verify_tls=s.verify_tls,
+                on_command=self._encrypted_command,
+            )
+            table.e2ee = self.e2ee
+            self.e2ee.start_all(list(table.devices.values()))
             if s.mode == "appservice" and s.appservice_listen is not None and s.hs_token:
                 host, port = s.appservice_listen
                 self.appservice = AppserviceListener(s.hs_token, table, host, port)
@@ -295,7 +310,28 @@ class ProxyServer:
         log.info("stopped (%d session(s) saved)", saved)
         return saved
 
+    def _encrypted_command(self, device: str, event: dict[str, Any]) -> None:
+        """A decrypted event from an encrypted room: queued like a pushed plaintext command."""
+        table = self.table
+        if table is None:
+            return
+        found = detect_command(event, table.devices)
+        if found is None or found[0] != device or not isinstance(event.get("event_id"), str):
+            return
+        name, text = found
+        try:
+            cid = table.registry.enqueue_command(name, str(event["event_id"]), str(event["sender"]), text)
+        except LowbwError as exc:
+            log.error("%s: encrypted command not queued (%s)", name, exc.message)
+            return
+        if cid is not None:
+            log.info("%s: command %d queued from an encrypted room (%d B)", name, cid, len(text.encode()))
+            table.refresh_commands(name)
+
     async def _close(self) -> None:
+        if self.e2ee is not None:
+            await self.e2ee.close()
+            self.e2ee = None
         if self.table is not None:
             self.table.stop_timers()
         if self.appservice is not None:

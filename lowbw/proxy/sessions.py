@@ -174,6 +174,8 @@ class SessionTable:
         self._persisted_tops: dict[str, int] = {}
         self._epochs: dict[str, int] = {}
         self.transport: LowbwTransport | None = None
+        # The devices' Matrix devices in encrypted rooms (lowbw.proxy.e2ee), when running.
+        self.e2ee: Any = None
         # Called with the device name when a command was queued for it.
         self.on_commands_changed: Callable[[str], None] | None = None
         # Called with each session that closes.
@@ -191,6 +193,11 @@ class SessionTable:
             if rec is None:
                 log.info("%s: revoked, session %04x closed", name, addr.sid)
                 self.close(addr)
+        if self.e2ee is not None:
+            for name in list(self.e2ee.devices):
+                if name not in current:
+                    self.e2ee.forget(name)
+            self.e2ee.start_all(list(current.values()))
         self._commands = {}
         for name in current:
             n = self.registry.count_pending(name)

@@ -400,6 +400,8 @@ def enroll_device(
 
     cfg = load(config_path)
     name = name or "dev%s" % secrets.token_hex(3)
+    # Plaintext rooms unless a test asks for encryption (tests/e2ee covers that).
+    kwargs.setdefault("encrypted", False)
     result = asyncio.run(
         enroll(cfg, name, "new", slots=slots or DEFAULT_SLOTS, invite=[user.user_id], **kwargs)
     )

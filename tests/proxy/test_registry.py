@@ -248,6 +248,10 @@ def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
     v1_schema = v1_schema.replace(",\n    epoch INTEGER NOT NULL DEFAULT 0", "")
     v1_schema = v1_schema.replace(",\n    hs_floor INTEGER NOT NULL DEFAULT -1", "")
     v1_schema = v1_schema.replace(",\n    hs_announce INTEGER NOT NULL DEFAULT -1", "")
+    v1_schema = v1_schema.replace(",\n    encrypted INTEGER NOT NULL DEFAULT 0", "")
+    v1_schema = v1_schema.split("CREATE TABLE matrix_devices")[0] + "CREATE TABLE ephemerals" + (
+        v1_schema.split("CREATE TABLE ephemerals")[1]
+    )
     assert v1_schema != registry_module._SCHEMA
     db = sqlite3.connect(path)
     db.executescript(v1_schema)
@@ -270,7 +274,7 @@ def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
         assert r.client_token("old", "lbwh_x") == "syt_secret"
         assert r.drop_client_token("old", "syt_secret") == 1 and r.client_token("old", "lbwh_x") is None
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     db.close()
     with Registry(path) as r:  # opening a migrated file again changes nothing
         assert r.device_epoch("old") == 5
@@ -445,3 +449,20 @@ def test_revoked_name(reg: Registry) -> None:
     assert reg.revoked_name(key) is None
     reg.revoke("a")
     assert reg.revoked_name(key) == "a" and reg.revoked_name(os.urandom(32)) is None
+
+
+def test_encrypted_flag_and_matrix_devices(reg: Registry) -> None:
+    reg.add_device(record("a"))
+    reg.add_device(record("b", encrypted=True))
+    assert reg.device("a").encrypted is False and reg.device("b").encrypted is True  # type: ignore[union-attr]
+    assert reg.set_encrypted("a") is True and reg.set_encrypted("a") is False
+    assert reg.device("a").encrypted is True  # type: ignore[union-attr]
+    assert reg.matrix_device("a") is None
+    reg.set_matrix_device("a", "DEVA", "syt_secret")
+    assert reg.matrix_device("a") == ("DEVA", "syt_secret")
+    reg.set_matrix_device("a", "DEVB", "syt_other")
+    assert reg.matrix_device("a") == ("DEVB", "syt_other")
+    with pytest.raises(RegistryError):
+        reg.set_matrix_device("nobody", "X", "Y")
+    reg.revoke("a")
+    assert reg.matrix_device("a") is None
