@@ -47,6 +47,7 @@ class ClientStack:
         from lowbw.proxy.config import write_default
 
         up = get_preset(preset).direction("up")
+        assert up.rate_bps is not None  # every preset used here has a rate
         link_bps = int(up.rate_bps)
         result = write_default(
             self.workdir / "proxy",

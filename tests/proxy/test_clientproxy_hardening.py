@@ -44,8 +44,8 @@ def raw_http(
         conn.close()
 
 
-def login(stack: Any, person: tuple[str, str, str]) -> str:
-    status, _, body = http(stack.url, "POST", "/_matrix/client/v3/login", login_body(person[0], person[1]))
+def login(stack: Any, who: tuple[str, str, str]) -> str:
+    status, _, body = http(stack.url, "POST", "/_matrix/client/v3/login", login_body(who[0], who[1]))
     assert status == 200, body
     token: str = body["access_token"]
     return token
