@@ -131,6 +131,7 @@ class Env:
     proxy: Any = None
     user_id: str = ""
     token: str = ""
+    password: str = ""
     procs: list[Any] = field(default_factory=list)
     closed: bool = False
     _enroll_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -157,8 +158,8 @@ class Env:
             hs_token=appservice.hs_token,
         )
         self.config_path = Path(result.config.path)
-        password = secrets.token_urlsafe(12)
-        self.user_id, self.token = synapse.register_user("e2e_%s" % secrets.token_hex(4), password)
+        self.password = secrets.token_urlsafe(12)
+        self.user_id, self.token = synapse.register_user("e2e_%s" % secrets.token_hex(4), self.password)
         self.proxy = demo.start_proxy(self.config_path, self.workdir / "proxy.log", track=self.procs)
 
     def close(self) -> None:
@@ -179,12 +180,16 @@ class Env:
 
     # -- per scenario -----------------------------------------------------------
 
-    def enroll(self, label: str, schema: str = "climate=temperature:°C:1,humidity:%:0") -> Device:
-        """``lowbw device enroll NAME --room new --invite USER``; the user joins the room."""
+    def enroll(
+        self, label: str, schema: str = "climate=temperature:°C:1,humidity:%:0", encrypted: bool = False
+    ) -> Device:
+        """``lowbw device enroll NAME --room new --invite USER [--unencrypted]``; the user joins the room."""
         assert self.config_path is not None
         name = "e2e-%s-%s" % (label, secrets.token_hex(2))
         with self._enroll_lock:  # one registry writer at a time
-            config = demo.enroll(self.config_path, name, schema=[schema], invite=[self.user_id])
+            config = demo.enroll(
+                self.config_path, name, schema=[schema], invite=[self.user_id], encrypted=encrypted
+            )
         demo.join_room(self.hs_url, self.token, config["room_id"])
         d = self.workdir / name
         d.mkdir()
@@ -209,6 +214,18 @@ class Env:
             demo.firmware_config(dev.config, path, relay=(relay.host, relay.port), **board)
         proc = demo.start_firmware(path, dev.dir / ("device-%d.log" % run), cycles=cycles, track=self.procs)
         return self._started(proc)
+
+    def raw_room(self, dev: Device) -> list[dict[str, Any]]:
+        """Every event of the device user in its room, as the homeserver holds it (oldest first)."""
+        status, body = demo.matrix(
+            self.hs_url,
+            "GET",
+            "/_matrix/client/v3/rooms/%s/messages" % demo.quote(dev.room_id),
+            self.token,
+            query={"dir": "b", "limit": 1000},
+        )
+        assert status == 200, body
+        return [e for e in reversed(body["chunk"]) if e.get("sender") == dev.user_id]
 
     def room(self, dev: Device) -> list[dict[str, Any]]:
         """The device's events in its room, oldest first, read as the ordinary user (/messages)."""

@@ -161,6 +161,38 @@ def run_revoked(env: Env) -> Outcome:
     return finish(env, dev, relay, [fw], revoke=revoke)
 
 
+@scenario("encrypted")
+def run_encrypted(env: Env) -> Outcome:
+    from tests.e2ee.person import Person, notices
+
+    dev = env.enroll("enc", encrypted=True)
+    person = Person(env.hs_url, env.user_id, env.password, dev.dir / "person")
+    try:
+        relay = env.relay(dev)
+        fw = env.firmware(dev, relay, cycles=3, interval=6, seed=23)
+        wait_exit(fw)
+        # A command typed into the encrypted room reaches the device's callback.
+        second = env.firmware(dev, relay, interval=6, seed=24, run=2)
+        second.wait_for(r"<- 2\.04 for #\d+ v", LIMIT)
+        event_id = person.say(dev.room_id, "!%s set_interval 9" % dev.name)
+        _, m = second.wait_for(r"command (\d+) from (\S+): ", LIMIT)
+        env.proxy.wait_for(r"%s: command %s delivered" % (re.escape(dev.name), m.group(1)), LIMIT)
+        second.stop()
+        posted = [e for e in env.raw_room(dev) if e["type"] == "m.room.encrypted"]
+        deadline = time.monotonic() + 60
+        decrypted = notices(person.seen)
+        while len(decrypted) < len(posted) and time.monotonic() < deadline:
+            person.sync(2000)
+            decrypted = notices(person.seen)
+        settings = (dev.dir / "firmware.json.state.settings").read_text()
+    finally:
+        person.close()
+    return finish(
+        env, dev, relay, [fw, second], raw=env.raw_room(dev), decrypted=[n.source for n in decrypted],
+        event_id=event_id, command_sender=m.group(2), settings=settings,
+    )
+
+
 # ---------------------------------------------------------------------- tests
 
 
@@ -263,3 +295,30 @@ def test_a_revoked_device_gets_nowhere_and_says_so(runs: Runs) -> None:
     assert o.radio["up"]["offered_frames"] >= 2  # it kept trying ...
     assert o.radio["down"]["offered_frames"] == 0  # ... and the proxy never answered
     assert o.handshakes_at_proxy() == 0
+
+
+@pytest.mark.e2e_scenario("encrypted")
+def test_encrypted_room_readings_are_megolm_and_commands_arrive(runs: Runs) -> None:
+    o: Outcome = runs.result("encrypted")
+    fw, second = o.runs
+    assert fw.returncode == 0, log_text(o)
+    s = summary(fw)
+    assert s is not None and s["pending"] == 0 and s["acked"] == 3, log_text(o)
+    # The homeserver holds only ciphertext from the device.
+    types = [e["type"] for e in o.extra["raw"] if "state_key" not in e]
+    assert types and set(types) == {"m.room.encrypted"}, types
+    assert o.events == []  # nothing readable as m.room.message
+    # The person decrypts each reading once, with the fields an unencrypted room shows.
+    sampled = samples(fw) + samples(second)
+    contents = [d["content"] for d in o.extra["decrypted"]]
+    assert len(contents) == len(types) >= 3
+    seqs = [(c[KEY]["seq"], c[KEY].get("index", 0)) for c in contents]
+    assert len(set(seqs)) == len(seqs), seqs
+    want = [rendered(values, o.dev.scales) for _, values, _ in sampled]
+    got = [[v["value"] for v in c[KEY]["values"]] for c in contents]
+    assert got[: len(want)] == want[: len(got)] and got[:3] == want[:3], (got, want)
+    for c in contents:
+        assert c[KEY]["device"] == o.dev.name and c["body"].startswith("climate: temperature ")
+    # The encrypted command reached the device's callback.
+    assert o.extra["command_sender"].startswith("@e2e_")
+    assert "9" in o.extra["settings"], o.extra["settings"]

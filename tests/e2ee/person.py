@@ -21,7 +21,9 @@ class Person:
         store.mkdir(parents=True, exist_ok=True)
         self.loop = asyncio.new_event_loop()
         self.client = AsyncClient(
-            url, user_id, store_path=str(store),
+            url,
+            user_id,
+            store_path=str(store),
             config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True),
         )
         resp = self.run(self.client.login(password, device_name="test person"))
@@ -67,7 +69,7 @@ class Person:
 
     def say(self, room_id: str, text: str) -> str:
         async def send() -> Any:
-            await self._sync(0)
+            self.seen.extend(await self._sync(0))
             return await self.client.room_send(
                 room_id, "m.room.message", {"msgtype": "m.text", "body": text}, ignore_unverified_devices=True
             )

@@ -1,4 +1,10 @@
-"""Devices in encrypted rooms, in-process proxy on real sockets, real Synapse, a matrix-nio person."""
+"""Devices in encrypted rooms: the real proxy process, real Synapse, matrix-nio people (vodozemac).
+
+The proxy runs as its own process here, not in a thread: matrix-nio's crypto
+store binds its database per call (peewee ``bind_ctx``), which is safe in one
+thread (the proxy's event loop) but not with a second nio client in another
+thread of the same process (the test's person).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import urllib.parse
 
 from lowbw.wire import coap, routes
 from tests.proxy.conftest import matrix_call
+from tests.proxy.proxyproc import ProxyProcess
 
 from .person import Person, notices
 
@@ -27,20 +34,25 @@ def exchange_until_acked(wire, make, timeout: float = 40.0):
 
 def raw_events(synapse, user, room_id: str) -> list[dict]:
     status, body = matrix_call(
-        synapse.url, "GET", "/_matrix/client/v3/rooms/%s/messages" % urllib.parse.quote(room_id, safe=""),
-        user.access_token, query={"dir": "b", "limit": 100},
+        synapse.url,
+        "GET",
+        "/_matrix/client/v3/rooms/%s/messages" % urllib.parse.quote(room_id, safe=""),
+        user.access_token,
+        query={"dir": "b", "limit": 100},
     )
     assert status == 200, body
     return list(reversed(body["chunk"]))
 
 
-def test_readings_are_megolm_and_decrypt_for_the_person(device_factory, proxy_factory, synapse, matrix_user,
-                                                         tmp_path):
+def test_readings_are_megolm_and_decrypt_for_the_person(
+    device_factory, proxy_config_path, synapse, matrix_user, tmp_path
+):
     person = Person(synapse.url, matrix_user.user_id, matrix_user.password, tmp_path / "person")
+    proxy = None
     try:
         dev = device_factory(encrypted=True)
         person.join(dev.room_id)
-        proxy = proxy_factory()
+        proxy = ProxyProcess(proxy_config_path)
         wire = dev.wire()
         codes = exchange_until_acked(wire, lambda mid: wire.reading([215], mid=mid))
         assert codes[-1] == coap.CHANGED and all(c in (coap.CHANGED, coap.SERVICE_UNAVAILABLE) for c in codes)
@@ -72,6 +84,249 @@ def test_readings_are_megolm_and_decrypt_for_the_person(device_factory, proxy_fa
 
         cid, sender, body, _event_id = cbor.loads(fetched.payload)
         assert sender == matrix_user.user_id and body == "open valve"
-        proxy.stop()
     finally:
         person.close()
+        if proxy is not None:
+            proxy.stop()
+
+
+def _session_ids(synapse, user, room_id: str, sender: str) -> list[str]:
+    return [
+        e["content"]["session_id"]
+        for e in raw_events(synapse, user, room_id)
+        if e["sender"] == sender and e["type"] == "m.room.encrypted"
+    ]
+
+
+def _wait_notices(person: Person, count: int, timeout: float = 20.0) -> list:
+    deadline = time.monotonic() + timeout
+    got = notices(person.seen)
+    while len(got) < count and time.monotonic() < deadline:
+        person.sync(1000)
+        got = notices(person.seen)
+    return got
+
+
+def test_existing_encrypted_room_rotation_new_devices_leavers_and_restart(
+    proxy_config_path, synapse, matrix_user, tmp_path
+):
+    """--room ID of an encrypted room the person made (rotation every 2 messages): detected at
+    enrollment; a second device of the person that logs in later gets keys for later readings;
+    a member who left gets none; after a proxy restart the person still decrypts everything."""
+    import secrets as _secrets
+
+    from lowbw.proxy.config import load
+    from lowbw.proxy.enroll import enroll
+
+    person = Person(synapse.url, matrix_user.user_id, matrix_user.password, tmp_path / "person")
+    pw = _secrets.token_urlsafe(12)
+    other_id, _other_token = synapse.register_user("other_%s" % _secrets.token_hex(4), pw)
+    other = Person(synapse.url, other_id, pw, tmp_path / "other")
+    later = None
+    proxy = None
+    try:
+        status, body = matrix_call(
+            synapse.url,
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            matrix_user.access_token,
+            {
+                "preset": "private_chat",
+                "initial_state": [
+                    {
+                        "type": "m.room.encryption",
+                        "state_key": "",
+                        "content": {"algorithm": "m.megolm.v1.aes-sha2", "rotation_period_msgs": 2},
+                    }
+                ],
+            },
+        )
+        assert status == 200, body
+        room = body["room_id"]
+        name = "enc%s" % _secrets.token_hex(3)
+        import asyncio
+        import json
+        from pathlib import Path
+
+        from tests.proxy.conftest import DEFAULT_SLOTS
+
+        cfg = load(proxy_config_path)
+        user_localpart = cfg.user_localpart(name)
+        device_user = "@%s:%s" % (user_localpart, cfg.homeserver.server_name)
+        # Invite the device user and the other person, then enroll into the existing room.
+        for invitee in (device_user, other_id):
+            status, body = matrix_call(
+                synapse.url,
+                "POST",
+                "/_matrix/client/v3/rooms/%s/invite" % urllib.parse.quote(room, safe=""),
+                matrix_user.access_token,
+                {"user_id": invitee},
+            )
+            assert status == 200, body
+        result = asyncio.run(enroll(cfg, name, room, slots=DEFAULT_SLOTS))
+        assert result.record.encrypted and not result.created_room
+        config = json.loads(Path(result.config_path).read_text())
+        proxy = ProxyProcess(proxy_config_path)
+        other.join(room)
+        person.sync()
+        from tests.proxy.conftest import WireDevice
+
+        wire = WireDevice.from_config(config)
+        for v in (101, 102):
+            exchange_until_acked(wire, lambda mid, v=v: wire.reading([v], mid=mid))
+        assert len(_wait_notices(person, 2)) == 2
+        assert len(_wait_notices(other, 2)) == 2  # a member gets the keys
+        # The other member leaves; the person logs in on a second device.
+        other.leave(room)
+        other_sessions = {s for s in _session_ids(synapse, matrix_user, room, device_user)}
+        later = Person(synapse.url, matrix_user.user_id, matrix_user.password, tmp_path / "later")
+        later.sync()
+        for v in (103, 104, 105):
+            exchange_until_acked(wire, lambda mid, v=v: wire.reading([v], mid=mid))
+        # A restart between readings: the store keeps the keys, the person still decrypts.
+        proxy.stop()
+        proxy = ProxyProcess(proxy_config_path)
+        exchange_until_acked(wire, lambda mid: wire.reading([106], mid=mid))
+        sessions = _session_ids(synapse, matrix_user, room, device_user)
+        assert len(sessions) == 6
+        # Rotation every 2 messages, and a new session after the member left.
+        assert sessions[0] == sessions[1] and sessions[1] != sessions[2], sessions
+        assert sessions[2] not in other_sessions
+        got = _wait_notices(person, 6)
+        assert [n.body for n in got] == [
+            "temperature %s °C" % t for t in ("10.1", "10.2", "10.3", "10.4", "10.5", "10.6")
+        ], person.seen
+        got_later = _wait_notices(later, 4)
+        assert [n.body for n in got_later][-4:] == [
+            "temperature %s °C" % t for t in ("10.3", "10.4", "10.5", "10.6")
+        ]
+        # The member who left holds none of the sessions made after they left.
+        other.sync(1000)  # whatever to-device messages would reach them
+        held = {s.id for s in other.client.olm.inbound_group_store}
+        assert sessions[0] in held  # they did get the keys while they were a member
+        assert not (set(sessions[2:]) & held), (sessions, held)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        person.close()
+        other.close()
+        if later is not None:
+            later.close()
+
+
+def _verify(obj: dict, user_id: str, pub_b64: str) -> bool:
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from lowbw.proxy.crosssign import canonical_json
+
+    def unb64(text: str) -> bytes:
+        return base64.b64decode(text + "=" * (-len(text) % 4))
+
+    sig = obj.get("signatures", {}).get(user_id, {}).get("ed25519:" + pub_b64)
+    if sig is None:
+        return False
+    body = {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
+    try:
+        Ed25519PublicKey.from_public_bytes(unb64(pub_b64)).verify(unb64(sig), canonical_json(body))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def test_device_is_cross_signed_and_bad_input_is_ignored(
+    device_factory, proxy_config_path, synapse, matrix_user, tmp_path
+):
+    dev = device_factory(encrypted=True)
+    status, _ = matrix_call(
+        synapse.url,
+        "POST",
+        "/_matrix/client/v3/join/%s" % urllib.parse.quote(dev.room_id, safe=""),
+        matrix_user.access_token,
+        {},
+    )
+    proxy = ProxyProcess(proxy_config_path)
+    try:
+        wire = dev.wire()
+        exchange_until_acked(wire, lambda mid: wire.reading([1], mid=mid))
+        status, keys = matrix_call(
+            synapse.url,
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            matrix_user.access_token,
+            {"device_keys": {dev.user_id: []}},
+        )
+        assert status == 200, keys
+        master = keys["master_keys"][dev.user_id]
+        ssk = keys["self_signing_keys"][dev.user_id]
+        (master_pub,) = master["keys"].values()
+        (ssk_pub,) = ssk["keys"].values()
+        assert _verify(ssk, dev.user_id, master_pub)
+        devices = keys["device_keys"][dev.user_id]
+        assert len(devices) == 1
+        (device,) = devices.values()
+        assert _verify(device, dev.user_id, ssk_pub), device
+        assert master_pub in proxy.output()  # logged for people who verify out of band
+        # Garbage where ciphertext should be: a room event and a to-device message.
+        status, _ = matrix_call(
+            synapse.url,
+            "PUT",
+            "/_matrix/client/v3/rooms/%s/send/m.room.encrypted/bad1"
+            % urllib.parse.quote(dev.room_id, safe=""),
+            matrix_user.access_token,
+            {
+                "algorithm": "m.megolm.v1.aes-sha2",
+                "sender_key": "AAAA",
+                "session_id": "nope",
+                "ciphertext": "!!!not base64!!!",
+                "device_id": "FORGED",
+            },
+        )
+        assert status == 200
+        (device_id,) = devices.keys()
+        status, _ = matrix_call(
+            synapse.url,
+            "PUT",
+            "/_matrix/client/v3/sendToDevice/m.room.encrypted/bad2",
+            matrix_user.access_token,
+            {
+                "messages": {
+                    dev.user_id: {
+                        device_id: {
+                            "algorithm": "m.olm.v1.curve25519-aes-sha2",
+                            "sender_key": "garbage",
+                            "ciphertext": {"nobody": {"type": 0, "body": "AAAA"}},
+                        }
+                    }
+                }
+            },
+        )
+        assert status == 200
+        status, _ = matrix_call(
+            synapse.url,
+            "PUT",
+            "/_matrix/client/v3/sendToDevice/m.room_key/bad3",
+            matrix_user.access_token,
+            {
+                "messages": {
+                    dev.user_id: {
+                        device_id: {
+                            "algorithm": "m.megolm.v1.aes-sha2",
+                            "room_id": "!elsewhere:lowbw.test",
+                            "session_id": "x",
+                            "session_key": "y",
+                        }
+                    }
+                }
+            },
+        )
+        assert status == 200
+        assert proxy.wait_for("not decrypted", 20), proxy.output()
+        # Still up, still encrypting.
+        exchange_until_acked(wire, lambda mid: wire.reading([2], mid=mid))
+        assert proxy.proc.poll() is None
+    finally:
+        out = proxy.stop()
+    assert "Traceback" not in out, out
