@@ -38,9 +38,13 @@ Any other version, including an empty one, is spelled out after a dot:
 r0 path whose template MSC3079 has goes out as the MSC3079 enum, and a v3
 path as ours.
 
-Segments that are ``.`` or ``..`` cannot be carried (RFC 7252 forbids them
-as Uri-Path values): ``encode_path`` raises EncodeError, ``decode_segments``
-DecodeError. ``decode_segments`` percent-encodes every byte outside RFC 3986
+Segments that are ``.`` or ``..`` (a state key may be one) cannot be
+Uri-Path values as they are (RFC 7252 5.10.1), so a parameter or fallback
+segment is escaped with one NUL character in front when it is ``.``, ``..``
+or itself starts with NUL (so the escape is reversible): ``"."`` goes on the
+air as ``"\x00."``. A bare ``.`` or ``..`` Uri-Path value is a DecodeError.
+``decode_segments`` percent-encodes ``.`` and ``..`` segments as ``%2E`` and
+``%2E%2E``, so no HTTP stack folds them away, and every byte outside RFC 3986
 ``unreserved`` (``A-Z a-z 0-9 - . _ ~``), as matrix-nio does, so
 ``!r:x`` becomes ``%21r%3Ax``: a path round-trips exactly when it was written
 that way, and otherwise comes back in that normal form. Query strings are
@@ -274,7 +278,24 @@ for _c in _UNRESERVED:
     _safe[_c] = 1
 
 
+_ESC = "\x00"
+
+
+def _esc(s):
+    if s == "." or s == ".." or s.startswith(_ESC):
+        return _ESC + s
+    return s
+
+
+def _unesc(s):
+    return s[1:] if s.startswith(_ESC) else s
+
+
 def _quote(s):
+    if s == ".":
+        return "%2E"
+    if s == "..":
+        return "%2E%2E"
     out = []
     for c in s.encode("utf-8"):
         if c < 128 and _safe[c]:
@@ -348,9 +369,6 @@ def encode_path(path):
     if path == "/":
         return []
     segs = [_unquote(s) for s in path[1:].split("/")]
-    for s in segs:
-        if s == "." or s == "..":
-            raise EncodeError("'.' and '..' cannot be Uri-Path values")
     best = None
     best_cost = 0
     for rid, default, parts, _ in _BY_LEN.get(len(segs), ()):
@@ -358,12 +376,15 @@ def encode_path(path):
         if m is None:
             continue
         version, params = m
+        if version == "." or version == "..":
+            continue
         head = rid if version == default else rid + "." + version
         if best is None or len(head) < best_cost:
-            best = [head] + params
+            best = [head] + [_esc(p) for p in params]
             best_cost = len(head)
     if best is not None:
         return best
+    segs = [_esc(s) for s in segs]
     if _first_kind(segs[0]) != 2:
         return [""] + segs
     return segs
@@ -387,9 +408,9 @@ def parse_segments(segments):
     first = segments[0]
     kind = _first_kind(first)
     if kind == 0:
-        return None, None, list(segments[1:])
+        return None, None, [_unesc(s) for s in segments[1:]]
     if kind == 2:
-        return None, None, list(segments)
+        return None, None, [_unesc(s) for s in segments]
     dot = first.find(".")
     rid = first if dot < 0 else first[:dot]
     entry = _BY_ID.get(rid)
@@ -402,7 +423,7 @@ def parse_segments(segments):
         raise DecodeError("route %r has no version" % rid)
     else:
         version = first[dot + 1 :]
-    params = list(segments[1:])
+    params = [_unesc(s) for s in segments[1:]]
     if len(params) != nparams:
         raise DecodeError("route %r takes %d parameters, got %d" % (rid, nparams, len(params)))
     return rid, version, params

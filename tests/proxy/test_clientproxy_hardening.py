@@ -17,8 +17,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from lowbw.clientproxy.retransmit import DEAD_LINK_ACK_TIMEOUTS, ClientTuning
 from lowbw.testing.synapse import SynapseServer
 from tests.proxy.clientstack import demo
@@ -194,11 +192,6 @@ def test_answers_match_the_homeserver(
         assert (status, body) == (200, b"") and headers["Content-Type"].startswith("application/json"), base
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lowbw.wire.routes refuses '.' and '..' Uri-Path values (encode_path and parse_segments); "
-    "needs a wire change, see the client-proxy report",
-)
 def test_dot_segments_are_carried(
     client_stack: Any,
     synapse: SynapseServer,
@@ -215,6 +208,13 @@ def test_dot_segments_are_carried(
         assert status == 200 and body["event_id"].startswith("$"), body
         status, _, body = http(stack.url, "GET", path, token=token)
         assert status == 200 and body == {"k": key}
+    # The homeserver holds them under the state keys "." and "..", not folded away.
+    status, _, state = http(
+        stack.url, "GET", "/_matrix/client/v3/rooms/%s/state" % urllib.parse.quote(room), token=token
+    )
+    assert status == 200
+    keys = {e["state_key"]: e["content"] for e in state if e["type"] == "org.example.dots"}
+    assert keys == {".": {"k": "%2E"}, "..": {"k": "%2E%2E"}}, keys
 
 
 # -- 5. unknown config keys ----------------------------------------------------------------------
