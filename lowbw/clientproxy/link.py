@@ -69,8 +69,10 @@ log = logging.getLogger("lowbw.clientproxy.link")
 CLIENT_CAPS = keys.TABLE_LOWBW_V1 | handshake.CAP_DICT_V1
 HANDSHAKES_KEPT = 3
 ACK_EVENTS_KEPT = 64
-# Noise IK message 1 around its payload: kind, e, encrypted s, caps byte, tag.
-IK1_OVERHEAD = 1 + 32 + 48 + 1 + 16
+# Noise IK message 1 around its payload: kind, e, encrypted s, caps byte, the
+# handshake number (the wall clock in seconds: a 5-byte CBOR head,
+# lowbw.wire.handshake.clock_hsn), tag.
+IK1_OVERHEAD = 1 + 32 + 48 + 1 + 5 + 16
 # A transport frame from the initiator: kind, session id, long counter, tag.
 FRAME_OVERHEAD = 1 + 2 + 3 + 16
 
@@ -128,6 +130,7 @@ class LinkStats:
     stale: int = 0
     oversize: int = 0
     dead: int = 0  # times the link was given up as dead
+    cookies: int = 0  # cookie replies answered (the proxy was under load)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -156,6 +159,7 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self.session: frames.Session | None = None
         self.caps = 0
         self._handshakes: list[tuple[handshake.Initiator, int]] = []  # (initiator, mid of 0-RTT)
+        self._hs_datagrams: dict[int, bytes] = {}  # id(initiator) -> its IK message 1
         # (mid, plaintext, message) until the session is up
         self._waiting: list[tuple[int, bytes, Message]] = []
         self._hs_started = 0.0
@@ -222,6 +226,9 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             plaintext = bytes(self.session.open(data))
             self.last_rx = time.monotonic()
             return plaintext
+        if data[0] == frames.HS_COOKIE_REPLY:
+            self._cookie(data)
+            return b""
         if data[0] != frames.HS_IK2:
             raise LowbwError("unexpected handshake frame")
         for i, (ini, _mid) in enumerate(self._handshakes):
@@ -241,6 +248,20 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
                 self._seal_and_send(plaintext, message)
             return bytes(response)
         raise LowbwError("handshake answer matches no handshake in flight")
+
+    def _cookie(self, data: bytes) -> None:
+        """The proxy is under load (lowbw.wire.handshake, cookies): our newest IK
+        message 1 again at once, with the cookie in front."""
+        cookie = handshake.parse_cookie_reply(data)
+        if self.session is not None or not self._handshakes:
+            raise LowbwError("cookie reply without a handshake in flight")
+        ini = self._handshakes[-1][0]
+        first = self._hs_datagrams.get(id(ini))
+        if first is None:
+            raise LowbwError("cookie reply for a handshake we no longer hold")
+        self.stats.cookies += 1
+        log.info("proxy under load: handshake again with its cookie")
+        self._sendto(handshake.cookied(cookie, first))
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -360,6 +381,8 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             dgram = ini.start(b"")
             self._queue(mid, plaintext, message)
         self._handshakes = (self._handshakes + [(ini, mid)])[-HANDSHAKES_KEPT:]
+        # The datagram itself, to send again with a cookie (kept for the handshakes we keep).
+        self._hs_datagrams = {id(i): self._hs_datagrams.get(id(i), bytes(dgram)) for i, _ in self._handshakes}
         self._hs_started = time.monotonic()
         self.stats.handshakes += 1
         self._sendto(bytes(dgram))

@@ -162,3 +162,25 @@ def test_ack_events_fire() -> None:
         assert acked.is_set()
 
     asyncio.run(run())
+
+
+def test_a_cookie_reply_sends_the_same_handshake_again_with_it() -> None:
+    async def run() -> None:
+        link, cap, proxy_priv, _ = make_link()
+        link.send(message(Code.GET, 4))
+        assert len(cap.sent) == 1 and cap.sent[0][0] == frames.HS_IK1
+        cookie = bytes(range(16))
+        link.datagram_received(bytes([frames.HS_COOKIE_REPLY]) + cookie, None)
+        assert len(cap.sent) == 2 and cap.sent[1] == handshake.cookied(cookie, cap.sent[0])
+        assert link.stats.cookies == 1
+        # The proxy answers the cookied handshake: the session is up.
+        ik2, request = respond(proxy_priv, handshake.split_cookied(cap.sent[1])[1])
+        assert request
+        link.datagram_received(ik2, None)
+        assert link.session is not None
+        # Once up, a (replayed or forged) cookie reply changes nothing; a malformed one is dropped.
+        link.datagram_received(bytes([frames.HS_COOKIE_REPLY]) + cookie, None)
+        link.datagram_received(bytes([frames.HS_COOKIE_REPLY]) + cookie[:5], None)
+        assert len(cap.sent) == 2 and link.stats.dropped == 2
+
+    asyncio.run(run())
