@@ -300,6 +300,13 @@ class E2EEService:
             os.umask(old_umask)
         dev = DeviceCrypto(rec, client)
         try:
+            # Any authenticated call shows whether the stored login still holds.
+            whoami = await client.whoami()
+            if getattr(whoami, "status_code", None) == "M_UNKNOWN_TOKEN":
+                self.registry.drop_matrix_device(rec.name)
+                raise NotReady("the homeserver no longer knows %s's login; logging in again" % rec.user_id)
+            if type(whoami).__name__.endswith("Error"):
+                raise NotReady("homeserver: %s" % getattr(whoami, "message", whoami))
             if client.should_upload_keys:
                 resp = await client.keys_upload()
                 if type(resp).__name__.endswith("Error"):

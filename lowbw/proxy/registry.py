@@ -384,6 +384,11 @@ class Registry:
                 (name, device_id, access_token, now_ms()),
             )
 
+    def drop_matrix_device(self, name: str) -> None:
+        """Forget the device's Matrix login (its token was refused): the proxy logs in again."""
+        with self._write() as db:
+            db.execute("DELETE FROM matrix_devices WHERE device = ?", (name,))
+
     def revoked_name(self, public_key: bytes) -> str | None:
         """The name of the revoked device that had this key; None if no revoked device had it."""
         rows = self._read(

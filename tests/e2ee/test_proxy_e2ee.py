@@ -330,3 +330,33 @@ def test_device_is_cross_signed_and_bad_input_is_ignored(
     finally:
         out = proxy.stop()
     assert "Traceback" not in out, out
+
+
+def test_fail_closed_until_encryption_works_then_the_reading_lands_once(
+    device_factory, proxy_config_path, synapse, matrix_user, tmp_path
+):
+    """A Matrix login the homeserver no longer knows: readings get 5.03 (the device keeps
+    them), nothing is posted in plaintext; the proxy logs in again and the same reading lands once."""
+    from lowbw.proxy.config import load
+    from lowbw.proxy.registry import Registry
+
+    person = Person(synapse.url, matrix_user.user_id, matrix_user.password, tmp_path / "person")
+    proxy = None
+    try:
+        dev = device_factory(encrypted=True)
+        person.join(dev.room_id)
+        with Registry(load(proxy_config_path).proxy.registry) as registry:
+            registry.set_matrix_device(dev.name, "GONE", "syt_not_a_token_anymore")
+        proxy = ProxyProcess(proxy_config_path)
+        wire = dev.wire()
+        codes = exchange_until_acked(wire, lambda mid: wire.reading([333], mid=mid))
+        assert coap.SERVICE_UNAVAILABLE in codes and codes[-1] == coap.CHANGED, codes
+        assert proxy.wait_for("no longer knows", 5), proxy.output()
+        events = [e for e in raw_events(synapse, matrix_user, dev.room_id) if e["sender"] == dev.user_id]
+        assert [e["type"] for e in events if "state_key" not in e] == ["m.room.encrypted"]
+        got = _wait_notices(person, 1)
+        assert [n.body for n in got] == ["temperature 33.3 °C"]
+    finally:
+        person.close()
+        if proxy is not None:
+            proxy.stop()
