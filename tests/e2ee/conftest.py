@@ -7,4 +7,5 @@ from tests.proxy.conftest import (  # noqa: F401 (fixtures)
     proxy_config_path,
     proxy_factory,
     synapse,
+    token_proxy_config_path,
 )

@@ -360,3 +360,33 @@ def test_fail_closed_until_encryption_works_then_the_reading_lands_once(
         person.close()
         if proxy is not None:
             proxy.stop()
+
+
+def test_token_mode_encrypts_too(token_proxy_config_path, synapse, matrix_user, tmp_path):
+    """Token mode: the device user's own token is its Matrix device; readings are Megolm."""
+    from tests.proxy.conftest import enroll_device
+
+    person = Person(synapse.url, matrix_user.user_id, matrix_user.password, tmp_path / "person")
+    proxy = None
+    try:
+        dev = enroll_device(token_proxy_config_path, matrix_user, synapse, encrypted=True)
+        person.sync()
+        proxy = ProxyProcess(token_proxy_config_path)
+        wire = dev.wire()
+        exchange_until_acked(wire, lambda mid: wire.reading([222], mid=mid))
+        events = [e for e in raw_events(synapse, matrix_user, dev.room_id) if e["sender"] == dev.user_id]
+        assert [e["type"] for e in events if "state_key" not in e] == ["m.room.encrypted"]
+        assert [n.body for n in _wait_notices(person, 1)] == ["temperature 22.2 °C"]
+        person.say(dev.room_id, "!%s ping" % dev.name)
+        deadline = time.monotonic() + 20
+        fetched = None
+        while time.monotonic() < deadline:
+            fetched = wire.exchange(wire.request(coap.GET, [routes.ROUTE_COMMANDS]))
+            if fetched.code == coap.CONTENT:
+                break
+            time.sleep(0.5)
+        assert fetched is not None and fetched.code == coap.CONTENT, proxy.output()
+    finally:
+        person.close()
+        if proxy is not None:
+            proxy.stop()
