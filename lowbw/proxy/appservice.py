@@ -21,6 +21,10 @@ again). If the registry cannot store one, the answer is 500 so the homeserver
 retries: a command is never dropped silently. Delivery to the device is
 ``lowbw.proxy.resources`` (option 65004, GET/POST ``x``).
 
+An ``m.room.encryption`` state event in a device's room marks the device as
+encrypted at once (``SessionTable.room_encrypted``): its next reading is
+Megolm-encrypted (lowbw.proxy.e2ee), never plaintext.
+
 ``/_matrix/app/v1/users/*`` and ``/rooms/*`` (the homeserver asking whether
 a user or alias exists) answer 404: devices are created at enrollment only.
 """
@@ -153,6 +157,15 @@ class AppserviceListener:
         table = self.table
         table.poll_changes()
         for event in events:
+            if (
+                isinstance(event, dict)
+                and event.get("type") == "m.room.encryption"
+                and event.get("state_key") == ""
+                and isinstance(event.get("room_id"), str)
+            ):
+                # A device's room became encrypted: from now on its events are Megolm.
+                table.room_encrypted(event["room_id"])
+                continue
             found = detect_command(event, table.devices)
             if found is None:
                 continue

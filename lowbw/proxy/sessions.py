@@ -204,6 +204,19 @@ class SessionTable:
             if n:
                 self._commands[name] = n
 
+    def room_encrypted(self, room_id: str) -> None:
+        """``room_id`` got an ``m.room.encryption`` state event: its devices are
+        encrypted from now on (recorded, and their Matrix devices started)."""
+        for name, rec in list(self.devices.items()):
+            if room_id in rec.rooms and not rec.encrypted:
+                self.registry.set_encrypted(name)
+                log.info("%s: room %s is now end-to-end encrypted", name, room_id)
+                fresh = self.registry.device(name)
+                if fresh is not None:
+                    self.devices[name] = fresh
+                    if self.e2ee is not None:
+                        self.e2ee.ensure(fresh)
+
     def poll_changes(self) -> None:
         """Called for every datagram (a revocation takes effect on the very next
         one) and by the timer of ``start_timers`` (so it takes effect within

@@ -390,3 +390,38 @@ def test_token_mode_encrypts_too(token_proxy_config_path, synapse, matrix_user, 
         person.close()
         if proxy is not None:
             proxy.stop()
+
+
+def test_a_room_that_becomes_encrypted_gets_megolm_from_then_on(
+    device_factory, proxy_config_path, synapse, matrix_user, appservice, tmp_path
+):
+    person = Person(synapse.url, matrix_user.user_id, matrix_user.password, tmp_path / "person")
+    proxy = None
+    try:
+        dev = device_factory()  # a plaintext room
+        person.sync()
+        proxy = ProxyProcess(proxy_config_path)
+        wire = dev.wire()
+        assert wire.exchange(wire.reading([1])).code == coap.CHANGED
+        status, body = matrix_call(
+            synapse.url,
+            "PUT",
+            "/_matrix/client/v3/rooms/%s/state/m.room.encryption/" % urllib.parse.quote(dev.room_id, safe=""),
+            appservice.as_token,  # the room's creator (the device user) turns encryption on
+            {"algorithm": "m.megolm.v1.aes-sha2"},
+            query={"user_id": dev.user_id},
+        )
+        assert status == 200, body
+        assert proxy.wait_for("%s: room %s is now end-to-end encrypted" % (dev.name, dev.room_id), 20)
+        exchange_until_acked(wire, lambda mid: wire.reading([2], mid=mid))
+        events = [
+            e
+            for e in raw_events(synapse, matrix_user, dev.room_id)
+            if e["sender"] == dev.user_id and "state_key" not in e
+        ]
+        assert [e["type"] for e in events] == ["m.room.message", "m.room.encrypted"], events
+        assert [n.body for n in _wait_notices(person, 2)][-1] == "temperature 0.2 °C"
+    finally:
+        person.close()
+        if proxy is not None:
+            proxy.stop()
