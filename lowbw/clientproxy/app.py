@@ -70,7 +70,9 @@ from lowbw.proxy.clients import (
     BEARER_BIND_OPTION,
     BEARER_SLOT_OPTION,
     BIND_REQUIRED_OPTION,
+    BYTE_STRINGS_OPTION,
     CF_OCTETS,
+    FORM_BLOBS,
     MAX_SLOTS,
     PARK_MAX,
     REFS_KNOWN_OPTION,
@@ -174,6 +176,8 @@ class _SessionState:
     refs: ClientRefs = field(default_factory=ClientRefs)
     slots: dict[str, int] = field(default_factory=dict)  # token -> slot
     confirmed: set[str] = field(default_factory=set)  # tokens the proxy holds in their slot
+    # The proxy echoed Byte-Strings: requests may carry base64 as blobs (lowbw.compact.blobs).
+    blobs: bool = False
 
 
 class _Stale(Exception):
@@ -446,17 +450,24 @@ class ClientProxy:
                 del self._sessions[next(iter(self._sessions))]
         return st
 
-    def _codec(self, session: Any) -> BodyCodec:
+    def _codec(self, session: Any, *, answer: bool = False) -> BodyCodec:
         """The body codec for ``session``; with no session (a request riding a
-        handshake), plain CBOR with our key table and no references."""
+        handshake), plain CBOR with our key table and no references.
+
+        Base64 byte strings: in requests once the proxy has echoed our offer;
+        in answers (``answer``) whenever we offer them, since the proxy turns
+        them on with the very answer that echoes the offer.
+        """
         link = self.link
         if session is None or link is None:
             return BodyCodec(keys.TABLE_LOWBW_V1)
         caps = link.caps
+        st = self._state_for(session)
         return BodyCodec(
             (caps & handshake.CAPS_TABLE_MASK) or keys.TABLE_LOWBW_V1,
             1 if caps & handshake.CAP_DICT_V1 else None,
-            self._state_for(session).refs if self.config.identifier_refs else None,
+            st.refs if self.config.identifier_refs else None,
+            blobs=self.config.byte_strings if answer else st.blobs,
         )
 
     def _auth_option(self, token: str | None, st: _SessionState) -> OpaqueOption | UintOption | None:
@@ -518,6 +529,8 @@ class ClientProxy:
                 st.confirmed.discard(token)
                 if attempt < 4:
                     continue
+            if _echoes_blobs(response) and self._sessions.get(session) is st and session is not None:
+                st.blobs = True
             if token is not None and token in st.slots and self._sessions.get(session) is st:
                 st.confirmed.add(token)
             elif token is not None and session is None and token in st.slots:
@@ -562,6 +575,9 @@ class ClientProxy:
             msg.opt.add_option(auth)
         if report is not None:
             msg.opt.add_option(UintOption(REFS_KNOWN_OPTION, report))
+        if session is not None and self.config.byte_strings and not st.blobs:
+            # Offered until the proxy echoes it (concurrent requests all offer: harmless).
+            msg.opt.add_option(UintOption(BYTE_STRINGS_OPTION, FORM_BLOBS))
         assert self.link is not None
         msg.remote = self.link.remote
         if session is not None:
@@ -644,11 +660,22 @@ class ClientProxy:
                 # Reassembled block-wise answers lose the attribute: the current session's.
                 session = self.link.session
             try:
-                body = self._codec(session).decode(response.payload, None if cf is None else int(cf))
+                codec = self._codec(session, answer=True)
+                body = codec.decode(response.payload, None if cf is None else int(cf))
             except LowbwError as exc:
                 raise LinkFailed(502, "unreadable answer: %s" % exc.message)
             self.txnids.restore(body)
         return Answer(http_status, body, retry_after)
+
+
+def _echoes_blobs(response: Message) -> bool:
+    """Whether the proxy's answer echoes Byte-Strings with the blob form."""
+    for opt in response.opt.get_option(BYTE_STRINGS_OPTION):
+        raw = bytes(opt.value) if isinstance(opt.value, (bytes, bytearray)) else None
+        value = int.from_bytes(raw, "big") if raw is not None else int(opt.value)
+        if value & FORM_BLOBS:
+            return True
+    return False
 
 
 def _rewrite_well_known(answer: Answer, base_url: str) -> Answer:

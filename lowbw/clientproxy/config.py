@@ -14,6 +14,7 @@
     dictionary = true                  # offer the preset body dictionary (false: to measure it)
     identifier_refs = true             # IDs as references, numbered event types (false: to measure)
     short_txn = true                   # 8-character transaction IDs on the air (false: to measure)
+    byte_strings = true                # base64 (keys, ciphertexts) as CBOR byte strings (false: to measure)
     mtu = 256                          # largest datagram the radio carries (default by link_bps)
 
 Every key but the keys and ``proxy`` has a default; ``--listen``, ``--proxy``
@@ -50,6 +51,7 @@ KNOWN_KEYS = frozenset(
         "dictionary",
         "identifier_refs",
         "short_txn",
+        "byte_strings",
         "mtu",
     )
 )
@@ -87,6 +89,7 @@ class ClientProxyConfig:
     dictionary: bool = True
     identifier_refs: bool = True
     short_txn: bool = True
+    byte_strings: bool = True
     mtu: int = 0  # 0: by link_bps (default_mtu)
 
     @property
@@ -192,7 +195,7 @@ def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not (mtu == 0 or 64 <= mtu <= 65507):
         raise ClientProxyConfigError("mtu must be an integer 64..65507 (or 0: by link_bps)")
     switches = {}
-    for key in ("dictionary", "identifier_refs", "short_txn"):
+    for key in ("dictionary", "identifier_refs", "short_txn", "byte_strings"):
         switches[key] = data.get(key, True)
         if not isinstance(switches[key], bool):
             raise ClientProxyConfigError("%s must be true or false" % key)
@@ -201,6 +204,7 @@ def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
         dictionary=switches["dictionary"],
         identifier_refs=switches["identifier_refs"],
         short_txn=switches["short_txn"],
+        byte_strings=switches["byte_strings"],
         mtu=mtu,
         name=str(data.get("name", p.stem)),
         listen=listen,

@@ -52,6 +52,11 @@ def parser() -> argparse.ArgumentParser:
         "--no-short-txn", action="store_true", help="send clients' transaction IDs as they are (to measure)"
     )
     p.add_argument(
+        "--no-byte-strings",
+        action="store_true",
+        help="send base64 (keys, signatures, ciphertexts) as text, not byte strings (to measure)",
+    )
+    p.add_argument(
         "--public-url", metavar="URL", help="base URL clients are told in .well-known (default: request host)"
     )
     return p
@@ -123,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg.identifier_refs = False
         if args.no_short_txn:
             cfg.short_txn = False
+        if args.no_byte_strings:
+            cfg.byte_strings = False
         return asyncio.run(serve(cfg, args.public_url))
     except LowbwError as exc:
         # The rule of every lowbw command (lowbw.cli.main): one line, exit status 1.

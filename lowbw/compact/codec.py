@@ -22,6 +22,11 @@ With an identifier table (``lowbw.compact.refs``: ``ProxyRefs`` on the proxy,
 ``ClientRefs`` on the client-proxy) the CBOR also carries identifiers the
 session has seen as references (byte strings), before DEFLATE.
 
+With ``blobs`` (a session that agreed ``Byte-Strings``, ``lowbw.compact.blobs``)
+base64 text goes as byte strings restored exactly, also before DEFLATE: the
+dictionary then matches the structure around them and no longer spends its
+effort on random characters it cannot compress anyway.
+
 Limits: a body decodes to at most ``max_bytes`` bytes of CBOR (default
 ``MAX_BODY``), ``max_items`` items (``MAX_ITEMS``) and ``MAX_DEPTH`` levels;
 anything beyond is ``LimitError`` (4.13), anything malformed ``DecodeError``
@@ -39,6 +44,7 @@ import zlib
 from typing import Any, Protocol
 
 from lowbw.compact import dictionary
+from lowbw.compact import refs as refs_module
 from lowbw.wire import cbor, keys
 from lowbw.wire.errors import DecodeError, LimitError
 
@@ -53,9 +59,9 @@ MAX_DEPTH = 64
 class Refs(Protocol):
     """An identifier table (lowbw.compact.refs) as the codec uses it."""
 
-    def encode(self, obj: Any, ids: dict[str, int]) -> Any: ...
+    def encode(self, obj: Any, ids: dict[str, int], blobs: bool = False) -> Any: ...
 
-    def decode(self, obj: Any, names: dict[int, str]) -> Any: ...
+    def decode(self, obj: Any, names: dict[int, str], blobs: bool = False) -> Any: ...
 
 
 class BodyCodec:
@@ -67,6 +73,7 @@ class BodyCodec:
         dict_version: int | None = None,
         refs: Refs | None = None,
         *,
+        blobs: bool = False,
         max_bytes: int = MAX_BODY,
         max_items: int = MAX_ITEMS,
     ) -> None:
@@ -76,12 +83,17 @@ class BodyCodec:
         self.max_items = max_items
         self.dict_version = dict_version
         self.refs = refs
+        self.blobs = blobs
         self._zdict = dictionary.dictionary(dict_version) if dict_version is not None else None
 
     def encode(self, obj: Any) -> tuple[bytes, int]:
         """``(payload, content_format)`` for a JSON value, the shorter form."""
         if self.refs is not None:
-            value = self.refs.encode(obj, self._table.ids)
+            value = self.refs.encode(obj, self._table.ids, self.blobs)
+        elif self.blobs:
+            value = refs_module.encode_tree(
+                obj, self._table.ids, refs_module.with_blobs(refs_module.text_only)
+            )
         else:
             value = keys.compress(obj, self.table_id)
         plain = bytes(cbor.dumps(value))
@@ -107,8 +119,27 @@ class BodyCodec:
             raise LimitError("body larger than %d bytes" % self.max_bytes)
         value = cbor.loads(raw, max_depth=MAX_DEPTH, max_items=self.max_items)
         if self.refs is not None:
-            return self.refs.decode(value, self._table.names)
-        return keys.expand(value, self.table_id, max_depth=MAX_DEPTH)
+            return self.refs.decode(value, self._table.names, self.blobs)
+        if self.blobs:
+            return refs_module.decode_tree(
+                value, self._table.names, refs_module.blob_entries(refs_module.no_entries)
+            )
+        expanded = keys.expand(value, self.table_id, max_depth=MAX_DEPTH)
+        _no_byte_strings(expanded)
+        return expanded
+
+
+def _no_byte_strings(value: Any) -> None:
+    """DecodeError if a byte string is left: JSON has none, and on a session
+    without references or blobs none has a meaning (it would reach json.dumps)."""
+    if isinstance(value, bytes):
+        raise DecodeError("byte string in a body of a session that agreed none")
+    if isinstance(value, dict):
+        for v in value.values():
+            _no_byte_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            _no_byte_strings(v)
 
 
 def inflate(payload: bytes, zdict: bytes, max_bytes: int = MAX_BODY) -> bytes:

@@ -38,6 +38,11 @@ index(2) sigil hash(32)     definition of ``sigil + base64url(hash)``, the
                             or ``!`` then 43 characters): 9 bytes shorter
 ==========================  ============================================
 
+On a session that agreed base64 byte strings (``lowbw.compact.blobs``), a
+byte string of 3 or more bytes starting with ``80``..``83`` is a blob, not an
+entry: ``encode``/``decode`` take ``blobs=True`` for that, and a string that
+is not an identifier goes as a blob when it restores exactly.
+
 The table holds at most ``MAX_REFS`` strings; after that new identifiers go
 as plain text. It lives and dies with the Noise session on both sides: a new
 handshake starts an empty table.
@@ -49,6 +54,7 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
+from lowbw.compact import blobs as blobs_module
 from lowbw.wire.errors import DecodeError, EncodeError, LimitError
 
 MAX_REFS = 4096
@@ -178,9 +184,10 @@ class ProxyRefs:
             self.strings.append(s)
         return reference(i) if i < self.confirmed else definition(i, s)
 
-    def encode(self, obj: Any, ids: dict[str, int]) -> Any:
-        """``obj`` with keys compressed by ``ids`` (a key table) and identifiers as entries."""
-        return _encode(obj, ids, self._out)
+    def encode(self, obj: Any, ids: dict[str, int], blobs: bool = False) -> Any:
+        """``obj`` with keys compressed by ``ids`` (a key table) and identifiers as entries
+        (and, with ``blobs``, base64 text as blobs)."""
+        return _encode(obj, ids, with_blobs(self._out) if blobs else self._out)
 
     def resolve_text(self, s: str) -> str:
         """A Uri-Path or Uri-Query value with a reference resolved."""
@@ -201,9 +208,9 @@ class ProxyRefs:
             raise DecodeError("identifier reference %d is not in the table" % i)
         return self.strings[i]
 
-    def decode(self, obj: Any, names: dict[int, str]) -> Any:
+    def decode(self, obj: Any, names: dict[int, str], blobs: bool = False) -> Any:
         """A request body: key ids expanded by ``names``, references resolved (no definitions)."""
-        return _decode(obj, names, self._entry)
+        return _decode(obj, names, blob_entries(self._entry) if blobs else self._entry)
 
     def _entry(self, b: bytes) -> str:
         index, s = parse_entry(b)
@@ -256,17 +263,17 @@ class ClientRefs:
         j = _STATIC_INDEX.get(s)
         return s if j is None else STATIC_PREFIX + str(j)
 
-    def encode(self, obj: Any, ids: dict[str, int]) -> Any:
+    def encode(self, obj: Any, ids: dict[str, int], blobs: bool = False) -> Any:
         """A request body: keys compressed, identifiers this side holds as references."""
-        return _encode(obj, ids, self._out)
+        return _encode(obj, ids, with_blobs(self._out) if blobs else self._out)
 
     def _out(self, s: str, key: str | None) -> Any:
         i = self.index.get(s)
         return s if i is None else reference(i)
 
-    def decode(self, obj: Any, names: dict[int, str]) -> Any:
+    def decode(self, obj: Any, names: dict[int, str], blobs: bool = False) -> Any:
         """An answer body: key ids expanded, definitions learnt, references resolved."""
-        return _decode(obj, names, self._entry)
+        return _decode(obj, names, blob_entries(self._entry) if blobs else self._entry)
 
     def _entry(self, b: bytes) -> str:
         index, s = parse_entry(b)
@@ -276,6 +283,49 @@ class ClientRefs:
         if found is None:
             raise DecodeError("identifier reference %d is not known here" % index)
         return found
+
+
+def with_blobs(leaf: Callable[[str, str | None], Any]) -> Callable[[str, str | None], Any]:
+    """``leaf`` and then, for a string it left as text, the blob form if there is one."""
+
+    def out(s: str, key: str | None) -> Any:
+        value = leaf(s, key)
+        if value is s:
+            blob = blobs_module.encode(s)
+            if blob is not None:
+                return blob
+        return value
+
+    return out
+
+
+def blob_entries(entry: Callable[[bytes], str]) -> Callable[[bytes], str]:
+    """``entry`` for identifier entries, ``blobs.decode`` for blobs."""
+
+    def read(b: bytes) -> str:
+        return blobs_module.decode(b) if blobs_module.is_blob(b) else entry(b)
+
+    return read
+
+
+def text_only(s: str, key: str | None) -> Any:
+    """The leaf of a session without identifier references: every string stays text."""
+    return s
+
+
+def no_entries(b: bytes) -> str:
+    """The entry reader of a session without identifier references: no byte string is data."""
+    raise DecodeError("byte string in a body of a session without identifier references")
+
+
+def encode_tree(obj: Any, ids: dict[str, int], leaf: Callable[[str, str | None], Any]) -> Any:
+    """Key compression with each string through ``leaf(string, its key)`` (public ``_encode``)."""
+    return _encode(obj, ids, leaf)
+
+
+def decode_tree(obj: Any, names: dict[int, str], entry: Callable[[bytes], str]) -> Any:
+    """Key expansion with each byte string through ``entry`` (public ``_decode``)."""
+    return _decode(obj, names, entry)
 
 
 def _encode(

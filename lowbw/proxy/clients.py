@@ -35,6 +35,13 @@ Wire rules (docs/PROTOCOL.md, "Client sessions"):
 * **Identifiers** already carried are references (``lowbw.compact.refs``); the
   client-proxy reports how many it holds in ``Refs-Known`` (65020), and a
   session without that option gets plain identifiers.
+* **Byte strings.** Base64 text (keys, signatures, ciphertexts of encrypted
+  rooms) goes as CBOR byte strings (``lowbw.compact.blobs``) once the
+  client-proxy has offered it with ``Byte-Strings`` (65028, uint 1) and the
+  proxy has echoed the option in its answer; the proxy uses the form in every
+  answer from the one that echoes it on. Blobs in a request are read whether
+  or not the session turned them on (this proxy knows the form; only a
+  client-proxy that saw the echo sends them).
 * **Bodies** go through ``lowbw.compact.codec.BodyCodec`` (integer keys, and the
   preset dictionary when the handshake agreed ``CAP_DICT_V1``), with the work
   of decoding one bounded by ``[limits] decompress_max_bytes`` and
@@ -60,7 +67,7 @@ from typing import Any
 from aiocoap.message import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
-from aiocoap.optiontypes import OpaqueOption
+from aiocoap.optiontypes import OpaqueOption, UintOption
 
 from lowbw.compact.codec import CF_CBOR, BodyCodec
 from lowbw.compact.refs import ProxyRefs
@@ -78,6 +85,11 @@ BEARER_SLOT_OPTION = 65012
 BIND_REQUIRED_OPTION = 65016
 REFS_KNOWN_OPTION = 65020
 SESSION_END_OPTION = 65024
+# uint, a set of body forms (bit 0: base64 text as byte strings, lowbw.compact.blobs):
+# the client-proxy offers it, the proxy turns the forms on and echoes what it took.
+BYTE_STRINGS_OPTION = 65028
+FORM_BLOBS = 0x01
+FORMS_KNOWN = FORM_BLOBS
 MAX_SLOTS = 16
 # Bearer-Bind slot byte meaning "this request only" (a client-proxy without a session yet).
 TRANSIENT_SLOT = 0xFF
@@ -168,6 +180,8 @@ class ClientState:
     # Identifiers go as references only once the client-proxy has sent
     # Refs-Known (its first request of the session carries it, 0): it opted in.
     refs_on: bool = False
+    # Base64 byte strings in answers: the client-proxy offered them (Byte-Strings).
+    blobs_on: bool = False
     # stream -> event set when a newer park of the same stream arrives
     parks: dict[Any, asyncio.Event] = field(default_factory=dict)
 
@@ -243,6 +257,21 @@ class ClientService:
 
     async def render(self, request: Message, addr: SessionAddress, rec: DeviceRecord) -> Message:
         state = self._state(addr)
+        offered = _options(request, BYTE_STRINGS_OPTION)
+        forms = 0
+        if len(offered) == 1 and len(offered[0]) <= 2:
+            # Anything else (repeated, too long) is no offer: the session stays as it was.
+            forms = coap.uint_decode(offered[0], 2) & FORMS_KNOWN
+            if forms & FORM_BLOBS:
+                state.blobs_on = True
+        answer = await self._render(request, addr, rec, state)
+        if forms:
+            answer.opt.add_option(UintOption(BYTE_STRINGS_OPTION, forms))
+        return answer
+
+    async def _render(
+        self, request: Message, addr: SessionAddress, rec: DeviceRecord, state: ClientState
+    ) -> Message:
         codec = self._codec(addr, state)
         method = _METHODS.get(request.code)
         if method is None:
@@ -285,7 +314,10 @@ class ClientService:
         if request.payload:
             cf = request.opt.content_format
             try:
-                body = codec.decode(request.payload, None if cf is None else int(cf))
+                # Blobs are read even before this session turned them on (module docstring):
+                # a 0-RTT answer replayed from an earlier handshake may have carried the echo.
+                decoder = self._codec(addr, state, blobs=True)
+                body = decoder.decode(request.payload, None if cf is None else int(cf))
             except LowbwError as exc:
                 return self._error(codec, exc.coap_code, "M_NOT_JSON", exc.message or "bad body")
         if method == "GET" and self._parks(segments, raw_query):
@@ -315,12 +347,13 @@ class ClientService:
                     del state.bearers[slot]
         return self._answer(codec, result, method)
 
-    def _codec(self, addr: SessionAddress, state: ClientState) -> BodyCodec:
+    def _codec(self, addr: SessionAddress, state: ClientState, blobs: bool | None = None) -> BodyCodec:
         dict_version = 1 if addr.caps & handshake.CAP_DICT_V1 else None
         return BodyCodec(
             addr.table_id,
             dict_version,
             state.refs if state.refs_on else None,
+            blobs=state.blobs_on if blobs is None else blobs,
             max_bytes=self.limits.decompress_max_bytes,
             max_items=self.limits.decompress_max_items,
         )
