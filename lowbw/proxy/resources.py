@@ -800,6 +800,15 @@ class ProxySite(resource.ObservableResource):
         token, as_user = self._auth(rec)
         if token is None:
             return error_message(coap.INTERNAL_SERVER_ERROR, "M_UNKNOWN", "no credential", table_id)
+        send = _room_send(method, path) if rec.encrypted else None
+        if send is not None and isinstance(body, dict):
+            # An event into the encrypted room goes out as Megolm ciphertext, or not at all.
+            room, event_type, txn = send
+            try:
+                body = await self._encrypt(rec, room, event_type, body)
+            except HomeserverUnavailable as exc:
+                return unavailable_message(exc, self.s.retry_after, table_id)
+            path = encode_path(CLIENT_V3 + "/rooms/{}/send/{}/{}", room, "m.room.encrypted", txn)
         timeout = None
         if path.endswith("/sync"):
             # A long poll holds a homeserver connection: never longer than long_poll_max.
@@ -824,6 +833,17 @@ class ProxySite(resource.ObservableResource):
         except LowbwError as exc:
             return error_message(coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad request", table_id)
         return http_answer(result, method, table_id)
+
+
+def _room_send(method: str, path: str) -> tuple[str, str, str] | None:
+    """(room, event type, txn id) if ``path`` is a room event send (``PUT .../rooms/R/send/T/X``)."""
+    parts = path.split("/")
+    if method != "PUT" or len(parts) != 9 or parts[1:3] != ["_matrix", "client"]:
+        return None
+    if parts[4] != "rooms" or parts[6] != "send":
+        return None
+    room, event_type, txn = (urllib.parse.unquote(p) for p in (parts[5], parts[7], parts[8]))
+    return room, event_type, txn
 
 
 def _nothing() -> None:

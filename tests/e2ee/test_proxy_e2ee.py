@@ -425,3 +425,43 @@ def test_a_room_that_becomes_encrypted_gets_megolm_from_then_on(
         person.close()
         if proxy is not None:
             proxy.stop()
+
+
+def test_other_events_from_an_encrypted_device_are_megolm_too(
+    device_factory, proxy_config_path, synapse, matrix_user, tmp_path
+):
+    """A client-API send (not a reading) into the encrypted room goes out encrypted."""
+    from lowbw.wire import cbor, keys
+
+    person = Person(synapse.url, matrix_user.user_id, matrix_user.password, tmp_path / "person")
+    proxy = None
+    try:
+        dev = device_factory(encrypted=True)
+        person.join(dev.room_id)
+        proxy = ProxyProcess(proxy_config_path)
+        wire = dev.wire()
+        exchange_until_acked(wire, lambda mid: wire.reading([1], mid=mid))
+        body = bytes(
+            cbor.dumps(keys.compress({"msgtype": "m.text", "body": "door open"}, keys.TABLE_LOWBW_V1))
+        )
+        path = "/_matrix/client/v3/rooms/%s/send/m.room.message/t1" % urllib.parse.quote(dev.room_id, safe="")
+        answer = wire.exchange(
+            wire.request(coap.PUT, routes.encode_path(path), body, options=[(coap.CONTENT_FORMAT, b"\x3c")])
+        )
+        assert answer.code == coap.CHANGED, answer
+        events = [
+            e
+            for e in raw_events(synapse, matrix_user, dev.room_id)
+            if e["sender"] == dev.user_id and "state_key" not in e
+        ]
+        assert [e["type"] for e in events] == ["m.room.encrypted", "m.room.encrypted"]
+        deadline = time.monotonic() + 20
+        texts: list[str] = []
+        while "door open" not in texts and time.monotonic() < deadline:
+            person.sync(1000)
+            texts = [getattr(e, "body", None) for e in person.seen]
+        assert "door open" in texts, person.seen
+    finally:
+        person.close()
+        if proxy is not None:
+            proxy.stop()
