@@ -311,6 +311,7 @@ class E2EEService:
                 resp = await client.keys_upload()
                 if type(resp).__name__.endswith("Error"):
                     raise NotReady("keys upload failed: %s" % getattr(resp, "message", resp))
+            await self._upload_fallback_key(client)
             await crosssign.ensure_signed(
                 client,
                 self.store,
@@ -334,6 +335,32 @@ class E2EEService:
             device_id,
             client.olm.account.identity_keys["ed25519"] if client.olm else "?",
         )
+
+    async def _upload_fallback_key(self, client: Any) -> None:
+        """A fresh signed fallback key, so Olm sessions can start even when every
+        one-time key was claimed (nio keeps those topped up but has no fallback
+        key of its own). Replaced at every start; vodozemac still accepts the
+        previous one for sessions started with it."""
+        account = client.olm.account._account  # the vodozemac Account nio wraps
+        account.generate_fallback_key()
+        uploads = {}
+        for key_id, key in account.fallback_key.items():
+            obj: dict[str, Any] = {"key": key.to_base64(), "fallback": True}
+            obj["signatures"] = {client.user_id: {"ed25519:" + client.device_id: client.olm.sign_json(obj)}}
+            uploads["signed_curve25519:" + key_id] = obj
+        if not uploads:
+            return
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                self.homeserver_url + CLIENT_V3 + "/keys/upload",
+                json={"fallback_keys": uploads},
+                headers={"Authorization": "Bearer %s" % client.access_token},
+                ssl=True if self.verify_tls else False,
+            ) as resp:
+                if resp.status != 200:
+                    raise NotReady("fallback key upload refused: %d" % resp.status)
+        account.mark_keys_as_published()
+        client.olm.save_account()
 
     async def _learn_rotation(self, dev: DeviceCrypto, room_id: str) -> None:
         resp = await dev.client.room_get_state_event(room_id, "m.room.encryption")

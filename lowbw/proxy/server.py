@@ -455,7 +455,8 @@ async def _run(settings: ProxySettings, config_path: str | Path | None = None) -
 def main(config_path: str | Path) -> int:
     """``lowbw proxy run --config PATH``: 0 after a graceful stop, 1 on failure."""
     # aiocoap logs every duplicate and retransmission at INFO; ours says what matters.
-    setup_logging(quiet=("lowbw.proxy.coap",))
+    # matrix-nio (encrypted rooms) logs every room event at INFO.
+    setup_logging(quiet=("lowbw.proxy.coap", "nio"))
     try:
         cfg = proxy_config.load(config_path)
         settings = ProxySettings.from_config(cfg)

@@ -269,6 +269,21 @@ def test_device_is_cross_signed_and_bad_input_is_ignored(
         (device,) = devices.values()
         assert _verify(device, dev.user_id, ssk_pub), device
         assert master_pub in proxy.output()  # logged for people who verify out of band
+        # A signed fallback key is uploaded (the device's own sync says it has an unused one).
+        from lowbw.proxy.config import load
+        from lowbw.proxy.registry import Registry
+
+        with Registry(load(proxy_config_path).proxy.registry) as registry:
+            _device_id, device_token = registry.matrix_device(dev.name)
+        status, own = matrix_call(
+            synapse.url,
+            "GET",
+            "/_matrix/client/v3/sync",
+            device_token,
+            query={"timeout": "0", "filter": '{"room":{"rooms":[]}}'},
+        )
+        assert status == 200, own
+        assert own.get("device_unused_fallback_key_types") == ["signed_curve25519"], proxy.output()
         # Garbage where ciphertext should be: a room event and a to-device message.
         status, _ = matrix_call(
             synapse.url,
