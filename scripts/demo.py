@@ -607,6 +607,68 @@ class RoomFollower:
         return events
 
 
+class EncryptedRoomFollower:
+    """New events of an end-to-end encrypted room, decrypted as a person's client does it.
+
+    The demo user logs in with matrix-nio (vodozemac) as its own Matrix device,
+    so the proxy shares the room keys with it like with any member's device;
+    ``poll`` returns the decrypted events in the same dict shape as
+    ``RoomFollower`` (``type``, ``sender``, ``content``, ``origin_server_ts``).
+    """
+
+    def __init__(self, base_url: str, user_id: str, password: str, room_id: str, store: Path) -> None:
+        import asyncio
+
+        from nio import AsyncClient, AsyncClientConfig
+
+        store.mkdir(parents=True, exist_ok=True)
+        self.room_id = room_id
+        self.loop = asyncio.new_event_loop()
+        self.client = AsyncClient(
+            base_url,
+            user_id,
+            store_path=str(store),
+            config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True),
+        )
+        resp = self.loop.run_until_complete(self.client.login(password, device_name="lowbw demo watcher"))
+        if not getattr(resp, "device_id", None):
+            raise DemoError("the demo user could not log in: %s" % resp)
+
+    async def _poll(self, timeout_ms: int) -> list[dict[str, Any]]:
+        c = self.client
+        resp = await c.sync(timeout=timeout_ms)
+        if c.should_upload_keys:
+            await c.keys_upload()
+        if c.should_query_keys:
+            await c.keys_query()
+        if c.should_claim_keys:
+            await c.keys_claim(c.get_users_for_key_claiming())
+        rooms = getattr(resp, "rooms", None)
+        if rooms is None:
+            raise DemoError("/sync failed: %s" % resp)
+        info = rooms.join.get(self.room_id)
+        out = []
+        for ev in info.timeline.events if info is not None else []:
+            source = getattr(ev, "source", None)
+            if isinstance(source, dict) and isinstance(source.get("content"), dict):
+                out.append(
+                    {
+                        "type": source.get("type", "m.room.message"),
+                        "sender": ev.sender,
+                        "content": source["content"],
+                        "origin_server_ts": ev.server_timestamp,
+                    }
+                )
+        return out
+
+    def poll(self, timeout_ms: int = 1000) -> list[dict[str, Any]]:
+        return self.loop.run_until_complete(self._poll(timeout_ms))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.close())
+        self.loop.close()
+
+
 # ----------------------------------------------------------------- the demo
 
 
@@ -678,8 +740,10 @@ class Demo:
         seed: int | None = None,
         out: Callable[[str], None] = print,
         status: Callable[[str], None] | None = None,
+        encrypted: bool = True,
     ) -> None:
         self.workdir = workdir
+        self.encrypted = encrypted
         self.interval = interval
         self.preset = preset
         self.password = password or secrets.token_urlsafe(9)
@@ -698,6 +762,7 @@ class Demo:
         self.room_id = ""
         self.device_user = ""
         self.landed = 0
+        self.follower: Any = None
 
     def say(self, text: str) -> None:
         self.out(text)
@@ -733,11 +798,23 @@ class Demo:
         )
 
         self.user_id, self.token = self.synapse.register_user(DEMO_USER, self.password)
-        device = enroll(config_path, DEMO_DEVICE, schema=[DEMO_SCHEMA], invite=[self.user_id])
+        device = enroll(
+            config_path, DEMO_DEVICE, schema=[DEMO_SCHEMA], invite=[self.user_id], encrypted=self.encrypted
+        )
         self.room_id = device["room_id"]
         self.device_user = device["user_id"]
         join_room(hs, self.token, self.room_id)
-        self.say("  enrolled        %s as %s, room %s" % (DEMO_DEVICE, self.device_user, self.room_id))
+        self.say(
+            "  enrolled        %s as %s, room %s (%s)"
+            % (
+                DEMO_DEVICE,
+                self.device_user,
+                self.room_id,
+                "end-to-end encrypted: the proxy is the sensor's Matrix device"
+                if self.encrypted
+                else "not encrypted",
+            )
+        )
 
         self.proxy = start_proxy(config_path, w / "proxy.log", track=self.procs)
         proxy_port = int(device["proxy"]["port"])
@@ -800,7 +877,14 @@ class Demo:
 
     def watch(self, duration: float | None = None) -> None:
         assert self.synapse is not None and self.relay is not None
-        follower = RoomFollower(self.synapse.url, self.token, self.room_id)
+        follower: Any
+        if self.encrypted:
+            follower = EncryptedRoomFollower(
+                self.synapse.url, self.user_id, self.password, self.room_id, self.workdir / "watcher"
+            )
+        else:
+            follower = RoomFollower(self.synapse.url, self.token, self.room_id)
+        self.follower = follower
         follower.poll(0)  # what is in the room already (creation events) is not news
         end = None if duration is None else time.monotonic() + duration
         last_radio = ""
@@ -843,6 +927,12 @@ class Demo:
 
     def close(self) -> None:
         """Stop every process (device first, Synapse last)."""
+        follower, self.follower = self.follower, None
+        if isinstance(follower, EncryptedRoomFollower):
+            try:
+                follower.close()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
         for p in reversed(self.procs):
             p.stop(timeout=10)
         self.procs = []
@@ -874,6 +964,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--password", help="the demo user's password (default: random)")
     parser.add_argument("--seed", type=int, help="simulated sensor seed (default: random)")
     parser.add_argument("--show-device", action="store_true", help="also print the device's log")
+    parser.add_argument(
+        "--unencrypted", action="store_true", help="a room without end-to-end encryption (default: encrypted)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) at exit")
     args = parser.parse_args(argv)
     from lowbw.wire.errors import LowbwError
@@ -906,6 +999,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         out=out,
         status=term.status,
+        encrypted=not args.unencrypted,
     )
     status = 0
     try:
