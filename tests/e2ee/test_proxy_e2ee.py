@@ -284,6 +284,17 @@ def test_device_is_cross_signed_and_bad_input_is_ignored(
         )
         assert status == 200, own
         assert own.get("device_unused_fallback_key_types") == ["signed_curve25519"], proxy.output()
+        # The crypto store is private: directory 0700, every file 0600, no token or key in clear.
+        import os
+        import stat
+
+        store = load(proxy_config_path).proxy.registry.parent / "e2ee"
+        assert stat.S_IMODE(os.stat(store).st_mode) == 0o700
+        files = [f for f in store.iterdir() if f.is_file()]
+        assert files and all(stat.S_IMODE(f.stat().st_mode) & 0o077 == 0 for f in files), [
+            (f.name, oct(f.stat().st_mode)) for f in files
+        ]
+        assert not any(device_token.encode() in f.read_bytes() for f in files)
         # Garbage where ciphertext should be: a room event and a to-device message.
         status, _ = matrix_call(
             synapse.url,
