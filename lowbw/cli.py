@@ -496,6 +496,7 @@ def cmd_device_list(args: argparse.Namespace) -> int:
                 "permissions": d.permissions,
                 "revoked": d.revoked,
                 "created_ms": d.created_ms,
+                "encrypted": d.encrypted,
             }
             for d in devices
         ]
@@ -504,7 +505,7 @@ def cmd_device_list(args: argparse.Namespace) -> int:
     if not devices:
         print("no devices enrolled (registry %s)" % cfg.proxy.registry)
         return EXIT_OK
-    table = [("NAME", "STATUS", "USER", "ROOMS", "SLOTS", "KEY", "ENROLLED")]
+    table = [("NAME", "STATUS", "USER", "ROOMS", "E2EE", "SLOTS", "KEY", "ENROLLED")]
     for d in devices:
         table.append(
             (
@@ -512,6 +513,7 @@ def cmd_device_list(args: argparse.Namespace) -> int:
                 "revoked" if d.revoked else "active",
                 d.user_id,
                 ",".join(d.rooms),
+                "yes" if d.encrypted else "no",
                 ",".join(s.get("name", "?") for s in d.slots) or "-",
                 d.public_key.hex()[:16],
                 _format_ms(d.created_ms),

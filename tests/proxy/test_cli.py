@@ -262,7 +262,7 @@ def test_device_list_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
     enrolled(config, "beta", "alpha")
     code, out, _ = run(["device", "list", "--config", str(config)], capsys)
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "STATUS", "USER", "ROOMS", "SLOTS", "KEY", "ENROLLED"]
+    assert lines[0].split() == ["NAME", "STATUS", "USER", "ROOMS", "E2EE", "SLOTS", "KEY", "ENROLLED"]
     assert [line.split()[0] for line in lines[1:]] == ["alpha", "beta"]
     assert all(" active " in line for line in lines[1:])
     assert "DEVICE_TOKEN" not in out
