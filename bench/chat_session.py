@@ -101,8 +101,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make the repository importable
     sys.path.insert(0, str(ROOT))
 
+import bench.nginx_tls as _nginx_tls  # noqa: E402
 from bench.nginx_tls import DEFAULT_SERVER_NAME as TLS_SERVER_NAME  # noqa: E402
 from bench.nginx_tls import NginxError, NginxTLS  # noqa: E402
+
+_NGINX_CONFIG = _nginx_tls.nginx_config
 
 SERVER_NAME = "lowbw.test"
 SYNC_FILTER = {"room": {"timeline": {"limit": 1}}}
@@ -480,6 +483,8 @@ class MatrixClient:
         self.conn.auto_open = 0
         self.token: str | None = None
         self.requests = 0
+        # (method, path, request body, answer body) of every call, for --e2ee's per-body table.
+        self.bodies: list[tuple[str, str, Any, Any]] = []
 
     def connect(self) -> None:
         self.conn.connect()
@@ -507,6 +512,7 @@ class MatrixClient:
             answer = raw[:300]
         if resp.status != 200:
             raise MatrixError("%s %s -> HTTP %d: %s" % (method, path, resp.status, answer))
+        self.bodies.append((method, path, body, answer))
         return answer
 
     def login(self, user: str, password: str) -> dict[str, Any]:
@@ -643,6 +649,165 @@ def _empty_relay_stats() -> dict[str, Any]:
     return {"up": dict(zero), "down": dict(zero)}
 
 
+# ------------------------------------------------------------------ --e2ee: a minimal encrypting client
+
+MEGOLM = "m.megolm.v1.aes-sha2"
+OLM = "m.olm.v1.curve25519-aes-sha2"
+# What matrix-nio uploads after its first login (vodozemac: half of 100 one-time keys).
+ONE_TIME_KEYS = 50
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def unpadded(raw: bytes) -> str:
+    import base64
+
+    return base64.b64encode(raw).decode("ascii").rstrip("=")
+
+
+class E2eeDevice:
+    """One Matrix device's Olm account and Megolm sessions (vodozemac), as a client keeps them.
+
+    Produces the request bodies an encrypting client sends (signed device and
+    one-time keys, an Olm-encrypted ``m.room_key``, Megolm ``m.room.encrypted``)
+    and reads what it receives, so the session is real end-to-end encryption.
+    """
+
+    def __init__(self, user_id: str, device_id: str) -> None:
+        import vodozemac
+
+        self.v = vodozemac
+        self.user_id = user_id
+        self.device_id = device_id
+        self.account = vodozemac.Account()
+        self.outbound: dict[str, Any] = {}  # room -> GroupSession
+        self.inbound: dict[str, Any] = {}  # session id -> InboundGroupSession
+
+    @property
+    def curve(self) -> str:
+        return str(self.account.curve25519_key.to_base64())
+
+    @property
+    def ed(self) -> str:
+        return str(self.account.ed25519_key.to_base64())
+
+    def _signed(self, obj: dict[str, Any]) -> dict[str, Any]:
+        sig = self.account.sign(canonical(obj)).to_base64()
+        return {**obj, "signatures": {self.user_id: {"ed25519:" + self.device_id: sig}}}
+
+    def upload_body(self, count: int = ONE_TIME_KEYS) -> dict[str, Any]:
+        """``/keys/upload``: signed device keys and ``count`` signed Curve25519 one-time keys."""
+        self.account.generate_one_time_keys(count)
+        otks = {
+            "signed_curve25519:" + kid: self._signed({"key": key.to_base64()})
+            for kid, key in self.account.one_time_keys.items()
+        }
+        self.account.mark_keys_as_published()
+        device = self._signed(
+            {
+                "algorithms": [OLM, MEGOLM],
+                "device_id": self.device_id,
+                "keys": {"curve25519:" + self.device_id: self.curve, "ed25519:" + self.device_id: self.ed},
+                "user_id": self.user_id,
+            }
+        )
+        return {"device_keys": device, "one_time_keys": otks}
+
+    def room_key_to(self, room_id: str, their: tuple[str, str, str, str, str]) -> dict[str, Any]:
+        """``/sendToDevice`` body: our room key for ``room_id``, Olm-encrypted to one device.
+
+        ``their`` is (user, device, curve25519, ed25519, claimed one-time key).
+        """
+        user, device, curve, ed, otk = their
+        group = self.outbound.get(room_id)
+        if group is None:
+            group = self.outbound[room_id] = self.v.GroupSession()
+            self.inbound[group.session_id] = self.v.InboundGroupSession(group.session_key)
+        plain = {
+            "type": "m.room_key",
+            "content": {
+                "algorithm": MEGOLM,
+                "room_id": room_id,
+                "session_id": group.session_id,
+                "session_key": group.session_key.to_base64(),
+            },
+            "sender": self.user_id,
+            "sender_device": self.device_id,
+            "keys": {"ed25519": self.ed},
+            "recipient": user,
+            "recipient_keys": {"ed25519": ed},
+        }
+        session = self.account.create_outbound_session(
+            self.v.Curve25519PublicKey.from_base64(curve), self.v.Curve25519PublicKey.from_base64(otk)
+        )
+        kind, raw = session.encrypt(canonical(plain)).to_parts()
+        content = {
+            "algorithm": OLM,
+            "sender_key": self.curve,
+            "ciphertext": {curve: {"type": kind, "body": unpadded(raw)}},
+        }
+        return {"messages": {user: {device: content}}}
+
+    def encrypt(self, room_id: str, event_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        group = self.outbound[room_id]
+        plain = {"type": event_type, "content": content, "room_id": room_id}
+        return {
+            "algorithm": MEGOLM,
+            "sender_key": self.curve,
+            "ciphertext": group.encrypt(canonical(plain)).to_base64(),
+            "session_id": group.session_id,
+            "device_id": self.device_id,
+        }
+
+    def receive_to_device(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Olm pre-key messages carrying room keys: keep their Megolm sessions."""
+        for event in events:
+            content = event.get("content", {})
+            if event.get("type") != "m.room.encrypted" or content.get("algorithm") != OLM:
+                continue
+            mine = content.get("ciphertext", {}).get(self.curve)
+            if mine is None or mine.get("type") != 0:
+                continue
+            message = self.v.AnyOlmMessage.from_parts(0, _unb64(mine["body"])).to_pre_key()
+            if message is None:
+                continue
+            _, plain = self.account.create_inbound_session(
+                self.v.Curve25519PublicKey.from_base64(content["sender_key"]), message
+            )
+            key = json.loads(plain)
+            if key.get("type") == "m.room_key":
+                inner = key["content"]
+                self.inbound[inner["session_id"]] = self.v.InboundGroupSession(
+                    self.v.SessionKey(inner["session_key"])
+                )
+
+    def decrypt(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        content = event["content"]
+        group = self.inbound[content["session_id"]]
+        clear = group.decrypt(self.v.MegolmMessage.from_base64(content["ciphertext"]))
+        return dict(json.loads(clear.plaintext))
+
+
+def _unb64(text: str) -> bytes:
+    import base64
+
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def device_of(hs_url: str, token: str) -> tuple[str, str]:
+    who = _direct(hs_url, "GET", "/_matrix/client/v3/account/whoami", token)
+    return str(who["user_id"]), str(who["device_id"])
+
+
+def one_device(keys: Mapping[str, Any], user: str) -> tuple[str, Mapping[str, Any]]:
+    devices = keys.get("device_keys", {}).get(user, {})
+    if len(devices) != 1:
+        raise MatrixError("expected one device of %s, got %d" % (user, len(devices)))
+    return next(iter(devices.items()))
+
+
 # ------------------------------------------------------------------ the session
 
 
@@ -675,24 +840,33 @@ class Account:
     password: str
     room_id: str
     other_token: str
+    # --e2ee: the other member's device (its keys uploaded, uncounted).
+    other: E2eeDevice | None = None
 
 
-def prepare_account(hs: Any, label: str) -> Account:
-    """A fresh user in a fresh private room with one other member (uncounted, directly to Synapse)."""
+def prepare_account(hs: Any, label: str, e2ee: bool = False) -> Account:
+    """A fresh user in a fresh private room with one other member (uncounted, directly to Synapse).
+
+    With ``e2ee`` the room is encrypted (Megolm) and the other member's device
+    has uploaded its keys, as a logged-in encrypting client would have.
+    """
     password = secrets.token_urlsafe(12)
     user = "bench_%s_%s" % (label, secrets.token_hex(3))
     user_id, token = hs.register_user(user, password)
     other_id, other_token = hs.register_user("friend_%s_%s" % (label, secrets.token_hex(3)), password)
-    created = _direct(
-        hs.url,
-        "POST",
-        "/_matrix/client/v3/createRoom",
-        token,
-        {"preset": "private_chat", "name": "chat bench", "invite": [other_id]},
-    )
+    room: dict[str, Any] = {"preset": "private_chat", "name": "chat bench", "invite": [other_id]}
+    if e2ee:
+        room["initial_state"] = [
+            {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
+        ]
+    created = _direct(hs.url, "POST", "/_matrix/client/v3/createRoom", token, room)
     room_id = str(created["room_id"])
     _direct(hs.url, "POST", "/_matrix/client/v3/join/%s" % _q(room_id), other_token, {})
-    return Account(user, password, room_id, other_token)
+    other = None
+    if e2ee:
+        other = E2eeDevice(*device_of(hs.url, other_token))
+        _direct(hs.url, "POST", "/_matrix/client/v3/keys/upload", other_token, other.upload_body(5))
+    return Account(user, password, room_id, other_token, other)
 
 
 def _direct(base_url: str, method: str, path: str, token: str, body: Any = None) -> Any:
@@ -758,16 +932,55 @@ def run_session(
     with phase("connect", "connect (a: TCP + TLS handshake)"):
         client.connect()
     with phase("login", "login"):
-        client.login(account.user, account.password)
+        login = client.login(account.user, account.password)
+    me: E2eeDevice | None = None
+    if account.other is not None:
+        me = E2eeDevice(str(login["user_id"]), str(login["device_id"]))
+        with phase("keys_upload", "keys upload (device + %d one-time keys)" % ONE_TIME_KEYS):
+            client.call("POST", "/_matrix/client/v3/keys/upload", me.upload_body())
     with phase("initial_sync", "initial sync (timeline limit 1)"):
         first = client.sync()
         if account.room_id not in first.get("rooms", {}).get("join", {}):
             raise MatrixError("the initial sync does not show the room %s" % account.room_id)
     since = str(first["next_batch"])
+    if me is not None:
+        assert account.other is not None
+        other_user = account.other.user_id
+        with phase("key_share", "room key share (query, claim, to-device)", 3):
+            keys = client.call("POST", "/_matrix/client/v3/keys/query", {"device_keys": {other_user: []}})
+            device, dkeys = one_device(keys, other_user)
+            claimed = client.call(
+                "POST",
+                "/_matrix/client/v3/keys/claim",
+                {"one_time_keys": {other_user: {device: "signed_curve25519"}}},
+            )
+            otk = next(iter(claimed["one_time_keys"][other_user][device].values()))["key"]
+            body = me.room_key_to(
+                account.room_id,
+                (
+                    other_user,
+                    device,
+                    dkeys["keys"]["curve25519:" + device],
+                    dkeys["keys"]["ed25519:" + device],
+                    otk,
+                ),
+            )
+            client.call(
+                "PUT", "/_matrix/client/v3/sendToDevice/m.room.encrypted/%s" % secrets.token_hex(8), body
+            )
     with phase("send", "message send x%d" % SENDS, SENDS):
         for i in range(SENDS):
-            client.send_text(
-                account.room_id, "bench%d.%s" % (i, secrets.token_hex(4)), "message %d" % (i + 1)
+            txn = "bench%d.%s" % (i, secrets.token_hex(4))
+            if me is None:
+                client.send_text(account.room_id, txn, "message %d" % (i + 1))
+                continue
+            content = me.encrypt(
+                account.room_id, "m.room.message", {"msgtype": "m.text", "body": "message %d" % (i + 1)}
+            )
+            client.call(
+                "PUT",
+                "/_matrix/client/v3/rooms/%s/send/m.room.encrypted/%s" % (_q(account.room_id), _q(txn)),
+                content,
             )
     with phase("catch_up", "catch-up sync (own 10; not in totals)", in_totals=False):
         # Until an answer brings nothing more: Synapse gives everything in one
@@ -795,18 +1008,50 @@ def run_session(
             since = str(answer["next_batch"])
     # Another member posts one message, directly to Synapse, between two phases (uncounted).
     meter_before = state.pop("snap")
+    if me is None:
+        event_type, content = "m.room.message", {"msgtype": "m.text", "body": "one new message"}
+    else:
+        # Encrypted: its room key goes to our device first (Olm, to-device), as a client does.
+        other = account.other
+        assert other is not None
+        token = account.other_token
+        theirs = _direct(
+            hs_url,
+            "POST",
+            "/_matrix/client/v3/keys/claim",
+            token,
+            {"one_time_keys": {me.user_id: {me.device_id: "signed_curve25519"}}},
+        )
+        otk = next(iter(theirs["one_time_keys"][me.user_id][me.device_id].values()))["key"]
+        _direct(
+            hs_url,
+            "PUT",
+            "/_matrix/client/v3/sendToDevice/m.room.encrypted/%s" % secrets.token_hex(8),
+            token,
+            other.room_key_to(account.room_id, (me.user_id, me.device_id, me.curve, me.ed, otk)),
+        )
+        event_type = "m.room.encrypted"
+        content = other.encrypt(
+            account.room_id, "m.room.message", {"msgtype": "m.text", "body": "one new message"}
+        )
     new_event = _direct(
         hs_url,
         "PUT",
-        "/_matrix/client/v3/rooms/%s/send/m.room.message/%s" % (_q(account.room_id), secrets.token_hex(8)),
+        "/_matrix/client/v3/rooms/%s/send/%s/%s" % (_q(account.room_id), event_type, secrets.token_hex(8)),
         account.other_token,
-        {"msgtype": "m.text", "body": "one new message"},
+        content,
     )["event_id"]
     state["snap"] = meter_before
-    with phase("sync_one_event", "incremental sync, 1 new event"):
+    with phase("sync_one_event", "incremental sync, 1 new event" + (" + its room key" if me else "")):
         answer = client.sync(since, sync_timeout_ms)
-        if new_event not in [e.get("event_id") for e in timeline_events(answer, account.room_id)]:
+        events = timeline_events(answer, account.room_id)
+        if new_event not in [e.get("event_id") for e in events]:
             raise MatrixError("the incremental sync did not return the new event %s" % new_event)
+        if me is not None:
+            me.receive_to_device(answer.get("to_device", {}).get("events", []))
+            clear = me.decrypt(next(e for e in events if e.get("event_id") == new_event))
+            if clear.get("content", {}).get("body") != "one new message":
+                raise MatrixError("the new event did not decrypt to what was sent: %r" % clear)
     return phases
 
 
@@ -881,6 +1126,20 @@ def capture_possible() -> bool:
     )
 
 
+def _nginx_config_in_memory_bodies(*args: Any, **kwargs: Any) -> str:
+    """bench/nginx_tls.py's config with request bodies kept in memory up to 1 MB.
+
+    A keys upload (50 signed one-time keys, 12.8 KB of JSON) exceeds nginx's
+    default 16 KB-or-less body buffer and goes to a temp file, which nginx's
+    unprivileged worker cannot write in the root-owned temp directory: 500.
+    Buffering in memory changes nothing on the wire.
+    """
+    conf = _NGINX_CONFIG(*args, **kwargs)
+    return conf.replace(
+        "client_max_body_size 50M;", "client_max_body_size 50M;\n        client_body_buffer_size 1m;"
+    )
+
+
 def run_baseline(
     hs: Any,
     *,
@@ -888,9 +1147,11 @@ def run_baseline(
     capture: str,
     log: Callable[[str], None],
     keep_capture: str | None = None,
+    e2ee: bool = False,
 ) -> dict[str, Any]:
-    account = prepare_account(hs, "a")
+    account = prepare_account(hs, "a", e2ee)
     assert hs.port is not None
+    _nginx_tls.nginx_config = _nginx_config_in_memory_bodies
     with NginxTLS(("127.0.0.1", hs.port)) as nginx:
         assert nginx.port is not None
         log(
@@ -938,6 +1199,7 @@ def run_baseline(
             },
             "server_counters": peer_readable,
             "phases": phases,
+            "bodies": client.bodies,
         }
         if not peer_readable:
             log("  (nginx's socket counters were not readable: payload down excludes retransmissions)")
@@ -1012,11 +1274,12 @@ def run_lowbw(
     log: Callable[[str], None],
     variant: str = "",
     client_args: Sequence[str] = (),
+    e2ee: bool = False,
 ) -> dict[str, Any]:
     demo = load_demo()
     if not lowbw_has_client_proxy():
         raise LowbwUnavailable("`python -m lowbw client-proxy` does not exist yet (issue 7)")
-    account = prepare_account(hs, "b" + variant)
+    account = prepare_account(hs, "b" + variant, e2ee)
     link_bps = preset_link_bps(preset)
     procs: list[Any] = []
     try:
@@ -1251,6 +1514,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-capture", metavar="FILE", help="copy (a)'s capture (pcapng) to FILE")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument(
+        "--e2ee",
+        action="store_true",
+        help="the session in an end-to-end encrypted room (keys upload, room key share, Megolm sends); "
+        "with --ablation, what base64 byte strings and the dictionary save",
+    )
+    parser.add_argument(
         "--ablation",
         action="store_true",
         help="also run (b) with each compression technique switched off, to measure what each saves",
@@ -1279,6 +1548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "filter": SYNC_FILTER,
             "user_agent": USER_AGENT,
             "preset": args.preset if run_b else None,
+            "e2ee": args.e2ee,
         },
         "calibration_ip_bytes": CALIBRATION_IP_BYTES,
     }
@@ -1302,6 +1572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     capture=args.capture,
                     log=log,
                     keep_capture=args.keep_capture,
+                    e2ee=args.e2ee,
                 )
             except NginxError as exc:
                 log("(a) not run: %s" % exc)
@@ -1313,6 +1584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 status = 1
             else:
                 baseline = a.pop("phases")
+                bodies = a.pop("bodies")
+                if args.e2ee:
+                    results["encrypted_bodies"] = body_savings(bodies)
                 results["baseline"] = {
                     **a,
                     "phases": [p.as_dict() for p in baseline],
@@ -1328,6 +1602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     preset=args.preset,
                     sync_timeout_ms=args.sync_timeout,
                     log=log,
+                    e2ee=args.e2ee,
                 )
             except LowbwUnavailable as exc:
                 log("(b) not run: %s" % exc)
@@ -1359,6 +1634,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "from the client-proxy's counters); empty syncs long-poll %d ms in both" % args.sync_timeout
         )
         log(format_report(baseline, lowbw))
+    if "encrypted_bodies" in results:
+        log("")
+        log("Encrypted bodies of (a)'s session (requests and answers), bytes on the link by encoding:")
+        log(format_body_savings(results["encrypted_bodies"]))
     if baseline and "capture" in results.get("baseline", {}):
         log("")
         log("(a) cross-check against a capture on lo (dumpcap/tshark):")
@@ -1389,6 +1668,97 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+# Which exchanges carry encrypted material (keys, signatures, ciphertexts).
+ENCRYPTED_ENDPOINTS = (
+    ("keys/upload", "/keys/upload"),
+    ("keys/query", "/keys/query"),
+    ("keys/claim", "/keys/claim"),
+    ("sendToDevice", "/sendToDevice/"),
+    ("send m.room.encrypted", "/send/m.room.encrypted/"),
+)
+BODY_VARIANTS = (
+    ("json", "JSON"),
+    ("cbor", "CBOR, integer keys"),
+    ("blobs", "+ byte strings"),
+    ("dict", "+ dictionary"),
+    ("both", "+ both (as sent)"),
+)
+
+
+def body_sizes(value: Any) -> dict[str, int]:
+    """One JSON body's size in each encoding (no identifier references: they are measured apart)."""
+    from lowbw.compact.codec import BodyCodec
+    from lowbw.wire import keys as key_tables
+
+    table = key_tables.TABLE_LOWBW_V1
+    return {
+        "json": len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()),
+        "cbor": len(BodyCodec(table).encode(value)[0]),
+        "blobs": len(BodyCodec(table, blobs=True).encode(value)[0]),
+        "dict": len(BodyCodec(table, 1).encode(value)[0]),
+        "both": len(BodyCodec(table, 1, blobs=True).encode(value)[0]),
+    }
+
+
+def body_savings(bodies: Sequence[tuple[str, str, Any, Any]]) -> dict[str, dict[str, int]]:
+    """Summed sizes per encrypted endpoint (request and answer bodies), and of syncs' encrypted parts."""
+    out: dict[str, dict[str, int]] = {}
+
+    def add(name: str, value: Any) -> None:
+        if value is None:
+            return
+        row = out.setdefault(name, {"bodies": 0, **{k: 0 for k, _ in BODY_VARIANTS}})
+        row["bodies"] += 1
+        for k, n in body_sizes(value).items():
+            row[k] += n
+
+    for _method, path, request, answer in bodies:
+        for name, needle in ENCRYPTED_ENDPOINTS:
+            if needle in path:
+                add(name, request if request else None)
+                add(name, answer)
+        if path.endswith("/sync") and isinstance(answer, dict):
+            for room in answer.get("rooms", {}).get("join", {}).values():
+                for event in room.get("timeline", {}).get("events", []):
+                    if event.get("type") == "m.room.encrypted":
+                        add("m.room.encrypted in syncs", event)
+            for event in answer.get("to_device", {}).get("events", []):
+                add("to-device in syncs", event)
+    return out
+
+
+def format_body_savings(rows: Mapping[str, Mapping[str, int]]) -> str:
+    head = "| exchange | bodies | " + " | ".join(label for _, label in BODY_VARIANTS) + " |"
+    lines = [head, "| --- | ---: |" + " ---: |" * len(BODY_VARIANTS)]
+    sums = {k: 0 for k, _ in BODY_VARIANTS}
+    count = 0
+    for name, row in rows.items():
+        lines.append(
+            "| %s | %d | %s |" % (name, row["bodies"], " | ".join(_n(row[k]) for k, _ in BODY_VARIANTS))
+        )
+        count += row["bodies"]
+        for k in sums:
+            sums[k] += row[k]
+    lines.append("| **all** | %d | %s |" % (count, " | ".join(_n(sums[k]) for k, _ in BODY_VARIANTS)))
+    if sums["cbor"] and sums["dict"]:
+        lines.append("")
+        lines.append(
+            "byte strings save %s B (%.1f %%) on CBOR, %s B (%.1f %%) on top of the dictionary; "
+            "the dictionary saves %s B (%.1f %%) on CBOR, %s B (%.1f %%) on top of byte strings"
+            % (
+                _n(sums["cbor"] - sums["blobs"]),
+                100.0 * (sums["cbor"] - sums["blobs"]) / sums["cbor"],
+                _n(sums["dict"] - sums["both"]),
+                100.0 * (sums["dict"] - sums["both"]) / sums["dict"],
+                _n(sums["cbor"] - sums["dict"]),
+                100.0 * (sums["cbor"] - sums["dict"]) / sums["cbor"],
+                _n(sums["blobs"] - sums["both"]),
+                100.0 * (sums["blobs"] - sums["both"]) / sums["blobs"],
+            )
+        )
+    return "\n".join(lines)
+
+
 ABLATION = (
     ("-d", "no preset dictionary", ("--no-dictionary",)),
     ("-r", "no identifier references / event-type numbers", ("--no-refs",)),
@@ -1397,12 +1767,19 @@ ABLATION = (
 )
 
 
+E2EE_ABLATION = (
+    ("-b", "no base64 byte strings", ("--no-byte-strings",)),
+    ("-d", "no preset dictionary", ("--no-dictionary",)),
+    ("-bd", "neither byte strings nor dictionary", ("--no-byte-strings", "--no-dictionary")),
+)
+
+
 def run_ablation(
     hs: Any, workdir: Path, config_path: Path, args: Any, log: Callable[[str], None], full: Cost
 ) -> list[dict[str, Any]]:
     """(b) again with one technique off at a time: what each saves over the whole session."""
     rows: list[dict[str, Any]] = []
-    for suffix, label, flags in ABLATION:
+    for suffix, label, flags in E2EE_ABLATION if args.e2ee else ABLATION:
         log("")
         log("(b) ablation: %s" % label)
         b = run_lowbw(
@@ -1414,6 +1791,7 @@ def run_ablation(
             log=log,
             variant=suffix,
             client_args=flags,
+            e2ee=args.e2ee,
         )
         t = total(b["phases"])
         rows.append(

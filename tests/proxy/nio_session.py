@@ -19,9 +19,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import nio
 
 # What a thrifty client asks of /sync: no presence or account data, a timeline
@@ -424,3 +427,325 @@ async def send_single(
 def run(coro: Any) -> Any:
     """``asyncio.run`` for sync tests (the repository does not use pytest-asyncio)."""
     return asyncio.run(coro)
+
+
+# ---- an encrypted chat: two nio [e2e] clients (vodozemac) -------------------------
+
+# Enough timeline for the scripted room; presence and account data not asked for.
+E2EE_FILTER: dict[str, Any] = {
+    "presence": {"not_types": ["*"]},
+    "account_data": {"not_types": ["*"]},
+    "room": {"timeline": {"limit": 30}, "account_data": {"not_types": ["*"]}},
+}
+MEGOLM = "m.megolm.v1.aes-sha2"
+BACKUP_ALGORITHM = "m.megolm_backup.v1.curve25519-aes-sha2"
+
+
+@dataclass
+class E2eeTranscript:
+    """What two encrypting clients saw in one run of ``run_encrypted_chat``; ``==`` compares runs."""
+
+    steps: list[Step] = field(default_factory=list)
+    # (reader, sender, nio class, body) of every message each side decrypted, in timeline order.
+    decrypted: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # Events each side could not decrypt (nio MegolmEvent / undecrypted): must stay empty.
+    undecryptable: list[tuple[str, str]] = field(default_factory=list)
+    # The room as Synapse stores it (read directly): event types and the encrypted algorithm.
+    server_events: list[tuple[str, str | None]] = field(default_factory=list)
+    # /room_keys: what came back for what was put (normalized), per request.
+    room_keys: list[Any] = field(default_factory=list)
+    sync_rounds: int = field(default=0, compare=False)
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)
+    # UDP payload bytes up/down per phase, when run with a ``probe`` (the client-proxy's stats).
+    radio: dict[str, tuple[int, int]] = field(default_factory=dict, compare=False)
+
+    @property
+    def errors(self) -> list[Step]:
+        return [s for s in self.steps if s.error]
+
+
+def _e2ee_client(url: str, user: str, store: Any, request_timeout: float) -> nio.AsyncClient:
+    import os
+
+    os.makedirs(store, exist_ok=True)
+    config = nio.AsyncClientConfig(
+        encryption_enabled=True, store_sync_tokens=False, request_timeout=request_timeout, max_timeouts=0
+    )
+    return nio.AsyncClient(url, user, store_path=str(store), config=config)
+
+
+async def _crypto_chores(who: str, c: nio.AsyncClient, record: Any) -> None:
+    """What an encrypting client does after a sync: upload, query and claim keys, send to-device."""
+    if c.should_upload_keys:
+        await record(who, "keys_upload", await c.keys_upload())
+    if c.should_query_keys:
+        await record(who, "keys_query", await c.keys_query())
+    if c.should_claim_keys:
+        await record(who, "keys_claim", await c.keys_claim(c.get_users_for_key_claiming()))
+    for response in await c.send_to_device_messages():
+        await record(who, "to_device", response)
+
+
+async def run_encrypted_chat(
+    alice_url: str,
+    alice: tuple[str, str],
+    bob_url: str,
+    bob: tuple[str, str],
+    store: Any,
+    *,
+    direct_url: str,
+    messages: int = 3,
+    bob_messages: int = 2,
+    request_timeout: float = 120.0,
+    sync_deadline: float = 90.0,
+    probe: Callable[[], dict[str, Any]] | None = None,
+) -> E2eeTranscript:
+    """Alice (via ``alice_url``) and Bob (via ``bob_url``) chat in an encrypted room.
+
+    Both run matrix-nio with end-to-end encryption (vodozemac), on this one
+    event loop (nio's crypto store is not thread-safe). Alice logs in and
+    uploads her keys, creates a room with ``m.room.encryption`` (Megolm) and
+    invites Bob; Bob logs in, uploads his keys and joins; Alice queries Bob's
+    keys, claims a one-time key, shares her room key by Olm to-device and sends
+    ``messages`` encrypted messages; Bob syncs until he has decrypted them all,
+    answers with ``bob_messages`` of his own (his room key to Alice the same
+    way); Alice syncs until she has decrypted his. Then Alice backs her room
+    keys up (``/room_keys``: a backup version, a session put and read back).
+    ``direct_url`` is Synapse itself, from which the room is read as stored.
+    ``probe``, if given, returns the client-proxy's radio counters (its
+    ``/_lowbw/stats``): each phase's bytes go into ``radio``.
+    """
+    t = E2eeTranscript()
+    norm = Normalizer()
+    a = _e2ee_client(alice_url, alice[0], "%s/alice" % store, request_timeout)
+    b = _e2ee_client(bob_url, bob[0], "%s/bob" % store, request_timeout)
+    started = time.monotonic()
+    counted = (0, 0)
+
+    def lap(phase: str) -> None:
+        nonlocal started, counted
+        now = time.monotonic()
+        t.seconds[phase] = round(now - started, 3)
+        started = now
+        if probe is not None:
+            stats = probe()
+            now_counted = (int(stats["tx_bytes"]), int(stats["rx_bytes"]))
+            t.radio[phase] = (now_counted[0] - counted[0], now_counted[1] - counted[1])
+            counted = now_counted
+
+    async def record(who: str, phase: str, response: Any) -> Any:
+        t.steps.append(await step(who, phase, response))
+        return response
+
+    try:
+        login = _require(
+            await record("alice", "login", await a.login(alice[1], device_name="lowbw e2ee test")),
+            nio.LoginResponse,
+            "alice login",
+        )
+        norm.add(login.user_id, "@alice")
+        norm.add(login.device_id, "<alice-device>")
+        b_login = _require(
+            await record("bob", "login", await b.login(bob[1], device_name="lowbw e2ee test")),
+            nio.LoginResponse,
+            "bob login",
+        )
+        norm.add(b_login.user_id, "@bob")
+        norm.add(b_login.device_id, "<bob-device>")
+        await _crypto_chores("alice", a, record)
+        await _crypto_chores("bob", b, record)
+        lap("logins + key uploads")
+
+        room = _require(
+            await record(
+                "alice",
+                "room_create",
+                await a.room_create(
+                    name="lowbw e2ee test",
+                    invite=[b_login.user_id],
+                    initial_state=[
+                        {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
+                    ],
+                ),
+            ),
+            nio.RoomCreateResponse,
+            "room_create",
+        )
+        room_id = room.room_id
+        norm.add(room_id, "!room")
+        _require(await record("bob", "join", await b.join(room_id)), nio.JoinResponse, "bob join")
+        lap("encrypted room")
+
+        await record("alice", "sync", await a.sync(timeout=0, sync_filter=E2EE_FILTER, full_state=True))
+        await _crypto_chores("alice", a, record)
+        if not a.rooms.get(room_id) or not a.rooms[room_id].encrypted:
+            raise SessionError("alice does not see the room as encrypted")
+        # What room_send would do by itself, as a step of its own: claim Bob's
+        # one-time key, send the room key to his device by Olm (sendToDevice).
+        await record(
+            "alice",
+            "share_group_session",
+            await a.share_group_session(room_id, ignore_unverified_devices=True),
+        )
+        for i in range(messages):
+            content = {"msgtype": "m.text", "body": "secret %d" % i}
+            await record(
+                "alice",
+                "room_send",
+                await a.room_send(room_id, "m.room.message", content, ignore_unverified_devices=True),
+            )
+        lap("alice sends (key share + megolm)")
+
+        await _read_until(t, "bob", b, norm, room_id, "@alice", messages, sync_deadline, record)
+        lap("bob decrypts")
+
+        for i in range(bob_messages):
+            content = {"msgtype": "m.text", "body": "bob secret %d" % i}
+            await record(
+                "bob",
+                "room_send",
+                await b.room_send(room_id, "m.room.message", content, ignore_unverified_devices=True),
+            )
+        lap("bob sends")
+
+        await _read_until(t, "alice", a, norm, room_id, "@bob", bob_messages, sync_deadline, record)
+        lap("alice decrypts")
+
+        await _room_keys(t, a, norm, room_id)
+        lap("room_keys backup")
+
+        t.server_events = await _stored_events(direct_url, b, room_id)
+    finally:
+        await a.close()
+        await b.close()
+    return t
+
+
+async def _read_until(
+    t: E2eeTranscript,
+    who: str,
+    c: nio.AsyncClient,
+    norm: Normalizer,
+    room_id: str,
+    sender: str,
+    expected: int,
+    deadline_s: float,
+    record: Any,
+) -> None:
+    """Sync (first at once, then long-polls) until ``expected`` messages from ``sender`` are decrypted."""
+    deadline = time.monotonic() + deadline_s
+    got = 0
+    undecrypted: dict[str, Any] = {}
+    timeout = 0
+    while got < expected and time.monotonic() < deadline:
+        response = await c.sync(timeout=timeout, sync_filter=E2EE_FILTER)
+        t.sync_rounds += 1
+        if not isinstance(response, nio.SyncResponse):
+            raise SessionError("%s sync: %r" % (who, response))
+        await _crypto_chores(who, c, record)
+        timeout = 10_000
+        joined = response.rooms.join.get(room_id)
+        for event in list(joined.timeline.events) if joined is not None else []:
+            if isinstance(event, nio.MegolmEvent):
+                # Its key may come in this very sync's to-device messages: try again below.
+                undecrypted[event.event_id] = event
+                continue
+            got += _take(t, who, norm, event, sender)
+        for event_id, event in list(undecrypted.items()):
+            try:
+                clear = c.decrypt_event(event)
+            except Exception:  # noqa: BLE001 - still no key: wait for the next sync
+                continue
+            del undecrypted[event_id]
+            got += _take(t, who, norm, clear, sender)
+    for event in undecrypted.values():
+        t.undecryptable.append((who, norm.text(event.sender)))
+
+
+def _take(t: E2eeTranscript, who: str, norm: Normalizer, event: Any, sender: str) -> int:
+    if not isinstance(event, nio.RoomMessage):
+        return 0
+    from_ = norm.text(event.sender)
+    t.decrypted.append(
+        (
+            who,
+            from_,
+            type(event).__name__ + (" (decrypted)" if event.decrypted else ""),
+            getattr(event, "body", ""),
+        )
+    )
+    return int(from_ == sender)
+
+
+async def _room_keys(t: E2eeTranscript, c: nio.AsyncClient, norm: Normalizer, room_id: str) -> None:
+    """A server-side key backup through ``c``'s URL: a version, sessions put two ways, read back.
+
+    The session of Alice's outbound Megolm session goes in one body (session
+    IDs as map keys); a second, whose ID holds ``+`` and ``/``, goes by path.
+    """
+    import vodozemac
+
+    assert c.olm is not None
+    backup = vodozemac.PkDecryption()
+    auth = {"public_key": backup.public_key.to_base64()}  # type: ignore[attr-defined]  # stubs say bytes
+    real_id = c.olm.outbound_group_sessions[room_id].id
+    path_id = "AAAA+/" + real_id[6:]
+
+    def key_data(plain: bytes) -> dict[str, Any]:
+        secret = vodozemac.PkEncryption.from_key(backup.public_key).encrypt(plain)
+        return {
+            "first_message_index": 0,
+            "forwarded_count": 0,
+            "is_verified": False,
+            "session_data": {
+                "ephemeral": _b64(secret.ephemeral_key),
+                "ciphertext": _b64(secret.ciphertext),
+                "mac": _b64(secret.mac),
+            },
+        }
+
+    real, by_path = key_data(b'{"session_key":"real"}'), key_data(b'{"session_key":"by path"}')
+    headers = {"Authorization": "Bearer %s" % c.access_token}
+    base = c.homeserver + "/_matrix/client/v3/room_keys"
+    async with aiohttp.ClientSession() as http:
+
+        async def call(method: str, path: str, body: Any = None, **query: str) -> tuple[int, Any]:
+            async with http.request(method, base + path, json=body, params=query, headers=headers) as r:
+                return r.status, await r.json(content_type=None)
+
+        status, made = await call("POST", "/version", {"algorithm": BACKUP_ALGORITHM, "auth_data": auth})
+        t.room_keys.append(("create version", status, sorted(made)))
+        version = str(made.get("version", ""))
+        body = {"rooms": {room_id: {"sessions": {real_id: real}}}}
+        status, put = await call("PUT", "/keys", body, version=version)
+        t.room_keys.append(("put body", status, put.get("count")))
+        path = "/keys/%s/%s" % (quote(room_id, safe=""), quote(path_id, safe=""))
+        status, put = await call("PUT", path, by_path, version=version)
+        t.room_keys.append(("put path", status, put.get("count")))
+        status, got = await call("GET", "/keys", version=version)
+        sessions = got.get("rooms", {}).get(room_id, {}).get("sessions", {})
+        t.room_keys.append(("read back", status, sessions == {real_id: real, path_id: by_path}))
+        status, one = await call("GET", path, version=version)
+        t.room_keys.append(("read one", status, one == by_path))
+
+
+def _b64(raw: Any) -> str:
+    import base64
+
+    return base64.b64encode(bytes(raw)).decode("ascii").rstrip("=")
+
+
+async def _stored_events(
+    direct_url: str, reader: nio.AsyncClient, room_id: str
+) -> list[tuple[str, str | None]]:
+    """The room's events as Synapse stores them, oldest first, read directly with ``reader``'s token."""
+    headers = {"Authorization": "Bearer %s" % reader.access_token}
+    url = "%s/_matrix/client/v3/rooms/%s/messages" % (direct_url, quote(room_id, safe=""))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, params={"dir": "b", "limit": "100"}, headers=headers) as r:
+            chunk = (await r.json())["chunk"]
+    return [
+        (e["type"], e.get("content", {}).get("algorithm") if e["type"] == "m.room.encrypted" else None)
+        for e in reversed(chunk)
+        if e["type"] in ("m.room.encrypted", "m.room.message", "m.room.encryption")
+    ]
