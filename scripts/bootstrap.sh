@@ -59,6 +59,23 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   fi
 fi
 
+# tshark runs the Wireshark dissector's tests (contrib/wireshark/lowbw.lua) and
+# checks radio_sim's pcap. Preseed the debconf question so the install never prompts.
+if ! command -v tshark >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian package tshark" >&2
+    if command -v debconf-set-selections >/dev/null 2>&1; then
+      echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections || true
+    fi
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q tshark >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q tshark >/dev/null; }) ||
+      echo "warning: could not install tshark; the Wireshark dissector tests are skipped" >&2
+  else
+    echo "note: tshark missing and not root; the Wireshark dissector tests are skipped" >&2
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
