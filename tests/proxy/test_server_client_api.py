@@ -128,7 +128,7 @@ class StatusServer:
         if want in (204, 304):
             return web.Response(status=want, headers=headers)
         if want >= 400:
-            body = {"errcode": "M_TEST", "error": "status %d" % want}
+            body: dict[str, object] = {"errcode": "M_TEST", "error": "status %d" % want}
         else:
             body = {"ok": want}
         return web.json_response(body, status=want, headers=headers)
