@@ -153,6 +153,7 @@ class ProxyServer:
         self._http: aiohttp.ClientSession | None = None
         self.restored = 0
         self.started_at = 0.0
+        self.answers = AnswerLog()
 
     async def __aenter__(self) -> ProxyServer:
         await self.start()
@@ -222,6 +223,7 @@ class ProxyServer:
             table.on_commands_changed = site.notify_commands
             table.on_close = site.session_closed
             self.restored = table.restore()
+            table.on_summary = self.log_answers
             table.start_timers()
             # Devices in encrypted rooms: their Matrix devices come up in the background
             # (readings meanwhile get 5.03: never plaintext into an encrypted room).
@@ -370,8 +372,9 @@ class ProxyServer:
     def _log_answer(
         self, addr: SessionAddress, request: Message | None, response: Message, rx: int, tx: int
     ) -> None:
-        if not log.isEnabledFor(logging.INFO):
-            return
+        """Every answer: one DEBUG line, and a count for the periodic INFO summary
+        (a device that floods requests must not flood the log, and a log line per
+        reading costs measurable CPU at load)."""
         route = "-"
         method = "-"
         if request is not None:
@@ -379,7 +382,50 @@ class ProxyServer:
             path = request.opt.uri_path
             # The route id only: parameters may be room or transaction ids.
             route = path[0] if path else "/"
-        log.info("%s %s %s -> %s (%d B in, %d B out)", addr.device, method, route, response.code, rx, tx)
+        self.answers.count(addr.device, method, route, str(response.code), rx, tx)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s %s -> %s (%d B in, %d B out)", addr.device, method, route, response.code, rx, tx)
+
+    def log_answers(self) -> None:
+        line = self.answers.summary()
+        if line is not None:
+            log.info("%s", line)
+
+
+class AnswerLog:
+    """Answers counted per (device, method, route, code) and summarised in one INFO line
+    per interval; at most ``MAX_KEYS`` kinds are named per interval, the rest counted."""
+
+    MAX_KEYS = 40
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, str, str], list[int]] = {}
+        self._others = 0
+
+    def count(self, device: str, method: str, route: str, code: str, rx: int, tx: int) -> None:
+        key = (device, method, route, code)
+        entry = self._counts.get(key)
+        if entry is None:
+            if len(self._counts) >= self.MAX_KEYS:
+                self._others += 1
+                return
+            entry = self._counts[key] = [0, 0, 0]
+        entry[0] += 1
+        entry[1] += rx
+        entry[2] += tx
+
+    def summary(self) -> str | None:
+        if not self._counts and not self._others:
+            return None
+        parts = [
+            "%s %s %s -> %s x%d (%d B in, %d B out)" % (d, m, r, c, n, rx, tx)
+            for (d, m, r, c), (n, rx, tx) in sorted(self._counts.items())
+        ]
+        if self._others:
+            parts.append("%d more" % self._others)
+        self._counts = {}
+        self._others = 0
+        return "answers: " + "; ".join(parts)
 
 
 def _bind_fails(kind: int, host: str, port: int, errno_: int | None) -> bool:

@@ -178,6 +178,8 @@ class SessionTable:
         self.e2ee: Any = None
         # Called with the device name when a command was queued for it.
         self.on_commands_changed: Callable[[str], None] | None = None
+        # Called every log_summary_interval and at stop (the proxy's answer summary).
+        self.on_summary: Callable[[], None] | None = None
         # Called with each session that closes.
         self.on_close: Callable[[SessionAddress], None] | None = None
         self.reload()
@@ -253,6 +255,8 @@ class SessionTable:
         line = self.rejects.summary()
         if line is not None:
             log.warning("%s", line)
+        if self.on_summary is not None:
+            self.on_summary()
 
     def device(self, name: str) -> DeviceRecord | None:
         return self.devices.get(name)
@@ -453,7 +457,8 @@ class SessionTable:
         if floor is not None:
             self._floors[addr.sid] = floor
         self._add(addr)
-        log.debug("%s: IK handshake %d, session %04x (caps 0x%02x)", rec.name, hsn, addr.sid, caps)
+        # Accepted handshakes only (budgets bound them): forged ones never get here.
+        log.info("%s: IK handshake, session %04x (caps 0x%02x)", rec.name, addr.sid, caps)
         loop = asyncio.get_running_loop()
         addr.pending_timer = loop.call_later(
             self.tuning.EMPTY_ACK_DELAY + PENDING_GRACE, self._answer_pending, addr

@@ -96,11 +96,12 @@ def test_proxy_process_device_process_and_logs(device_factory, proxy_config_path
         "temperature 21.7 °C",
     ]
     assert "1 session(s) restored" in log2
-    # One handshake in all (the proxy logs handshakes at DEBUG only: floods must not fill its log).
+    # One handshake in all.
     assert " 1 handshake(s)" in first.stdout and " 0 handshake(s)" in second.stdout, first.stdout
     assert " 0 handshake(s)" in third.stdout, third.stdout
-    # Logs say device, route, status and bytes ...
-    assert "%s POST v -> 2.04 Changed" % dev.name in log1 and " B in, " in log1
+    assert log1.count("%s: IK handshake" % dev.name) == 1 and "IK handshake" not in log2
+    # Logs say device, route, status and bytes, summed per interval (here: at stop) ...
+    assert "answers: %s POST v -> 2.04 Changed x2 (" % dev.name in log1 and " B in, " in log1
     # ... and never a key or a token.
     cfg = load(proxy_config_path)
     assert cfg.appservice is not None
