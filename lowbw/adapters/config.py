@@ -20,6 +20,7 @@ from lowbw.adapters.line_protocol import FORMATS
 from lowbw.wire.errors import LowbwError
 
 PAYLOADS = ("auto", "number", "json", "cbor")
+BRIDGE_FORMATS = ("generic", "tts-v3", "chirpstack-v4")
 PROTOCOLS = ("5", "3.1.1")
 
 
@@ -355,6 +356,8 @@ class BridgeConfig:
     commands_qos: int = 1
     max_payload: int = 65536
     dedup_keep: int = 256
+    format: str = "generic"
+    lorawan: Any = None  # lowbw.adapters.lorawan.LorawanSettings with a LoRaWAN format
 
 
 def _check_filter(sec: _Section, name: str, text: str) -> None:
@@ -429,13 +432,28 @@ def load_bridge(path: str | os.PathLike[str]) -> BridgeConfig:
         commands_qos=b.integer("commands_qos", 1, 0, 2),
         max_payload=b.integer("max_payload", 65536, 16, 256 * 1024 * 1024),
         dedup_keep=b.integer("dedup_keep", 256, 16, 1_000_000),
+        format=b.choice("format", BRIDGE_FORMATS, "generic"),
     )
     if cfg.dedup_keep < 2 * mq.receive_maximum:
         b.fail("dedup_keep", "must be at least 2 x mqtt.receive_maximum (%d)" % (2 * mq.receive_maximum))
     b.done()
 
+    lorawan = top.sub("lorawan")
+    if cfg.format != "generic":
+        from lowbw.adapters.lorawan import load_lorawan
+
+        if lorawan is None:
+            top.fail("lorawan", 'missing: format = "%s" needs a [lorawan] table' % cfg.format)
+        assert lorawan is not None
+        cfg.lorawan = load_lorawan(lorawan, cfg, _Section)
+        if cfg.format == "tts-v3" and mq.protocol != "3.1.1":
+            m.fail("protocol", 'The Things Stack speaks MQTT 3.1.1 only: set protocol = "3.1.1"')
+    elif lorawan is not None:
+        top.fail("lorawan", 'a [lorawan] table needs bridge.format = "tts-v3" or "chirpstack-v4"')
     devs = top.raw("device")
-    if not isinstance(devs, list) or not devs:
+    if cfg.format != "generic" and devs is None:
+        devs = []
+    elif not isinstance(devs, list) or not devs:
         top.fail("device", "expected one or more [[device]] tables")
     assert isinstance(devs, list)
     for i, d in enumerate(devs):
@@ -455,7 +473,13 @@ def load_bridge(path: str | os.PathLike[str]) -> BridgeConfig:
         sec.done()
 
     topics = top.raw("topic")
-    if not isinstance(topics, list) or not topics:
+    if cfg.format != "generic":
+        if topics is not None:
+            top.fail(
+                "topic", "a LoRaWAN format subscribes to the network server's topics itself: no [[topic]]"
+            )
+        topics = []
+    elif not isinstance(topics, list) or not topics:
         top.fail("topic", "expected one or more [[topic]] tables")
     assert isinstance(topics, list)
     for i, t in enumerate(topics):

@@ -66,6 +66,7 @@ from lowbw.adapters.bridge_state import BridgeState, StateFileError, digest
 from lowbw.adapters.devicelink import DeviceLink, DeviceLinkError, load_device_config
 from lowbw.adapters.line_protocol import LineError, parse_json_object
 from lowbw.adapters.logutil import Throttle, setup_logging
+from lowbw.adapters.lorawan import LorawanSide
 from lowbw.adapters.runner import run_until_signal
 from lowbw.adapters.values import (
     NULL_WORDS,
@@ -233,6 +234,9 @@ class MqttBridge:
                 self.commands_topic[link.name] = dev.commands_topic or cfg.commands_topic
                 self.sel.register(link.fileno(), selectors.EVENT_READ, link)
             self.state = BridgeState(cfg.state, cfg.dedup_keep)
+            self.lorawan: LorawanSide | None = None
+            if cfg.format != "generic":
+                self.lorawan = LorawanSide(self, cfg.lorawan)
             self.client = self._make_client()
         except BaseException:
             self._close_links()
@@ -241,11 +245,24 @@ class MqttBridge:
             self._wake_w.close()
             raise
         partial = self.state.reconcile(lambda name: self.links[name].next_rid if name in self.links else None)
+        if self.lorawan is not None:
+            self.lorawan.reconcile()
         if partial:
             log.warning(
                 "%d message(s) were being queued when the bridge stopped; their redelivery completes them",
                 partial,
             )
+
+    def add_link(self, link: DeviceLink, aliases: list[str]) -> None:
+        """Speak for one more device (the LoRaWAN side's auto-enrolled ones)."""
+        if link.name in self.links:
+            raise DeviceLinkError("device %s is configured twice" % link.name)
+        link.device.on_command = self._command_handler(link.name)
+        self.links[link.name] = link
+        for alias in [link.name, *aliases]:
+            self.names.setdefault(alias, link.name)
+        self.commands_topic[link.name] = None
+        self.sel.register(link.fileno(), selectors.EVENT_READ, link)
 
     # -- MQTT client (its callbacks run in paho's thread: they only hand over) -----------
 
@@ -302,7 +319,12 @@ class MqttBridge:
         )
         self._connect_failures = 0
         filters = list(dict.fromkeys(rule.filter for rule in self.cfg.topics))
-        if self.cfg.mqtt.protocol == "5":
+        if self.lorawan is not None:
+            filters = self.lorawan.filters()
+        if self.cfg.format == "tts-v3":
+            # The Things Stack's MQTT server: QoS 0 only (docs/lorawan.md, what can be lost).
+            client.subscribe([(f, 0) for f in filters])
+        elif self.cfg.mqtt.protocol == "5":
             # retainHandling 2: no stored (retained) values on subscribing; they are not new readings.
             opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
             client.subscribe([(f, opts) for f in filters])
@@ -442,6 +464,9 @@ class MqttBridge:
         out["held"] = len(self.pending)
         out["outbox"] = len(self.state.outbox) if hasattr(self, "state") else 0
         out["devices"] = {name: link.stats() for name, link in self.links.items()}
+        if getattr(self, "lorawan", None) is not None:
+            assert self.lorawan is not None
+            out.update(self.lorawan.stats())
         return out
 
     # -- messages -----------------------------------------------------------------------
@@ -499,6 +524,8 @@ class MqttBridge:
             log.info("%s: skipped a retained (stored) value", m.topic)
             self._ack(m)
             return True
+        if self.lorawan is not None:
+            return self.lorawan.take(m)
         entry = self.state.match(m.mid, m.topic, m.digest) if (m.qos > 0 and m.dup) else None
         if entry is not None and entry.done >= entry.count:
             self.counters["duplicates"] += 1
@@ -627,6 +654,9 @@ class MqttBridge:
         def on_command(command_id: int, sender: str, body: str, event_id: str) -> None:
             self.counters["commands"] += 1
             log.info("command %d for %s from %s (%s)", command_id, name, sender, event_id)
+            if self.lorawan is not None:
+                self.lorawan.on_command(name, command_id, sender, body, event_id)
+                return
             entry = {"device": name, "id": command_id, "sender": sender, "body": body, "event_id": event_id}
             if self.commands_topic.get(name) is None:
                 log.warning(
@@ -642,6 +672,18 @@ class MqttBridge:
         return on_command
 
     def _publish_command(self, entry: dict[str, Any]) -> None:
+        if "topic" in entry and "payload" in entry:
+            # A LoRaWAN downlink, built when the command arrived (lowbw.adapters.lorawan).
+            qos = 0 if self.cfg.format == "tts-v3" else self.cfg.commands_qos
+            info = self.client.publish(str(entry["topic"]), str(entry["payload"]).encode("utf-8"), qos=qos)
+            if qos == 0:
+                self._published_entry(entry)
+            else:
+                self._pub_mids[info.mid] = entry
+            log.info(
+                "command %s for %s -> downlink on %s", entry.get("id"), entry.get("device"), entry["topic"]
+            )
+            return
         template = self.commands_topic.get(entry.get("device", "")) or self.cfg.commands_topic
         if template is None:
             return
