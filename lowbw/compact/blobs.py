@@ -30,10 +30,11 @@ A string becomes a blob only when the round trip is exact: its decoded bytes,
 encoded again with the marker's alphabet and padding, give the very same
 text (so ``"QQ"`` and ``"QR"``, which decode to the same byte, are told
 apart: only ``"QQ"`` is canonical and ``"QR"`` stays text). Strings shorter
-than ``MIN_CHARS`` stay text: a blob saves a quarter of the characters less
-two bytes, and short words (``"password"`` is valid base64) would lose their
-dictionary matches for nothing. Which strings are chosen is the sender's
-business; the receiver restores whatever blob it gets.
+than ``MIN_CHARS``, or without both upper- and lower-case letters, stay text:
+a blob saves a quarter of the characters less two bytes, and words
+(``"password"``, ``"unread_notifications"`` are valid base64) would lose
+their dictionary matches for nothing. Which strings are chosen is the
+sender's business; the receiver restores whatever blob it gets.
 
 Pure functions, no I/O: both the proxy and the client-proxy use them.
 """
@@ -58,6 +59,8 @@ MIN_CHARS = 16
 # What could be base64 at all: one alphabet's characters, then at most two '='.
 _STD = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _URL = re.compile(r"[A-Za-z0-9\-_]+={0,2}")
+_UPPER = re.compile(r"[A-Z]")
+_LOWER = re.compile(r"[a-z]")
 _TO_URL = bytes.maketrans(b"+/", b"-_")
 _FROM_URL = bytes.maketrans(b"-_", b"+/")
 
@@ -79,6 +82,12 @@ def _text(raw: bytes, marker: int) -> str:
 def encode(s: str) -> bytes | None:
     """The blob for ``s``, or None if ``s`` is not base64 that restores exactly (or is too short)."""
     if len(s) < MIN_CHARS or not s.isascii():
+        return None
+    if not (_UPPER.search(s) and _LOWER.search(s)):
+        # Random base64 of 12+ bytes has both cases (all but ~1 in 5,000 strings);
+        # words_with_underscores, sync tokens and hex do not, and as text they keep
+        # their dictionary matches (a key such as "unread_notifications" is valid
+        # URL-safe base64).
         return None
     if _STD.fullmatch(s):
         marker = MARK_STD
