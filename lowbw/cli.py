@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="lowbw %s" % __version__)
     top = parser.add_subparsers(
-        dest="group", metavar="{proxy,device,serial-gateway,mqtt-bridge,client-proxy}", required=True
+        dest="group",
+        metavar="{proxy,device,serial-gateway,mqtt-bridge,client-proxy,lorawan-gateway}",
+        required=True,
     )
 
     # -- proxy ------------------------------------------------------------------
@@ -307,6 +309,10 @@ PASSTHROUGH = {
     ),
     "mqtt-bridge": ("lowbw.adapters.mqtt_bridge", "bridge MQTT topics into Matrix rooms and back"),
     "client-proxy": ("lowbw.clientproxy.main", "serve a stock Matrix client across the radio link"),
+    "lorawan-gateway": (
+        "lowbw.lorawan.gateway",
+        "carry lowbw datagrams between a LoRaWAN network server (MQTT) and the proxy",
+    ),
 }
 
 

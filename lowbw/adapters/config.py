@@ -373,6 +373,12 @@ def load_bridge(path: str | os.PathLike[str]) -> BridgeConfig:
     """Read and validate an MQTT bridge config."""
     source, base, obj = _read_toml(path)
     top = _Section(source, "", obj, base)
+    m, mq = load_mqtt(top)
+    return _load_bridge_rest(source, base, top, m, mq)
+
+
+def load_mqtt(top: _Section) -> tuple[_Section, MqttSettings]:
+    """The ``[mqtt]`` table (the bridge's, also the LoRaWAN gateway's)."""
     m = top.sub("mqtt", required=True)
     assert m is not None
     password = m.text("password")
@@ -416,6 +422,10 @@ def load_bridge(path: str | os.PathLike[str]) -> BridgeConfig:
     if mq.reconnect_max < mq.reconnect_min:
         m.fail("reconnect_max", "must be >= reconnect_min")
     m.done()
+    return m, mq
+
+
+def _load_bridge_rest(source: str, base: Path, top: _Section, m: _Section, mq: MqttSettings) -> BridgeConfig:
 
     b = top.sub("bridge") or _Section(source, "bridge", {}, base)
     state = b.path_value("state", base / "mqtt-bridge.state")
