@@ -180,6 +180,7 @@ class AppserviceListener:
                 return web.json_response({"errcode": "M_UNKNOWN", "error": "queue unavailable"}, status=500)
             if cid is not None:
                 self.queued += 1
+                table.commands_queued += 1
                 log.info("%s: command %d queued (%d B)", name, cid, len(text.encode("utf-8")))
                 table.refresh_commands(name)
         return web.json_response({})

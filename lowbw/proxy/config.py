@@ -28,6 +28,13 @@ of the config file (absolute paths are kept as they are)::
     hs_token = "..."            # homeserver -> proxy (transaction pushes)
     listen = "127.0.0.1:9009"   # where the homeserver pushes transactions
 
+    [metrics]                   # optional: Prometheus /metrics and the status page
+    listen = "127.0.0.1:9464"   # HOST:PORT or a bare port (loopback); "" = off (the default)
+    token = ""                  # required on every request when set; required off loopback
+    per_device = true           # per-device series (false for large fleets)
+    history_interval = 300      # seconds per point of the status page's charts
+    history_points = 288        # points kept per device (24 h at 300 s)
+
 Only ``[homeserver] url`` (and, in appservice mode, both tokens) must be given;
 every other key has the default shown.  An unknown table or key is an error,
 so a typo never silently falls back to a default.  Errors name the file and the
@@ -53,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lowbw.metrics import MetricsConfigError, check_exposure, is_loopback, parse_listen
 from lowbw.proxy import keyfile
 from lowbw.proxy.limits import Limits
 from lowbw.wire.errors import LowbwError
@@ -69,6 +77,9 @@ DEFAULT_USER_PREFIX = "lowbw_"
 DEFAULT_APPSERVICE_ID = "lowbw"
 DEFAULT_SENDER_LOCALPART = "lowbw"
 TOKEN_BYTES = 32
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+DEFAULT_HISTORY_INTERVAL = 300.0
+DEFAULT_HISTORY_POINTS = 288
 
 # Matrix user ID grammar (spec "User Identifiers"): lowercase localparts.
 _LOCALPART_RE = re.compile(r"[a-z0-9._=/+-]+\Z")
@@ -124,6 +135,29 @@ class AppserviceSection:
 
 
 @dataclass
+class MetricsSection:
+    """``[metrics]``: where ``/metrics`` and the status page are served (``lowbw.proxy.metrics``)."""
+
+    listen: str = ""
+    token: str = field(default="", repr=False)
+    per_device: bool = True
+    history_interval: float = DEFAULT_HISTORY_INTERVAL
+    history_points: int = DEFAULT_HISTORY_POINTS
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
+@dataclass
 class ProxyConfig:
     """A loaded ``proxy.toml``; paths are absolute, resolved against the file's directory."""
 
@@ -132,6 +166,7 @@ class ProxyConfig:
     homeserver: HomeserverSection
     appservice: AppserviceSection | None = None
     limits: Limits = field(default_factory=Limits)
+    metrics: MetricsSection | None = None
 
     @property
     def dir(self) -> Path:
@@ -313,7 +348,7 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
     except OSError as exc:
         raise ConfigError("cannot read config file %s: %s" % (source, exc.strerror or type(exc).__name__))
 
-    unknown = sorted(set(data) - {"proxy", "homeserver", "appservice", "limits"})
+    unknown = sorted(set(data) - {"proxy", "homeserver", "appservice", "limits", "metrics"})
     if unknown:
         raise ConfigError("%s: unknown table(s): %s" % (source, ", ".join(unknown)))
     if "homeserver" not in data:
@@ -377,7 +412,48 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
     if stat.S_IMODE(st.st_mode) & 0o077 and (appservice is not None or homeserver.registration_shared_secret):
         log.warning("%s holds tokens but others may read it (mode %04o)", source, stat.S_IMODE(st.st_mode))
     limits = _load_limits(_Table(source, "limits", data.get("limits", {})))
-    return ProxyConfig(path=source, proxy=proxy, homeserver=homeserver, appservice=appservice, limits=limits)
+    metrics = _load_metrics(_Table(source, "metrics", data["metrics"])) if "metrics" in data else None
+    if metrics is not None and metrics.token and stat.S_IMODE(st.st_mode) & 0o077:
+        log.warning(
+            "%s holds the metrics token but others may read it (mode %04o)", source, stat.S_IMODE(st.st_mode)
+        )
+    return ProxyConfig(
+        path=source,
+        proxy=proxy,
+        homeserver=homeserver,
+        appservice=appservice,
+        limits=limits,
+        metrics=metrics,
+    )
+
+
+def _load_metrics(t: _Table) -> MetricsSection:
+    """``[metrics]``: off unless ``listen`` is set; off loopback only with a token."""
+    t.used.add("listen")
+    raw = t.data.get("listen", "")
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise t._fail("listen", "must be HOST:PORT or a port")
+    listen = str(raw).strip()
+    token = t.string("token", "", empty_ok=True)
+    interval = t._get("history_interval", DEFAULT_HISTORY_INTERVAL, (int, float), "a number")
+    if isinstance(interval, bool) or not 0.05 <= interval <= 86400:
+        raise t._fail("history_interval", "must be a number of seconds between 0.05 and 86400")
+    section = MetricsSection(
+        listen=listen,
+        token=token,
+        per_device=t.boolean("per_device", True),
+        history_interval=float(interval),
+        history_points=t.integer("history_points", DEFAULT_HISTORY_POINTS, 1, 100000),
+    )
+    t.check()
+    if listen:
+        try:
+            host, port = parse_listen(raw)
+            check_exposure(host, token)
+        except MetricsConfigError as exc:
+            raise ConfigError("%s: %s" % (t.source, exc.message or exc)) from None
+        section.listen = join_host_port(host, port)
+    return section
 
 
 def _load_limits(t: _Table) -> Limits:
@@ -472,6 +548,19 @@ def _to_toml(cfg: ProxyConfig) -> str:
             "# The homeserver pushes room events (device commands) to http://<listen>.",
             "listen = %s" % toml_string(a.listen),
         ]
+    m = cfg.metrics
+    if m is not None and m.enabled:
+        lines += [
+            "",
+            "[metrics]",
+            "# Prometheus metrics at http://<listen>/metrics and the status page at http://<listen>/.",
+            "listen = %s" % toml_string(m.listen),
+            "# Required on every request when set (Authorization: Bearer <token>, or HTTP Basic",
+            "# with the token as password); required when listen is not a loopback address.",
+            "token = %s" % toml_string(m.token),
+            "# Per-device series (last seen, bytes, airtime, readings, authentication failures).",
+            "per_device = %s" % ("true" if m.per_device else "false"),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -533,6 +622,8 @@ def write_default(
     as_token: str | None = None,
     hs_token: str | None = None,
     registration_shared_secret: str = "",
+    metrics_listen: str | None = None,
+    metrics_token: str | None = None,
     force: bool = False,
 ) -> InitResult:
     """``lowbw proxy init``: directory, key pair, proxy.toml and the appservice registration.
@@ -556,6 +647,16 @@ def write_default(
     if not (mtu == 0 or 64 <= mtu <= 65507):
         raise ConfigError("mtu must be 64..65507 (or 0: by link_bps)")
     split_host_port(appservice_listen, "appservice listen address")
+    metrics = None
+    if metrics_listen:
+        try:
+            m_host, m_port = parse_listen(metrics_listen, "metrics listen address")
+        except MetricsConfigError as exc:
+            raise ConfigError(exc.message or str(exc)) from None
+        if metrics_token is None and not is_loopback(m_host):
+            # Off loopback the listener needs a token: make one (it is in proxy.toml, 0600).
+            metrics_token = new_token()
+        metrics = MetricsSection(listen=join_host_port(m_host, m_port), token=metrics_token or "")
 
     target = Path(os.path.abspath(directory))
     cfg = ProxyConfig(
@@ -589,6 +690,7 @@ def write_default(
             if mode == "appservice"
             else None
         ),
+        metrics=metrics,
     )
     files = [cfg.path, cfg.proxy.private_key, cfg.proxy.public_key]
     if cfg.appservice is not None:

@@ -40,7 +40,7 @@ import math
 import ssl
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -262,6 +262,9 @@ class Homeserver:
             log.warning("TLS certificate verification is OFF for %s", parts.netloc)
         self.timeout = timeout
         self.max_body = max_body
+        # Called with (pool, status, seconds) after every request (metrics): status is
+        # the HTTP status as text, or "timeout", "unreachable", "too_large" for no answer.
+        self.on_result: Callable[[str, str, float], None] | None = None
 
     async def __aenter__(self) -> Homeserver:
         return self
@@ -354,6 +357,10 @@ class Homeserver:
 
         limit = self.timeout if timeout is None else timeout
         started = time.monotonic()
+        report = self.on_result
+        # What the request came to (metrics); a request cancelled on our side
+        # (a parked sync whose session ended) keeps "cancelled".
+        outcome = "cancelled"
         try:
             async with self._get_session(pool).request(
                 method,
@@ -366,13 +373,19 @@ class Homeserver:
             ) as resp:
                 body = await self._read_body(resp, method, path)
                 status = resp.status
+                outcome = str(status)
                 resp_headers = CIMultiDictProxy(CIMultiDict(resp.headers))
         except TimeoutError:
+            outcome = "timeout"
             log.warning("%s %s: no answer within %.1f s", method, path, limit)
             raise HomeserverUnavailable(
                 "homeserver did not answer within %.1f s: %s %s" % (limit, method, path), timeout=True
             ) from None
+        except HomeserverUnavailable:
+            outcome = "too_large"
+            raise
         except (aiohttp.ClientError, OSError) as exc:
+            outcome = "unreachable"
             reason = _describe(exc)
             log.warning("%s %s: %s", method, path, reason)
             raise HomeserverUnavailable(
@@ -381,7 +394,11 @@ class Homeserver:
         except ValueError as exc:  # after OSError: TLS verification errors are both
             # aiohttp refuses a header it cannot send (a control character in a
             # token a client-proxy bound, say): the request's fault, not the homeserver's.
+            outcome = "not_sent"
             raise EncodeError("request cannot be sent: %s" % type(exc).__name__) from None
+        finally:
+            if report is not None:
+                report(pool, outcome, time.monotonic() - started)
 
         parsed: Any = None
         if body:

@@ -60,18 +60,44 @@ called from the event loop and from worker threads alike.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from lowbw.wire.errors import LowbwError
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _timed(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Report the method's wall time to ``Registry.on_timing`` (operation name, seconds) when set.
+
+    The proxy's metrics set it (``lowbw_proxy_registry_operation_duration_seconds``);
+    unset (every other user of the registry) the cost is one attribute look-up.
+    """
+    op = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        report = args[0].on_timing  # type: ignore[attr-defined]
+        if report is None:
+            return method(*args, **kwargs)
+        started = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            report(op, time.perf_counter() - started)
+
+    return wrapper
 
 SCHEMA_VERSION = 5
 # Handshake numbers are kept in a signed 64-bit column.
@@ -224,6 +250,8 @@ class Registry:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        # Called with (operation, seconds) after each public operation, when set (metrics).
+        self.on_timing: Callable[[str, float], None] | None = None
         if str(path) != ":memory:" and not self.path.exists():
             # Created here, not by sqlite3, so it never exists with a looser mode.
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -347,11 +375,13 @@ class Registry:
                 ),
             )
 
+    @_timed
     def device(self, name: str) -> DeviceRecord | None:
         """The device called ``name``, revoked or not."""
         rows = self._read("SELECT %s FROM devices WHERE name = ?" % _DEVICE_COLUMNS, (name,))
         return _device_from_row(rows[0]) if rows else None
 
+    @_timed
     def device_by_key(self, public_key: bytes) -> DeviceRecord | None:
         """The device with this static key; None if unknown or revoked (both get no answer)."""
         rows = self._read(
@@ -360,6 +390,7 @@ class Registry:
         )
         return _device_from_row(rows[0]) if rows else None
 
+    @_timed
     def set_encrypted(self, name: str, encrypted: bool = True) -> bool:
         """Mark the device's room as encrypted (never back: encryption cannot be
         turned off in a Matrix room); True if that changed anything."""
@@ -370,11 +401,13 @@ class Registry:
             )
             return cur.rowcount == 1
 
+    @_timed
     def matrix_device(self, name: str) -> tuple[str, str] | None:
         """(device_id, access_token) of the Matrix device the proxy logged in for ``name``."""
         rows = self._read("SELECT device_id, access_token FROM matrix_devices WHERE device = ?", (name,))
         return (str(rows[0]["device_id"]), str(rows[0]["access_token"])) if rows else None
 
+    @_timed
     def set_matrix_device(self, name: str, device_id: str, access_token: str) -> None:
         with self._write() as db:
             self._require_device(db, name)
@@ -389,6 +422,7 @@ class Registry:
         with self._write() as db:
             db.execute("DELETE FROM matrix_devices WHERE device = ?", (name,))
 
+    @_timed
     def revoked_name(self, public_key: bytes) -> str | None:
         """The name of the revoked device that had this key; None if no revoked device had it."""
         rows = self._read(
@@ -396,6 +430,7 @@ class Registry:
         )
         return str(rows[0]["name"]) if rows else None
 
+    @_timed
     def devices(self) -> list[DeviceRecord]:
         rows = self._read("SELECT %s FROM devices ORDER BY name" % _DEVICE_COLUMNS)
         return [_device_from_row(r) for r in rows]
@@ -413,6 +448,7 @@ class Registry:
         version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
         return version
 
+    @_timed
     def changed(self) -> bool:
         """True if another connection (another process) committed since the last call."""
         with self._lock:
@@ -423,6 +459,7 @@ class Registry:
 
     # -- replay and message counters ---------------------------------------------
 
+    @_timed
     def remember_ephemeral(self, name: str, e: bytes) -> bool:
         """Record an IK ephemeral key; False if this device used it before (a replayed IK1)."""
         with self._write() as db:
@@ -437,6 +474,7 @@ class Registry:
             )
             return True
 
+    @_timed
     def accept_handshake(self, name: str, e: bytes, hsn: int, epoch: int | None) -> tuple[bool, int | None]:
         """Decide on an authenticated IK message 1 of ``name``: ``(accepted, floor)``.
 
@@ -489,11 +527,13 @@ class Registry:
             )
             return True, jump
 
+    @_timed
     def msg_top(self, name: str) -> int:
         """Highest message number seen from the device; -1 if none (or no such device)."""
         rows = self._read("SELECT msg_top FROM devices WHERE name = ?", (name,))
         return int(rows[0]["msg_top"]) if rows else -1
 
+    @_timed
     def advance_msg_top(self, name: str, n: int) -> None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise RegistryError("a message number is a non-negative integer")
@@ -502,11 +542,13 @@ class Registry:
             if cur.rowcount == 0:
                 raise RegistryError("no device named %r" % name)
 
+    @_timed
     def device_epoch(self, name: str) -> int:
         """The device's counter epoch; 0 if it never announced one (or no such device)."""
         rows = self._read("SELECT epoch FROM devices WHERE name = ?", (name,))
         return int(rows[0]["epoch"]) if rows else 0
 
+    @_timed
     def set_device_epoch(self, name: str, epoch: int) -> bool:
         """Record the device's counter epoch; True if it changed, and then msg_top is -1 again.
 
@@ -534,15 +576,18 @@ class Registry:
             db.execute("UPDATE devices SET epoch = ?, msg_top = -1 WHERE name = ?", (epoch, name))
             return True
 
+    @_timed
     def epoch_retired(self, name: str, epoch: int) -> bool:
         """True if the device used ``epoch`` before and moved on (a replay wants it back)."""
         rows = self._read("SELECT 1 FROM retired_epochs WHERE device = ? AND epoch = ?", (name, epoch))
         return bool(rows)
 
+    @_timed
     def sent_event(self, name: str, txn_id: str) -> str | None:
         rows = self._read("SELECT event_id FROM sent_events WHERE device = ? AND txn_id = ?", (name, txn_id))
         return str(rows[0]["event_id"]) if rows else None
 
+    @_timed
     def record_event(self, name: str, txn_id: str, event_id: str) -> None:
         """Remember that ``txn_id`` became ``event_id``; recording the same pair again is fine."""
         with self._write() as db:
@@ -561,6 +606,7 @@ class Registry:
 
     # -- downlink commands --------------------------------------------------------
 
+    @_timed
     def enqueue_command(self, name: str, event_id: str, sender: str, body: str) -> int | None:
         """Queue a command; its id, or None if this event was queued before (acked or not)."""
         with self._write() as db:
@@ -572,6 +618,7 @@ class Registry:
             )
             return cur.lastrowid if cur.rowcount == 1 else None
 
+    @_timed
     def pending_commands(self, name: str, limit: int = 1) -> list[tuple[int, str, str, str]]:
         """The oldest unacknowledged commands: (id, sender, body, event_id)."""
         rows = self._read(
@@ -581,10 +628,12 @@ class Registry:
         )
         return [(int(r["id"]), str(r["sender"]), str(r["body"]), str(r["event_id"])) for r in rows]
 
+    @_timed
     def count_pending(self, name: str) -> int:
         rows = self._read("SELECT count(*) AS n FROM commands WHERE device = ? AND acked_ms IS NULL", (name,))
         return int(rows[0]["n"])
 
+    @_timed
     def ack_command(self, name: str, command_id: int) -> bool:
         """Mark the device's command delivered; False if unknown, another device's, or acked already."""
         with self._write() as db:
@@ -596,6 +645,7 @@ class Registry:
 
     # -- sessions across a graceful restart ---------------------------------------
 
+    @_timed
     def save_sessions(self, rows: list[tuple[str, bytes]]) -> None:
         """Replace all saved sessions with ``rows`` of (device name, opaque state)."""
         with self._write() as db:
@@ -604,6 +654,7 @@ class Registry:
                 self._require_device(db, name)
                 db.execute("INSERT INTO sessions (device, state) VALUES (?, ?)", (name, bytes(state)))
 
+    @_timed
     def load_sessions(self) -> list[tuple[str, bytes]]:
         """The saved sessions of devices not revoked; they are deleted as they are handed out."""
         with self._write() as db:
@@ -616,6 +667,7 @@ class Registry:
 
     # -- client-proxy token handles ----------------------------------------------
 
+    @_timed
     def add_client_token(self, name: str, handle: str, token: str) -> None:
         with self._write() as db:
             self._require_device(db, name)
@@ -624,10 +676,12 @@ class Registry:
                 (name, handle, token, now_ms()),
             )
 
+    @_timed
     def client_token(self, name: str, handle: str) -> str | None:
         rows = self._read("SELECT token FROM client_tokens WHERE device = ? AND handle = ?", (name, handle))
         return str(rows[0]["token"]) if rows else None
 
+    @_timed
     def drop_client_token(self, name: str, token: str) -> int:
         """Forget every handle of ``name`` standing for ``token`` (after a logout)."""
         with self._write() as db:

@@ -80,7 +80,7 @@ import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiocoap import resource
 from aiocoap.blockwise import Block2Cache, ContinueException, _extract_block_key
@@ -106,6 +106,9 @@ from lowbw.proxy.sessions import SessionTable
 from lowbw.proxy.transport import FRAME_OVERHEAD, SessionAddress
 from lowbw.wire import cbor, coap, keys, reading, routes, status
 from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
+
+if TYPE_CHECKING:
+    from lowbw.proxy.metrics import ReadingCounts
 
 log = logging.getLogger("lowbw.proxy.resources")
 
@@ -151,6 +154,8 @@ class Services:
     link_bps: float = 0.0
     # What one session may spend (``lowbw.proxy.limits``, ``[limits]`` in proxy.toml).
     limits: Limits = field(default_factory=Limits)
+    # Readings counted for metrics (``lowbw.proxy.metrics``); None when metrics are off.
+    readings: ReadingCounts | None = None
 
 
 def airtime_ms(nbytes: int, link_bps: float) -> int:
@@ -513,6 +518,21 @@ class ProxySite(resource.ObservableResource):
     def observations(self, device: str) -> int:
         return len(self._watchers.get(device, ()))
 
+    # -- what metrics read at scrape time (lowbw.proxy.metrics) -------------------------
+
+    def observations_total(self) -> int:
+        return sum(len(w) for w in self._watchers.values())
+
+    def in_flight_total(self) -> int:
+        return sum(self._in_flight.values())
+
+    def uploads_total(self) -> int:
+        return self._block1.total()
+
+    def parked_total(self) -> int:
+        """Client-proxy syncs parked at the proxy (``lowbw.proxy.clients``)."""
+        return int(getattr(self.clients, "_parked", 0))
+
     def notify_commands(self, device: str) -> None:
         """A command was queued for ``device``: notify its observations (and no one else's)."""
         for obs in list(self._watchers.get(device, {}).values()):
@@ -603,6 +623,8 @@ class ProxySite(resource.ObservableResource):
         busy = self._in_flight.get(addr, 0)
         if busy >= max(1, self.s.limits.requests_in_flight):
             log.debug("%s: request refused, %d in the works", rec.name, busy)
+            if self.s.readings is not None and request.opt.uri_path == (routes.ROUTE_READING,):
+                self.s.readings.rejected(rec.name, 1, "busy")
             return self._busy(addr, rec)
         self._in_flight[addr] = busy + 1
         try:
@@ -648,12 +670,33 @@ class ProxySite(resource.ObservableResource):
     # -- sensor readings ---------------------------------------------------------------
 
     async def post_reading(self, request: Message, addr: SessionAddress, rec: DeviceRecord) -> Message:
+        counts = self.s.readings
+        if counts is None:
+            return await self._post_reading(request, addr, rec, None)
+        note: list[Any] = [1, "malformed", None]
+        answer = await self._post_reading(request, addr, rec, note)
+        n, reason, last = note
+        if answer.code == Code.CHANGED:
+            counts.acknowledged(rec.name, n, last, rec.encrypted)
+        else:
+            counts.rejected(rec.name, n, reason)
+        return answer
+
+    async def _post_reading(
+        self, request: Message, addr: SessionAddress, rec: DeviceRecord, note: list[Any] | None
+    ) -> Message:
+        """``post_reading``; ``note`` (metrics) gets [readings, why refused, last content]."""
         received = now_ms() - airtime_ms(getattr(request, "lowbw_rx_bytes", 0), self.s.link_bps)
         table_id = addr.table_id
         try:
             readings = reading.decode_readings(request.payload)
         except DecodeError as exc:
             return error_message(coap.BAD_REQUEST, "M_BAD_JSON", exc.message or "bad reading", table_id)
+        if note is not None:
+            note[0] = len(readings)
+            note[1] = "schema"
+            if self.s.readings is not None:
+                self.s.readings.received += len(readings)
         registry = self.s.registry
         table = self.s.table
         epoch = table.epoch(rec.name)
@@ -670,14 +713,22 @@ class ProxySite(resource.ObservableResource):
                 contents.append((sensor.txn_id(rec.name, msgnum, i, epoch), content, measured))
         except sensor.SchemaError as exc:
             return error_message(coap.BAD_REQUEST, "M_BAD_JSON", exc.message, table_id)
+        if note is not None:
+            note[1] = "no_room"
+            note[2] = contents[-1][1] if contents else None
         if not rec.rooms:
             return error_message(coap.FORBIDDEN, "M_FORBIDDEN", "device has no room", table_id)
         room = rec.rooms[0]
         token, as_user = self._auth(rec)
         if token is None:
+            if note is not None:
+                note[1] = "no_credential"
             return error_message(coap.INTERNAL_SERVER_ERROR, "M_UNKNOWN", "no credential", table_id)
+        counts = self.s.readings
         for txn, content, measured in contents:
             if registry.sent_event(rec.name, txn) is not None:
+                if counts is not None:
+                    counts.duplicates += 1
                 continue
             event_type, body = sensor.EVENT_TYPE, content
             if rec.encrypted:
@@ -685,6 +736,8 @@ class ProxySite(resource.ObservableResource):
                 try:
                     body = await self._encrypt(rec, room, event_type, content)
                 except HomeserverUnavailable as exc:
+                    if note is not None:
+                        note[1] = "encryption_unavailable"
                     return unavailable_message(exc, self.s.retry_after, table_id)
                 event_type = "m.room.encrypted"
             path = encode_path(CLIENT_V3 + "/rooms/{}/send/{}/{}", room, event_type, txn)
@@ -700,13 +753,19 @@ class ProxySite(resource.ObservableResource):
                     pool=POOL_READINGS,
                 )
             except HomeserverUnavailable as exc:
+                if note is not None:
+                    note[1] = "homeserver_timeout" if exc.timeout else "homeserver_unavailable"
                 return unavailable_message(exc, self.s.retry_after, table_id)
             event_id = result.json.get("event_id") if result.ok and isinstance(result.json, dict) else None
             if not isinstance(event_id, str):
+                if note is not None:
+                    note[1] = "homeserver_error"
                 if result.ok:
                     return error_message(coap.BAD_GATEWAY, "M_UNKNOWN", "no event_id", table_id)
                 return http_answer(result, "PUT", table_id)
             registry.record_event(rec.name, txn, event_id)
+            if counts is not None:
+                counts.posted(event_type)
         return Message(code=Code.CHANGED)
 
     async def _encrypt(
@@ -745,6 +804,7 @@ class ProxySite(resource.ObservableResource):
         if not isinstance(cid, int) or isinstance(cid, bool):
             return error_message(coap.BAD_REQUEST, "M_BAD_JSON", "command id", addr.table_id)
         if self.s.registry.ack_command(rec.name, cid):
+            self.s.table.commands_delivered += 1
             log.info("%s: command %d delivered", rec.name, cid)
         # An ack for a command already acked (a retry after a restart) is fine:
         # the state the device asks for holds.

@@ -40,11 +40,13 @@ from aiocoap.pipe import error_to_message, run_driving_pipe
 from aiocoap.protocol import Context
 
 from lowbw.logsetup import setup_logging
+from lowbw.metrics import MetricsServer
 from lowbw.proxy import config as proxy_config
 from lowbw.proxy.appservice import AppserviceListener, detect_command
 from lowbw.proxy.e2ee import E2EEService
 from lowbw.proxy.homeserver import DEFAULT_TIMEOUT, Homeserver, HomeserverUnavailable, encode_path
 from lowbw.proxy.limits import Limits
+from lowbw.proxy.metrics import ProxyMetrics
 from lowbw.proxy.registry import Registry
 from lowbw.proxy.resources import DEFAULT_RETRY_AFTER, READING_TIMEOUT, ProxySite, Services
 from lowbw.proxy.sessions import SessionTable
@@ -85,6 +87,8 @@ class ProxySettings:
     handshake_impl: str = "noiseprotocol"
     empty_ack_delay: float | None = None
     limits: Limits = field(default_factory=Limits)
+    # [metrics]: /metrics and the status page (None or listen "": off).
+    metrics: proxy_config.MetricsSection | None = None
 
     def __repr__(self) -> str:
         # Never the key or tokens.
@@ -117,6 +121,7 @@ class ProxySettings:
             appservice_listen=listen,
             appservice_id=a.id if a is not None else None,
             limits=cfg.limits,
+            metrics=cfg.metrics,
         )
 
 
@@ -154,6 +159,9 @@ class ProxyServer:
         self.restored = 0
         self.started_at = 0.0
         self.answers = AnswerLog()
+        # Prometheus metrics and the status page ([metrics]); None when off.
+        self.metrics: ProxyMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
 
     async def __aenter__(self) -> ProxyServer:
         await self.start()
@@ -181,6 +189,10 @@ class ProxyServer:
     @property
     def appservice_port(self) -> int | None:
         return self.appservice.port if self.appservice is not None else None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_server.port if self.metrics_server is not None else None
 
     async def start(self) -> None:
         s = self.settings
@@ -238,6 +250,8 @@ class ProxyServer:
             )
             table.e2ee = self.e2ee
             self.e2ee.start_all(list(table.devices.values()))
+            if s.metrics is not None and s.metrics.enabled:
+                await self._start_metrics(s.metrics)
             if s.mode == "appservice" and s.appservice_listen is not None and s.hs_token:
                 host, port = s.appservice_listen
                 self.appservice = AppserviceListener(s.hs_token, table, host, port)
@@ -257,6 +271,33 @@ class ProxyServer:
             tuning,
             " appservice on %s:%d" % (self.appservice.host, self.appservice.port) if self.appservice else "",
         )
+        if self.metrics_server is not None:
+            log.info(
+                "metrics and status page on %s%s",
+                self.metrics_server.url,
+                " (token required)" if s.metrics is not None and s.metrics.token else " (loopback only)",
+            )
+
+    async def _start_metrics(self, cfg: proxy_config.MetricsSection) -> None:
+        """``[metrics]``: the per-proxy registry, its hooks, and the HTTP listener."""
+        from lowbw import __version__ as version
+        from lowbw.proxy.status import StatusPages
+
+        metrics = ProxyMetrics(
+            link_bps=self.settings.link_bps,
+            per_device=cfg.per_device,
+            history_interval=cfg.history_interval,
+            history_points=cfg.history_points,
+            mode=self.settings.mode,
+            version=version,
+        )
+        metrics.attach(self)
+        self.metrics = metrics
+        server = MetricsServer(metrics.registry, cfg.host, cfg.port, token=cfg.token, realm="lowbw proxy")
+        StatusPages(self, metrics).install(server)
+        await server.start()
+        self.metrics_server = server
+        metrics.start_timers()
 
     async def _ping_homeserver(self) -> None:
         """Ask the homeserver to ping us (MSC2659): it checks the push URL and, if it
@@ -327,10 +368,17 @@ class ProxyServer:
             log.error("%s: encrypted command not queued (%s)", name, exc.message)
             return
         if cid is not None:
+            table.commands_queued += 1
             log.info("%s: command %d queued from an encrypted room (%d B)", name, cid, len(text.encode()))
             table.refresh_commands(name)
 
     async def _close(self) -> None:
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
+        if self.metrics is not None:
+            self.metrics.stop_timers()
+            self.metrics.detach()
         if self.e2ee is not None:
             await self.e2ee.close()
             self.e2ee = None
@@ -458,6 +506,12 @@ def listen_error(settings: ProxySettings, exc: OSError, config_path: str | Path 
         return "cannot listen on udp %s:%d: %s (set [proxy] %s%s)" % (
             settings.bind, settings.port, why, key, where
         )
+    if settings.metrics is not None and settings.metrics.enabled:
+        host, port = settings.metrics.host, settings.metrics.port
+        if port and _bind_fails(socket.SOCK_STREAM, host, port, exc.errno):
+            return "cannot listen on tcp %s:%d for metrics: %s (set [metrics] listen%s)" % (
+                host, port, why, where
+            )
     if settings.appservice_listen is not None:
         host, port = settings.appservice_listen
         if _bind_fails(socket.SOCK_STREAM, host, port, exc.errno):

@@ -83,6 +83,42 @@ class HandshakeRefused(LowbwError):
     """A handshake message dropped before any crypto (budget, cookie, recent replay)."""
 
 
+# Handshake outcomes as metrics name them (``SessionTable.handshake_counts``,
+# keyed by (kind, outcome); kind is ik, xx1, xx3 or other).
+HS_OK = "ok"
+HS_UNKNOWN_KEY = "unknown_key"
+HS_REVOKED = "revoked"
+HS_REPLAY = "replay"
+HS_AUTH_FAILED = "auth_failed"
+HS_MALFORMED = "malformed"
+HS_NO_PAIRING = "no_pairing"
+HS_COOKIE = "cookie"
+HS_BAD_COOKIE = "bad_cookie"
+HS_OVER_SOURCE = "over_source_budget"
+HS_OVER_GLOBAL = "over_global_budget"
+HS_OUTCOMES = (
+    HS_OK,
+    HS_UNKNOWN_KEY,
+    HS_REVOKED,
+    HS_REPLAY,
+    HS_AUTH_FAILED,
+    HS_MALFORMED,
+    HS_NO_PAIRING,
+    HS_COOKIE,
+    HS_BAD_COOKIE,
+    HS_OVER_SOURCE,
+    HS_OVER_GLOBAL,
+)
+_GUARD_OUTCOMES = {
+    HandshakeGuard.COOKIE: HS_COOKIE,
+    HandshakeGuard.BAD_COOKIE: HS_BAD_COOKIE,
+    HandshakeGuard.OVER_SOURCE: HS_OVER_SOURCE,
+    HandshakeGuard.OVER_GLOBAL: HS_OVER_GLOBAL,
+    HandshakeGuard.REPLAY: HS_REPLAY,
+}
+_KIND_NAMES = {frames.HS_IK1: "ik", frames.HS_XX1: "xx1", frames.HS_XX3: "xx3"}
+
+
 STATE_VERSION = 1
 # The highest message number per device is written to the registry when it has
 # moved this far (and at a graceful stop): a top that lags by less than 2**15
@@ -164,6 +200,18 @@ class SessionTable:
         self._pending_xx: dict[int, tuple[Any, float, int, bytes, Sockaddr]] = {}
         self.guard = HandshakeGuard(self.limits, time.monotonic())
         self.rejects = RejectLog()
+        # (kind, outcome) -> handshake messages (metrics); _outcome is set where
+        # a refusal is decided, for handshake() to count.
+        self.handshake_counts: dict[tuple[str, str], int] = {}
+        self._outcome: str | None = None
+        self._kind = "other"
+        # Commands queued (appservice pushes, encrypted rooms), delivered (acknowledged
+        # by the device) and expired (still pending when their device was revoked).
+        self.commands_queued = 0
+        self.commands_delivered = 0
+        self.commands_expired = 0
+        # Called with the name of each device that was revoked (metrics forget it).
+        self.on_revoked: Callable[[str], None] | None = None
         # IK answers that must tell the device to count its handshakes above a floor.
         self._floors: dict[int, int] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -189,12 +237,18 @@ class SessionTable:
     def reload(self) -> None:
         """Re-read the device list; close sessions of devices no longer allowed."""
         current = {rec.name: rec for rec in self.registry.devices() if not rec.revoked}
+        gone = [name for name in self.devices if name not in current]
         self.devices = current
         for name, addr in list(self.by_device.items()):
             rec = current.get(name)
             if rec is None:
                 log.info("%s: revoked, session %04x closed", name, addr.sid)
                 self.close(addr)
+        for name in gone:
+            # Its pending commands can never be delivered now.
+            self.commands_expired += self._commands.get(name, 0)
+            if self.on_revoked is not None:
+                self.on_revoked(name)
         if self.e2ee is not None:
             for name in list(self.e2ee.devices):
                 if name not in current:
@@ -268,6 +322,12 @@ class SessionTable:
 
     def commands_pending(self, device: str) -> int:
         return self._commands.get(device, 0)
+
+    def commands_pending_total(self) -> int:
+        return sum(self._commands.values())
+
+    def pairings_pending(self) -> int:
+        return len(self._pending_xx)
 
     def refresh_commands(self, device: str, notify: bool = True) -> int:
         """Re-count ``device``'s pending commands; ``notify`` its observers (a new command)."""
@@ -381,13 +441,38 @@ class SessionTable:
         under load, recent ephemerals), then the crypto. Raises a LowbwError
         (the datagram is dropped without an answer, and counted) for anything
         that does not lead to a session; returns None when it answered with a
-        cookie reply or an XX message 2.
+        cookie reply or an XX message 2. Each one is counted by kind and outcome
+        in ``handshake_counts``.
         """
+        self._outcome = None
+        self._kind = "other"
+        try:
+            found = self._handshake(datagram, sockaddr)
+        except LowbwError as exc:
+            outcome = self._outcome
+            if outcome is None:
+                if isinstance(exc, ReplayError):
+                    outcome = HS_REPLAY
+                elif isinstance(exc, AuthError):
+                    outcome = HS_AUTH_FAILED
+                else:
+                    outcome = HS_MALFORMED
+            self._count_handshake(self._kind, outcome)
+            raise
+        self._count_handshake(self._kind, self._outcome or HS_OK)
+        return found
+
+    def _count_handshake(self, kind: str, outcome: str) -> None:
+        key = (kind, outcome)
+        self.handshake_counts[key] = self.handshake_counts.get(key, 0) + 1
+
+    def _handshake(self, datagram: bytes, sockaddr: Sockaddr) -> tuple[SessionAddress, bytes] | None:
         kind = datagram[0] if datagram else -1
         cookie = None
         if kind == frames.HS_COOKIED:
             cookie, datagram = handshake.split_cookied(datagram)
             kind = datagram[0]
+        self._kind = _KIND_NAMES.get(kind, "other")
         if kind == frames.HS_IK1:
             if len(datagram) < IK1_MIN_LEN or len(datagram) > MAX_HANDSHAKE_LEN:
                 raise DecodeError("IK message 1 of impossible length")
@@ -398,6 +483,7 @@ class SessionTable:
             if cookie is not None or len(datagram) > MAX_HANDSHAKE_LEN:
                 raise DecodeError("XX message 3 of impossible length")
             if frames.peek_session_id(datagram) not in self._pending_xx:
+                self._outcome = HS_NO_PAIRING
                 raise AuthError("XX message 3 for no pairing in progress")
         else:
             raise DecodeError("not a handshake a proxy receives")
@@ -405,6 +491,8 @@ class SessionTable:
         ephemeral = bytes(datagram[1 : 1 + handshake.DH_LEN]) if initiation else b""
         now = time.monotonic()
         verdict = self.guard.admit(sockaddr, initiation, ephemeral, cookie, now)
+        if verdict != HandshakeGuard.PASS:
+            self._outcome = _GUARD_OUTCOMES.get(verdict, HS_MALFORMED)
         if verdict == HandshakeGuard.COOKIE:
             self.rejects.count(verdict)
             if self.transport is not None:
@@ -422,8 +510,10 @@ class SessionTable:
         """An authenticated handshake from a key that may not get in: counted per key."""
         name = self.registry.revoked_name(device_pub)
         if name is not None:
+            self._outcome = HS_REVOKED
             self.rejects.count("handshake from a revoked device", name)
         else:
+            self._outcome = HS_UNKNOWN_KEY
             self.rejects.count("handshake from an unknown key", key_tag(device_pub))
         return AuthError("static key not enrolled (or revoked)")
 
@@ -484,7 +574,7 @@ class SessionTable:
         if addr.pending is not None and not addr.closed and self.transport is not None:
             dgram = self.complete(addr, b"")
             if dgram is not None and addr.sockaddr is not None:
-                self.transport.sendto(dgram, addr.sockaddr)
+                self.transport.send_to_session(addr, dgram)
 
     def _purge_xx(self) -> None:
         now = time.monotonic()
@@ -523,9 +613,11 @@ class SessionTable:
         sid = frames.peek_session_id(datagram)
         pending = self._pending_xx.pop(sid, None)
         if pending is None:
+            self._outcome = HS_NO_PAIRING
             raise AuthError("XX message 3 for no pairing in progress")
         responder, deadline, caps, e, _source = pending
         if deadline < time.monotonic():
+            self._outcome = HS_NO_PAIRING
             raise AuthError("pairing timed out")
         try:
             device_pub, request, session = responder.read_final(datagram)

@@ -55,7 +55,7 @@ from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
 
 from lowbw.wire import frames
-from lowbw.wire.errors import LowbwError, ReplayError
+from lowbw.wire.errors import AuthError, LowbwError, ReplayError
 
 log = logging.getLogger("lowbw.proxy.transport")
 
@@ -223,18 +223,78 @@ class FrameHandler(Protocol):
     def replays_zero_rtt(self, device: str) -> bool: ...
 
 
+class DeviceTraffic:
+    """One device's datagrams and bytes both ways, and when it was last heard (Unix time)."""
+
+    __slots__ = ("rx", "tx", "rx_bytes", "tx_bytes", "last_seen")
+
+    def __init__(self) -> None:
+        self.rx = 0
+        self.tx = 0
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.last_seen = 0.0
+
+
 @dataclass
 class TransportStats:
-    """Counters, for tests and benchmarks (never logged per datagram)."""
+    """Counters, for tests, benchmarks and metrics (never logged per datagram).
+
+    ``dropped`` by reason (``DROP_REASONS``); ``auth_failures`` counts the
+    transport frames that named a live session of a device but did not
+    authenticate, per device (a rising count is a forgery attempt or a broken
+    device). ``devices`` is None unless metrics are on: then each datagram
+    from or to a session adds to its device's ``DeviceTraffic``.
+    """
 
     rx: int = 0
     tx: int = 0
     rx_bytes: int = 0
     tx_bytes: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    auth_failures: dict[str, int] = field(default_factory=dict)
+    devices: dict[str, DeviceTraffic] | None = None
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def traffic(self, device: str) -> DeviceTraffic | None:
+        devices = self.devices
+        if devices is None:
+            return None
+        t = devices.get(device)
+        if t is None:
+            t = devices[device] = DeviceTraffic()
+        return t
+
+    def forget_device(self, device: str) -> None:
+        """A revoked device: its per-device counts go (bounded cardinality)."""
+        self.auth_failures.pop(device, None)
+        if self.devices is not None:
+            self.devices.pop(device, None)
+
+
+# Why a datagram was dropped (TransportStats.dropped keys): transport frames
+# (00/01) that did not open, and handshake datagrams refused (their details are
+# in SessionTable.handshake_counts).
+DROP_AUTH = "auth_failure"
+DROP_REPLAY = "replay"
+DROP_UNKNOWN_SESSION = "unknown_session"
+DROP_MALFORMED = "malformed"
+DROP_COAP = "coap_unparsable"
+DROP_HANDSHAKE = "handshake_rejected"
+DROP_INTERNAL = "internal"
+DROP_ZERO_RTT_REPEAT = "zero_rtt_repeat"
+DROP_REASONS = (
+    DROP_AUTH,
+    DROP_REPLAY,
+    DROP_UNKNOWN_SESSION,
+    DROP_MALFORMED,
+    DROP_COAP,
+    DROP_HANDSHAKE,
+    DROP_INTERNAL,
+    DROP_ZERO_RTT_REPEAT,
+)
 
 
 class LowbwMessageManager(MessageManager):
@@ -445,25 +505,34 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         mman = self._mman
         if mman is None:
             return
-        self.stats.rx += 1
-        self.stats.rx_bytes += len(data)
+        stats = self.stats
+        stats.rx += 1
+        stats.rx_bytes += len(data)
+        transport_frame = False
         try:
             self.handler.poll_changes()
             kind = frames.kind_of(data)
             if kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
+                transport_frame = True
                 found = self._open(data, sockaddr)
             else:
                 found = self.handler.handshake(data, sockaddr)
-        except LowbwError as exc:
-            self.stats.drop(type(exc).__name__)
+        except LowbwError:
+            stats.drop(DROP_MALFORMED if transport_frame else DROP_HANDSHAKE)
             return
         except Exception:  # noqa: BLE001 - one bad datagram must never stop the proxy
             log.exception("datagram from %s dropped: internal error", sockaddr[0])
-            self.stats.drop("internal")
+            stats.drop(DROP_INTERNAL)
             return
         if found is None:
             return
         addr, plaintext = found
+        if stats.devices is not None:
+            traffic = stats.traffic(addr.device)
+            if traffic is not None:
+                traffic.rx += 1
+                traffic.rx_bytes += len(data)
+                traffic.last_seen = time.time()
         if addr.pending is not None and plaintext and self._answer_again(addr, plaintext):
             return
         if not plaintext:
@@ -474,7 +543,7 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         try:
             msg = Message.decode(plaintext, remote=addr)
         except (coap_error.UnparsableMessage, ValueError):
-            self.stats.drop("coap")
+            self.stats.drop(DROP_COAP)
             log.info("%s: unparsable CoAP message (%d B) dropped", addr.device, len(plaintext))
             if addr.pending is not None:
                 self._send_pending(addr, b"")
@@ -485,7 +554,7 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
             mman.dispatch_message(msg)
         except Exception:  # noqa: BLE001 - as above: log, count, carry on
             log.exception("%s: message dropped: internal error", addr.device)
-            self.stats.drop("internal")
+            self.stats.drop(DROP_INTERNAL)
 
     def _answer_again(self, addr: SessionAddress, plaintext: bytes) -> bool:
         """A request riding a new handshake that is the same bytes as one that rode
@@ -501,7 +570,7 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         entry = self._zero_rtt.get(addr.device)
         if entry is not None and entry[0] == plaintext and entry[2] > now:
             if entry[1] is not None:
-                self.stats.drop("zero_rtt_repeat")
+                self.stats.drop(DROP_ZERO_RTT_REPEAT)
                 self._send_pending(addr, entry[1])
             # Still in the works: the next copy will find the answer.
             return True
@@ -512,14 +581,20 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         sid = frames.peek_session_id(data)
         addr = self.handler.lookup(sid)
         if addr is None or addr.session is None:
-            self.stats.drop("unknown_session")
+            self.stats.drop(DROP_UNKNOWN_SESSION)
             return None
         session = addr.session
         top = session.window.top
         try:
             plaintext = session.open(data)
         except ReplayError:
-            self.stats.drop("replay")
+            self.stats.drop(DROP_REPLAY)
+            return None
+        except AuthError:
+            # A frame naming this device's session that does not authenticate.
+            self.stats.drop(DROP_AUTH)
+            failures = self.stats.auth_failures
+            failures[addr.device] = failures.get(addr.device, 0) + 1
             return None
         # Roam only on a frame newer than everything before it: a delayed or
         # replayed older frame (even a genuine one) must not divert answers.
@@ -538,11 +613,22 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self.stats.tx_bytes += len(datagram)
         self._transport.sendto(datagram, sockaddr)
 
+    def send_to_session(self, addr: SessionAddress, datagram: bytes) -> None:
+        """Send a datagram of ``addr``'s session (counted for its device)."""
+        if addr.sockaddr is None:
+            return
+        self.sendto(datagram, addr.sockaddr)
+        if self.stats.devices is not None:
+            traffic = self.stats.traffic(addr.device)
+            if traffic is not None:
+                traffic.tx += 1
+                traffic.tx_bytes += len(datagram)
+
     def _send_pending(self, addr: SessionAddress, plaintext: bytes) -> int:
         dgram = self.handler.complete(addr, plaintext)
         if dgram is None or addr.sockaddr is None:
             return 0
-        self.sendto(dgram, addr.sockaddr)
+        self.send_to_session(addr, dgram)
         return len(dgram)
 
     def send(self, message: Message) -> None:
@@ -576,7 +662,7 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
                 # Counter exhausted: the device re-handshakes.
                 log.warning("%s: cannot seal (%s)", addr.device, type(exc).__name__)
                 return
-            self.sendto(dgram, addr.sockaddr)
+            self.send_to_session(addr, dgram)
             sent = len(dgram)
         if code.is_response():
             request = getattr(message, "request", None)
