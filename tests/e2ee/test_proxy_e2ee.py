@@ -491,3 +491,70 @@ def test_other_events_from_an_encrypted_device_are_megolm_too(
         person.close()
         if proxy is not None:
             proxy.stop()
+
+
+def test_a_command_whose_key_comes_late_is_decrypted_when_it_arrives(
+    device_factory, proxy_config_path, synapse, matrix_user, tmp_path
+):
+    """The person's client posts an encrypted command before sharing its room key (a key that
+    arrives late): the proxy logs why it cannot decrypt it, keeps it, and delivers it once
+    the key arrives."""
+    person = Person(synapse.url, matrix_user.user_id, matrix_user.password, tmp_path / "person")
+    proxy = None
+    try:
+        dev = device_factory(encrypted=True)
+        person.join(dev.room_id)
+        proxy = ProxyProcess(proxy_config_path)
+        wire = dev.wire()
+        exchange_until_acked(wire, lambda mid: wire.reading([1], mid=mid))
+        olm = person.client.olm
+        olm.create_outbound_group_session(dev.room_id)
+        session = olm.outbound_group_sessions[dev.room_id]
+        at_index_0 = session.pickle("t")  # the key as it was before this message
+        session.shared = True  # encrypt before any device has the key
+        payload = olm.group_encrypt(
+            dev.room_id,
+            {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "!%s late key" % dev.name}},
+        )
+        status, body = matrix_call(
+            synapse.url,
+            "PUT",
+            "/_matrix/client/v3/rooms/%s/send/m.room.encrypted/late1"
+            % urllib.parse.quote(dev.room_id, safe=""),
+            matrix_user.access_token,
+            payload,
+        )
+        assert status == 200, body
+        assert proxy.wait_for("not decrypted: no room key", 20), proxy.output()
+        fetched = wire.exchange(wire.request(coap.GET, [routes.ROUTE_COMMANDS]))
+        assert fetched.code == coap.VALID  # nothing to deliver yet
+        # Now the key: shared over Olm to every device in the room.
+        # Share the key the message was encrypted with (index 0), as a client whose
+        # to-device message was merely delayed would have.
+        from nio.crypto.sessions import OutboundGroupSession
+
+        olm.outbound_group_sessions[dev.room_id] = OutboundGroupSession.from_pickle(at_index_0, "t")
+
+        async def share() -> None:
+            c = person.client
+            await c.joined_members(dev.room_id)
+            c.olm.users_for_key_query.add(dev.user_id)
+            await c.keys_query()
+            await c.share_group_session(dev.room_id, ignore_unverified_devices=True)
+
+        person.run(share())
+        assert proxy.wait_for("decrypted after its room key arrived", 40), proxy.output()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            fetched = wire.exchange(wire.request(coap.GET, [routes.ROUTE_COMMANDS]))
+            if fetched.code == coap.CONTENT:
+                break
+            time.sleep(0.5)
+        from lowbw.wire import cbor
+
+        _cid, sender, text, _event_id = cbor.loads(fetched.payload)
+        assert (sender, text) == (matrix_user.user_id, "late key")
+    finally:
+        person.close()
+        if proxy is not None:
+            proxy.stop()
