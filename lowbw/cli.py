@@ -71,6 +71,17 @@ def _host_port(text: str) -> str:
     return text
 
 
+def _listen(text: str) -> str:
+    """``HOST:PORT`` or a bare port (loopback), for ``--metrics-listen``."""
+    from lowbw.metrics import MetricsConfigError, parse_listen
+
+    try:
+        parse_listen(text, "address")
+    except MetricsConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return text
+
+
 def _schema_spec(text: str) -> dict[str, Any]:
     from lowbw.proxy.enroll import EnrollError, parse_schema_spec
 
@@ -163,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="BYTES",
         help="largest datagram the radio carries (default: 256 up to 2400 bit/s, else 1024)",
+    )
+    init.add_argument(
+        "--metrics-listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and the status page there ([metrics] listen; a bare port means "
+        "127.0.0.1; off by default; off loopback a random token is written too)",
     )
     init.add_argument("--force", action="store_true", help="overwrite existing files (the registry is kept)")
     init.set_defaults(func=cmd_proxy_init)
@@ -347,6 +365,7 @@ def cmd_proxy_init(args: argparse.Namespace) -> int:
         mtu=args.mtu,
         mode=args.mode,
         appservice_listen=args.appservice_listen,
+        metrics_listen=args.metrics_listen,
         force=args.force,
     )
     cfg = result.config
@@ -362,6 +381,12 @@ def cmd_proxy_init(args: argparse.Namespace) -> int:
         print("  kept  %s (devices enrolled with an old proxy key must be re-enrolled)" % cfg.proxy.registry)
     if args.bind not in ("127.0.0.1", "::1", "localhost"):
         print("note: devices reach the proxy on %s (not loopback), as you asked" % args.bind)
+    if cfg.metrics is not None and cfg.metrics.enabled:
+        where = "http://%s" % cfg.metrics.listen
+        if cfg.metrics.token:
+            print("  metrics and status page on %s (token in [metrics] token of proxy.toml)" % where)
+        else:
+            print("  metrics and status page on %s (loopback only)" % where)
     print()
     print("Next steps:")
     step = 1
