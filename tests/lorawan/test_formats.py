@@ -285,7 +285,7 @@ def test_raw_decoder_and_truncation() -> None:
         decoder.FieldSpec("counter", "", 0, "u32le"),
     ]
     assert decoder.decode_raw(spec, bytes.fromhex("ff9c28 01000000")) == {
-        "temperature": -100,
+        "temperature": Decimal("-10.0"),
         "humidity": 40,
         "counter": 1,
     }
