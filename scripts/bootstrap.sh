@@ -76,6 +76,20 @@ if ! command -v tshark >/dev/null 2>&1; then
   fi
 fi
 
+# Headless Chromium renders the proxy's status page in tests/proxy/test_status_page.py
+# (driven over the DevTools Protocol: no Playwright, no browser download).
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/lib/chromium/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian package chromium" >&2
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }) ||
+      echo "warning: could not install chromium; the status page browser tests are skipped" >&2
+  else
+    echo "note: chromium missing and not root; the status page browser tests are skipped" >&2
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi

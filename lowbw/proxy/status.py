@@ -24,7 +24,7 @@ from __future__ import annotations
 import html
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -92,6 +92,10 @@ def _bytes(n: int) -> str:
 
 
 def _duration(seconds: float) -> str:
+    if seconds == 0:
+        return "0 s"
+    if seconds < 1:
+        return "%.3g ms" % (seconds * 1000)
     if seconds < 60:
         return "%.1f s" % seconds
     if seconds < 3600:
@@ -106,12 +110,14 @@ def bar_chart(
     *,
     width: int = 720,
     height: int = 160,
-    unit: str = "",
+    fmt: Callable[[float], str] | None = None,
     names: Sequence[str] = (),
     label: str = "",
     axes: bool = True,
 ) -> str:
-    """An inline SVG bar chart: one bar per time, each a stack of values (bottom first)."""
+    """An inline SVG bar chart: one bar per time, each a stack of values (bottom first);
+    ``fmt`` formats the axis and tooltip values."""
+    show = fmt or _short
     left, bottom, top = (48, 20, 8) if axes else (0, 0, 0)
     plot_w, plot_h = width - left - 4 * axes, height - bottom - top
     totals = [sum(s) for s in stacks]
@@ -135,27 +141,27 @@ def bar_chart(
             )
             parts.append(
                 '<text x="%d" y="%.1f" font-size="10" text-anchor="end" fill="#57606a">%s</text>'
-                % (left - 4, y + 4, _e(_short(peak * frac) + unit))
+                % (left - 4, y + 4, _e(show(peak * frac)))
             )
         parts.append(
             '<text x="%d" y="%.1f" font-size="10" text-anchor="end" fill="#57606a">0</text>'
             % (left - 4, top + plot_h + 4)
         )
+        span = times[-1] - times[0] if times else 0
+        tfmt = "%H:%M:%SZ" if span < 3600 else "%m-%d %H:%MZ"
         if times:
             parts.append(
                 '<text x="%d" y="%d" font-size="10" fill="#57606a">%s</text>'
-                % (left, height - 5, _e(_utc(times[0], "%m-%d %H:%MZ")))
+                % (left, height - 5, _e(_utc(times[0], tfmt)))
             )
             parts.append(
                 '<text x="%d" y="%d" font-size="10" text-anchor="end" fill="#57606a">%s</text>'
-                % (left + plot_w, height - 5, _e(_utc(times[-1], "%m-%d %H:%MZ")))
+                % (left + plot_w, height - 5, _e(_utc(times[-1], tfmt)))
             )
     for i, stack in enumerate(stacks):
         x = left + i * step + (step - bar_w) / 2
         y = top + plot_h
-        tip = ", ".join(
-            "%s %s" % (_short(v), names[j] if j < len(names) else "") for j, v in enumerate(stack)
-        )
+        tip = ", ".join("%s %s" % (show(v), names[j] if j < len(names) else "") for j, v in enumerate(stack))
         when = _utc(times[i], "%H:%M:%SZ") if i < len(times) else ""
         parts.append("<g><title>%s</title>" % _e("%s: %s" % (when, tip)))
         for j, value in enumerate(stack):
@@ -170,6 +176,14 @@ def bar_chart(
         parts.append("</g>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _rate(bps: float) -> str:
+    if bps >= 1_000_000:
+        return "%g Mbit/s" % (bps / 1e6)
+    if bps >= 10_000:
+        return "%g kbit/s" % (bps / 1e3)
+    return "%g bit/s" % bps
 
 
 def _short(value: float) -> str:
@@ -232,13 +246,13 @@ class StatusPages:
         devices = len(table.devices) if table is not None else 0
         dropped = sum(st.dropped.values()) if st is not None else 0
         return (
-            '<header><h1>%s</h1><p class="meta">%s mode · link <b>%g bit/s</b> · <b>%d</b> devices · '
+            '<header><h1>%s</h1><p class="meta">%s mode · link <b>%s</b> · <b>%d</b> devices · '
             "<b>%d</b> sessions · <b>%d</b> readings acknowledged, <b>%d</b> refused · <b>%d</b> "
             'datagrams dropped · up since %s · <a href="/metrics">/metrics</a></p></header>'
             % (
                 _e(title),
                 _e(m.mode),
-                m.link_bps,
+                _e(_rate(m.link_bps)),
                 devices,
                 sessions,
                 m.readings.acked,
@@ -344,8 +358,8 @@ class StatusPages:
             times,
             [[m.airtime(p[2]), m.airtime(p[3])] for p in series],
             [UP_COLOUR, DOWN_COLOUR],
-            unit=" s",
-            names=["s up", "s down"],
+            fmt=_duration,
+            names=["up", "down"],
             label="airtime of %s" % name,
         )
         readings = bar_chart(
@@ -385,8 +399,8 @@ class StatusPages:
             + '<p><a href="/">← fleet</a></p><table id="device" data-device="%s">%s</table>'
             % (_e(name), rows)
             + '<h2>Airtime per %s</h2><div class="legend"><span style="background:%s"></span>up'
-            '<span style="background:%s"></span>down (estimated at %g bit/s)</div>%s'
-            % (per, UP_COLOUR, DOWN_COLOUR, m.link_bps, airtime)
+            '<span style="background:%s"></span>down (estimated at %s)</div>%s'
+            % (per, UP_COLOUR, DOWN_COLOUR, _e(_rate(m.link_bps)), airtime)
             + "<h2>Readings per %s</h2>%s" % (per, readings)
         )
         return self._page("lowbw proxy: %s" % name, body)
