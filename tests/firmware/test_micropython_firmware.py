@@ -3,7 +3,8 @@
 - every firmware module imports under MicroPython (the ESP32 and RP2040 board
   modules with tests/firmware/fake_machine.py standing in for ``machine``);
 - tests/firmware/test_*_portable.py pass there (run by tests/portable/mp_run.py), the same
-  functions pytest runs on CPython;
+  functions pytest runs on CPython, against the device tree (python -m firmware.build)
+  but for the FULL_TREE ones;
 - main.py answers --help.
 (tests/portable/test_bme280.py runs on MicroPython with the other portable
 tests, through tests/test_micropython.py.)
@@ -16,12 +17,17 @@ import pkgutil
 import re
 import subprocess
 
+import firmware.build
 import tests.firmware
 from tests.firmware.conftest import ROOT, micropython
+from tests.test_micropython import run_portable
 
+# The modules come from the device tree (python -m firmware.build, what a
+# board freezes); the test helpers from the checkout.
 IMPORT_CHECK = r"""
 import sys
 sys.path.insert(0, %(root)r)
+sys.path.insert(0, %(tree)r)
 from tests.firmware import fake_machine
 names = %(names)r
 for name in names:
@@ -46,10 +52,14 @@ MODULES = [
 
 
 def test_every_firmware_module_imports_on_micropython() -> None:
-    script = IMPORT_CHECK % {"root": str(ROOT), "names": MODULES}
+    tree = str(firmware.build.ensure_built())
+    script = IMPORT_CHECK % {"root": str(ROOT), "tree": tree, "names": MODULES + ["firmware.build_check"]}
+    script = script.replace("    else:\n        __import__(name)", "    elif name == \"firmware.build_check\":\n"
+                            "        assert sys.modules[\"firmware.app\"].__file__.startswith(%r)\n" % tree
+                            + "    else:\n        __import__(name)")
     proc = subprocess.run([micropython(), "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert re.findall(r"^imported (\S+)$", proc.stdout, re.M) == MODULES
+    assert re.findall(r"^imported (\S+)$", proc.stdout, re.M) == MODULES + ["firmware.build_check"]
 
 
 def test_all_firmware_modules_are_in_the_import_check() -> None:
@@ -60,7 +70,7 @@ def test_all_firmware_modules_are_in_the_import_check() -> None:
             rel = rel[: -len(".__init__")]
         found.add(rel)
     # Entry scripts and the build manifest are run, not imported.
-    found -= {"firmware.main", "firmware.boot", "firmware.manifest"}
+    found -= {"firmware.main", "firmware.boot", "firmware.manifest", "firmware.build"}
     assert found <= set(MODULES), found - set(MODULES)
 
 
@@ -74,13 +84,19 @@ def portable_names() -> set[str]:
 
 
 def test_portable_firmware_tests_pass_on_micropython() -> None:
-    runner = str(ROOT / "tests/portable/mp_run.py")
-    argv = [micropython(), "-X", "heapsize=8M", runner, str(ROOT), "tests/firmware", "_portable.py"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    ran = set(re.findall(r"^ok (\S+)$", proc.stdout, re.M))
+    # On the device tree, then the FULL_TREE ones (they need the proxy's side) on the sources.
+    frozen = run_portable("tests/firmware", "_portable.py", firmware.build.ensure_built())
+    full = run_portable("tests/firmware", "_portable.py", None)
     expected = portable_names()
-    assert expected and ran == expected, ran ^ expected
+    assert frozen and not frozen & full
+    assert expected and frozen | full == expected, (frozen | full) ^ expected
+
+
+def test_main_script_runs_the_device_tree() -> None:
+    firmware.build.ensure_built()
+    proc = subprocess.run([micropython(), str(ROOT / "firmware/main.py"), "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "running the sources" not in proc.stdout
 
 
 def test_main_script_help_and_usage_errors() -> None:

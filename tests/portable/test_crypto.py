@@ -9,6 +9,16 @@ from lowbw.wire import crypto
 from lowbw.wire.errors import AuthError, EncodeError
 from tests.portable.check import raises, unhex
 
+# Need code the device does not freeze (the proxy's side, or names the
+# device build leaves out): run on the full tree only (tests/portable/mp_run.py).
+FULL_TREE = (
+    "test_hkdf_matches_noise_definition",
+    "test_rekey_is_encrypt_at_max_nonce",
+    "test_x25519_rejects_wrong_lengths",
+    "test_x25519_rfc7748_6_1_dh",
+)
+
+
 SUNSCREEN = (
     b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for "
     b"the future, sunscreen would be it."

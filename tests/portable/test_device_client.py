@@ -1,6 +1,8 @@
 """The device state machine against an in-memory proxy, on a virtual clock.
 
 ``FakeProxy`` is a named test double for the real (aiocoap) proxy, built only
+
+# portable: full tree
 from the wire layer: Noise IK responder, frames.Session, CoAP, the sensor
 profile's routes, message-number reconstruction and transaction-id dedup as
 the proxy contract describes them. ``Net`` moves datagrams between it and a

@@ -1,5 +1,6 @@
 """Matrix key tables and compress/expand (CPython and MicroPython)."""
 
+# portable: full tree
 import hashlib
 import json
 

@@ -1,5 +1,6 @@
 """Route table: Matrix paths <-> Uri-Path segments (CPython and MicroPython)."""
 
+# portable: full tree
 import json
 
 from lowbw.wire import routes

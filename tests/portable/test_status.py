@@ -1,5 +1,6 @@
 """The HTTP <-> CoAP status table (lowbw.wire.status), on CPython and MicroPython."""
 
+# portable: full tree
 from lowbw.wire import coap, status
 from lowbw.wire.coap import Message
 from lowbw.wire.errors import DecodeError, EncodeError
