@@ -37,6 +37,7 @@ answered 400 by aiohttp's parser, a request body is never read (over
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import bisect
@@ -44,7 +45,6 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -305,7 +305,7 @@ class MetricsServer:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         if path == "/metrics":
-            return self._metrics(request)
+            return await self._metrics(request)
         page = self._pages.get(path)
         if page is None:
             for prefix, handler in self._prefix_pages:
@@ -316,10 +316,14 @@ class MetricsServer:
             return web.Response(status=404, text="404: not here\n")
         return await page(request)
 
-    def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         try:
-            body = encoder(self.registry)
+            # Collected here, on the event loop (collectors read live tables the loop
+            # changes); formatted in a thread: for a large fleet the text format is
+            # most of the cost (1,000 devices: ~12 ms collecting, ~60 ms formatting).
+            snapshot = _Snapshot(list(self.registry.collect()))
+            body = await asyncio.to_thread(encoder, snapshot)  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - a broken collector must not take the listener down
             log.exception("metrics collection failed")
             return web.Response(status=500, text="500: collection failed\n")
@@ -329,6 +333,11 @@ class MetricsServer:
         return resp
 
 
-def labels_limited(items: Iterable[tuple[str, Any]], limit: int) -> list[tuple[str, Any]]:
-    """At most ``limit`` (name, value) pairs, by name: a bound on per-key series."""
-    return sorted(items)[: max(0, limit)]
+class _Snapshot:
+    """Metric families already collected, for an encoder that wants a registry."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self._families)

@@ -233,3 +233,30 @@ def test_two_proxies_in_one_process_have_their_own_registries(device_factory, pr
     b = proxy_factory(metrics=metrics_on())
     assert value(scrape(url_of(b)), "lowbw_proxy_readings_received_total") == 0
     assert urllib.parse.urlsplit(url_of(b)).port != 0
+
+
+def test_dashboard_and_docs_name_real_metrics(device_factory, proxy_factory):
+    """examples/grafana-lowbw-proxy.json queries only names the proxy exposes, and
+    docs/operator.md documents every lowbw_proxy_ metric the proxy exposes."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    dev = device_factory()
+    proxy = proxy_factory(metrics=metrics_on())
+    wire = dev.wire()
+    wire.exchange(wire.reading([1]))
+    exposed = names(scrape(url_of(proxy)))
+
+    dashboard = json.loads((root / "examples" / "grafana-lowbw-proxy.json").read_text(encoding="utf-8"))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert exprs
+    used = {m for e in exprs for m in re.findall(r"\b(?:lowbw_proxy|process)_[a-z_]+", e)}
+    assert used and not used - exposed, sorted(used - exposed)
+
+    doc = (root / "docs" / "operator.md").read_text(encoding="utf-8")
+    bases = {re.sub(r"_(bucket|count|sum)$", "", n) for n in exposed if n.startswith("lowbw_proxy_")}
+    bases = {b for b in bases if not b.endswith("_seconds_bucket")}
+    missing = sorted(b for b in bases if "`%s`" % b not in doc and "`%s{" % b not in doc)
+    assert not missing, missing
