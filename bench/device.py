@@ -62,6 +62,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the repository importable
 
 from bench.frozen_size import firmware_size  # noqa: E402
 from bench.radiostats import diff  # noqa: E402
+from firmware import build  # noqa: E402
 
 SCHEMA = "temperature:°C:1"
 PRESET = "100bps"
@@ -82,6 +83,7 @@ import sys
 gc.collect()
 heap_start = gc.mem_alloc()
 sys.path.insert(0, ROOT)
+sys.path.insert(0, TREE)  # the device tree (python -m firmware.build): what a board freezes
 from firmware import app as _app
 from firmware.boards import unix as _unix
 from firmware.sensors import simulated as _simulated
@@ -222,7 +224,9 @@ class Driver:
         self, demo: ModuleType, workdir: Path, config: Path, log_name: str, track: list[Any]
     ) -> None:
         script = workdir / "driver.py"
-        script.write_text("ROOT = %r\nCONFIG = %r\n%s" % (str(ROOT), str(config), DRIVER), encoding="utf-8")
+        tree = build.ensure_built()
+        head = "ROOT = %r\nTREE = %r\nCONFIG = %r\n" % (str(ROOT), str(tree), str(config))
+        script.write_text(head + DRIVER, encoding="utf-8")
         self.proc = demo.Proc(
             "device",
             [demo.micropython(), str(script)],
@@ -418,7 +422,8 @@ def run(warm: int = 5, wake: int = 3) -> dict[str, Any]:
             "steady_heap_delta": _budget(steady_abs - imported, BUDGET_HEAP),
             "frozen_default_manifest": _budget(frozen["total"], BUDGET_FROZEN),
             "frozen_esp32_bme280": _budget(frozen["variants"]["esp32_bme280"], BUDGET_FROZEN),
-            "frozen_esp32_bme280_O3": _budget(frozen["variants"]["esp32_bme280_O3"], BUDGET_FROZEN),
+            "frozen_esp32_bme280_sources_O3": _budget(frozen["variants"]["source_esp32_bme280_O3"],
+                                                      BUDGET_FROZEN),
         },
         "run_seconds": round(time.monotonic() - t_start, 1),
     }
