@@ -70,3 +70,14 @@ def test_rtc_memory_example_bytes(doc: Path) -> None:
 
 def test_the_firmware_section_exists() -> None:
     assert DOCS, "neither docs/firmware.md nor docs/PROTOCOL.md has a Firmware section"
+
+
+def test_error_code_table_is_the_build() -> None:
+    # The device reports errors by number (python -m firmware.build, "Error codes").
+    import firmware.build
+
+    _sources, tree = firmware.build.device_sources()
+    text = (ROOT / "docs/firmware.md").read_text(encoding="utf-8")
+    table = text.split("#### Error codes", 1)[1]
+    rows = dict(re.findall(r"^\| (\d+) \| (.*) \|$", table, re.M))
+    assert {int(k): v.replace("\\|", "|") for k, v in rows.items()} == tree.errors
