@@ -419,15 +419,29 @@ def new_keys(n: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
+# The bench opens hundreds of sessions at once on purpose: that is load, not an
+# attack, so the handshake budgets (docs/proxy.md, Limits) are lifted for it.
+BENCH_LIMITS = "\n[limits]\nhandshakes_global = 1000000.0\ncookie_threshold = 1000000.0\n"
+
+
+def bench_limits(cfg: Any) -> Any:
+    """Append BENCH_LIMITS to the written proxy.toml; returns ``cfg``."""
+    with open(cfg.path, "a", encoding="utf-8") as f:
+        f.write(BENCH_LIMITS)
+    return cfg
+
+
 def proxy_dir(base: Path, hs_url: str, **kw: Any) -> Any:
-    return write_default(
-        base,
-        hs_url,
-        server_name=kw.pop("server_name", "sink.test"),
-        port=free_port(socket.SOCK_DGRAM),
-        appservice_listen="127.0.0.1:%d" % free_port(),
-        **kw,
-    ).config
+    return bench_limits(
+        write_default(
+            base,
+            hs_url,
+            server_name=kw.pop("server_name", "sink.test"),
+            port=free_port(socket.SOCK_DGRAM),
+            appservice_listen="127.0.0.1:%d" % free_port(),
+            **kw,
+        ).config
+    )
 
 
 def bench_sink(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -558,6 +572,7 @@ def bench_synapse(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             as_token=as_token,
             hs_token=hs_token,
         ).config
+        bench_limits(cfg)
         names = ["s%d" % i for i in range(args.synapse_devices)]
         room = asyncio.run(_synapse_setup(hs.url, as_token, names, "bench.test"))
         keys = new_keys(len(names))
