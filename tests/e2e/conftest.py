@@ -38,6 +38,10 @@ def _selected(session: pytest.Session) -> list[str]:
 @pytest.fixture(scope="package")
 def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     names = _selected(request.session)
+    # The devices run exactly what a board freezes: the device build (firmware/build.py).
+    from firmware.build import ensure_built
+
+    ensure_built()
     env = None
     if any(SCENARIOS[n][1] for n in names):
         env = Env(tmp_path_factory.mktemp("e2e"))

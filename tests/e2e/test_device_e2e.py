@@ -206,6 +206,8 @@ def test_readings_reach_the_room_exactly_once_with_measurement_times(runs: Runs)
     o: Outcome = runs.result("delivery")
     fw = o.runs[0]
     assert fw.returncode == 0, log_text(o)
+    # The device ran the built (frozen) tree, not the sources.
+    assert fw.count(r"running the sources") == 0, log_text(o)
     s = summary(fw)
     assert s is not None and s["pending"] == 0 and s["acked"] == 4, log_text(o)
     assert s["handshakes"] == 1 and o.handshakes_at_proxy() == 1
