@@ -217,6 +217,7 @@ class GatewayConfig:
     serial: SerialSettings
     modem: ModemSettings | None = None
     line: LineSettings | None = None
+    metrics: Any = None  # lowbw.adapters.metrics.MetricsSettings when [metrics] listen is set
 
 
 def load_gateway(path: str | os.PathLike[str]) -> GatewayConfig:
@@ -279,8 +280,16 @@ def load_gateway(path: str | os.PathLike[str]) -> GatewayConfig:
         line.done()
         if modem is not None:
             top.fail("modem", 'a [modem] table needs serial.mode = "modem"')
+    cfg.metrics = load_metrics(top)
     top.done()
     return cfg
+
+
+def load_metrics(top: _Section) -> Any:
+    """The optional ``[metrics]`` table (``lowbw.adapters.metrics``)."""
+    from lowbw.adapters.metrics import load_metrics as load
+
+    return load(top)
 
 
 # ---- MQTT bridge ---------------------------------------------------------------
@@ -358,6 +367,7 @@ class BridgeConfig:
     dedup_keep: int = 256
     format: str = "generic"
     lorawan: Any = None  # lowbw.adapters.lorawan.LorawanSettings with a LoRaWAN format
+    metrics: Any = None  # lowbw.adapters.metrics.MetricsSettings when [metrics] listen is set
 
 
 def _check_filter(sec: _Section, name: str, text: str) -> None:
@@ -527,5 +537,6 @@ def _load_bridge_rest(source: str, base: Path, top: _Section, m: _Section, mq: M
             sec.fail("device", "several devices: say which (device = NAME or device_segment = N)")
         sec.done()
         cfg.topics.append(rule)
+    cfg.metrics = load_metrics(top)
     top.done()
     return cfg

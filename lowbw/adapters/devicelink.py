@@ -147,6 +147,9 @@ class DeviceLink:
         self.next_poll: float | None = (client.monotonic() + command_poll) if command_poll > 0 else None
         self.result_hooks: list[Callable[[int, str, int | None, str | None], None]] = []
         self.counters = {"queued": 0, "acked": 0, "rejected": 0, "dropped": 0, "polls": 0}
+        # Why readings were not acknowledged: CoAP code ("4.00", or "reset"); drop reason.
+        self.rejected_by: dict[str, int] = {}
+        self.dropped_by: dict[str, int] = {}
         pending = self.device.pending()
         if pending:
             self.log.info("%s: %d reading(s) from the state file still to send", self.name, pending)
@@ -217,11 +220,14 @@ class DeviceLink:
         elif status == client.REJECTED:
             self.counters["rejected"] += 1
             what = "%d.%02d" % (code >> 5, code & 31) if code is not None else "reset"
+            self.rejected_by[what] = self.rejected_by.get(what, 0) + 1
             self.log.warning(
                 "%s: reading %d rejected by the proxy: %s %s", self.name, rid, what, reason or ""
             )
         else:
             self.counters["dropped"] += 1
+            why = "queue_full" if reason == "queue full" else "other"
+            self.dropped_by[why] = self.dropped_by.get(why, 0) + 1
             self.log.warning("%s: reading %d dropped (%s)", self.name, rid, reason or status)
         for hook in self.result_hooks:
             hook(rid, status, code, reason)

@@ -285,6 +285,7 @@ class LorawanSide:
         self.by_name: dict[str, str] = {}  # lowbw device name -> network-server device id
         self.profiles: dict[str, Profile] = {}  # lowbw device name -> profile
         self.enroll_failed: dict[str, float] = {}
+        self.outcomes: dict[str, int] = {}  # downlink events of ours, by outcome
         self.counters = bridge.counters
         for k in (
             "uplinks",
@@ -349,6 +350,7 @@ class LorawanSide:
             log.info("%s: %s event %s", ev.device_id, ev.kind, ev.detail)
         except (FormatError, MappingError) as exc:
             self.counters["bad"] += 1
+            self.b.skip("bad_event")
             self.b.throttle.warning(now, "%s: skipped: %s", m.topic, exc.message)
         self.b._ack(m)
         return True
@@ -512,6 +514,7 @@ class LorawanSide:
             link.queue(reading[0], reading[1], up.time)
         except EncodeError as exc:
             self.counters["bad"] += 1
+            self.b.skip("out_of_range")
             log.warning("%s: skipped: %s", m.topic, exc.message)
         except OSError as exc:
             from lowbw.adapters.mqtt_bridge import BridgeFatal
@@ -598,6 +601,7 @@ class LorawanSide:
         link = self.b.links.get(name)
         if link is not None and not link.room_for(1) and link.device.pending() > 0:
             return False
+        self.outcomes[ev.outcome] = self.outcomes.get(ev.outcome, 0) + 1
         log.info(
             "%s: command %s downlink %s%s",
             name,

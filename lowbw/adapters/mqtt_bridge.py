@@ -67,7 +67,8 @@ from lowbw.adapters.devicelink import DeviceLink, DeviceLinkError, load_device_c
 from lowbw.adapters.line_protocol import LineError, parse_json_object
 from lowbw.adapters.logutil import Throttle, setup_logging
 from lowbw.adapters.lorawan import LorawanSide
-from lowbw.adapters.runner import run_until_signal
+from lowbw.adapters.metrics import bridge_families
+from lowbw.adapters.runner import close_metrics, open_metrics, run_until_signal
 from lowbw.adapters.values import (
     NULL_WORDS,
     MappingError,
@@ -207,6 +208,8 @@ class MqttBridge:
             "connect_failures": 0,
             "disconnects": 0,
         }
+        # The "bad" messages by reason (lowbw.adapters.metrics.BRIDGE_SKIP_REASONS).
+        self.skipped: dict[str, int] = {}
         self._connect_failures = 0  # in a row, since the last successful connection
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.pending: collections.deque[Incoming] = collections.deque()
@@ -484,6 +487,7 @@ class MqttBridge:
             self.counters["received"] += 1
             if topic is None:
                 self.counters["bad"] += 1
+                self.skip("topic_not_utf8")
                 log.warning("skipped a message whose topic is not UTF-8")
                 self._ack_raw(mid, qos)
                 continue
@@ -536,6 +540,7 @@ class MqttBridge:
             link, readings, when = self._resolve(m)
         except MappingError as exc:
             self.counters["bad"] += 1
+            self.skip("too_large" if len(m.payload) > self.cfg.max_payload else "unmapped")
             self.throttle.warning(now, "%s: skipped: %s", m.topic, exc.message)
             self._ack(m)
             return True
@@ -559,6 +564,7 @@ class MqttBridge:
                 link.queue(slot, vals, when)
             except EncodeError as exc:
                 self.counters["bad"] += 1
+                self.skip("out_of_range")
                 log.warning("%s: skipped: %s", m.topic, exc.message)
                 break
             except OSError as exc:
@@ -631,6 +637,10 @@ class MqttBridge:
             mp = SlotMapper(link.cfg.slots, rename, strict=False)
             self._mappers[key] = mp
         return mp
+
+    def skip(self, reason: str) -> None:
+        """Count a message skipped for ``reason`` (the metrics' messages_skipped)."""
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     def _save(self) -> None:
         try:
@@ -759,13 +769,24 @@ def main(argv: list[str]) -> int:
         # A bad config is a failure like any other (exit 1); 2 is for usage errors only.
         print("lowbw mqtt-bridge: error: %s" % exc.message, file=sys.stderr)
         return 1
+    metrics, code = open_metrics(cfg.metrics, "MQTT bridge", "lowbw mqtt-bridge")
+    if code:
+        return code
     try:
         bridge = MqttBridge(cfg)
     except (LowbwError, OSError) as exc:
+        close_metrics(metrics)
         print("lowbw mqtt-bridge: error: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
         return 1
 
-    return run_until_signal(bridge, args.stats, log, "MQTT bridge")
+    return run_until_signal(
+        bridge,
+        args.stats,
+        log,
+        "MQTT bridge",
+        metrics,
+        lambda started: bridge_families(bridge, cfg.metrics, started),
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
+
+from prometheus_client.core import Metric
 
 from lowbw.wire.errors import LowbwError
 
@@ -16,12 +21,44 @@ class Adapter(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
-def run_until_signal(adapter: Adapter, stats_path: str | None, log: logging.Logger, what: str) -> int:
+def open_metrics(settings: Any, what: str, prog: str) -> tuple[Any, int]:
+    """Start the ``[metrics]`` listener before the adapter: (MetricsThread or None, 0),
+    or (None, 1) with the reason printed if it cannot listen."""
+    from lowbw.adapters.metrics import MetricsStartError, start_metrics
+
+    try:
+        return start_metrics(settings, what), 0
+    except MetricsStartError as exc:
+        print("%s: error: %s" % (prog, exc.message), file=sys.stderr)
+        return None, 1
+
+
+def close_metrics(metrics: Any) -> None:
+    if metrics is not None:
+        metrics.stop()
+
+
+def run_until_signal(
+    adapter: Adapter,
+    stats_path: str | None,
+    log: logging.Logger,
+    what: str,
+    metrics: Any = None,
+    families: Callable[[float], Iterable[Metric]] | None = None,
+) -> int:
     """Run ``adapter`` until a signal stops it; exit status 0, or 1 if it failed.
 
     Signal handlers are restored afterwards, and the counters are written to
-    ``stats_path`` (if given) however the run ended.
+    ``stats_path`` (if given) however the run ended. ``metrics`` (a started
+    ``lowbw.adapters.metrics.MetricsThread``) serves ``families(start_time)``
+    while the adapter runs and is stopped afterwards.
     """
+    if metrics is not None and families is not None:
+        started = time.time()
+        metrics.attach(lambda: families(started))
+        log.info(
+            "metrics at %s/metrics%s", metrics.url, " (token required)" if metrics.settings.token else ""
+        )
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
@@ -38,6 +75,7 @@ def run_until_signal(adapter: Adapter, stats_path: str | None, log: logging.Logg
         log.exception("%s failed", what)
         code = 1
     finally:
+        close_metrics(metrics)
         for sig, handler in old.items():
             signal.signal(sig, handler)
         if stats_path:

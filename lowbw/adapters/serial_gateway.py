@@ -51,7 +51,8 @@ from lowbw.adapters import config as adapter_config
 from lowbw.adapters.devicelink import DeviceLink, DeviceLinkError, load_device_config
 from lowbw.adapters.line_protocol import LineError, LineSplitter, parse_line
 from lowbw.adapters.logutil import Throttle, setup_logging
-from lowbw.adapters.runner import run_until_signal
+from lowbw.adapters.metrics import serial_families
+from lowbw.adapters.runner import close_metrics, open_metrics, run_until_signal
 from lowbw.adapters.values import SlotMapper, describe, unix_from_timestamp
 from lowbw.wire import frames, slip
 from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
@@ -164,6 +165,8 @@ class Peer:
     last_heard: float
     up: int = 0
     down: int = 0
+    up_bytes: int = 0
+    down_bytes: int = 0
     handler: Callable[[float], None] | None = field(default=None, repr=False)
 
 
@@ -191,6 +194,8 @@ class SerialGateway:
             "bytes_out": 0,
             "frames_in": 0,
             "frames_out": 0,
+            "datagram_bytes_up": 0,
+            "datagram_bytes_down": 0,
             "malformed": 0,
             "dropped_out": 0,
             "dropped_peers": 0,
@@ -416,6 +421,8 @@ class SerialGateway:
             return
         peer.last_heard = now
         peer.up += 1
+        peer.up_bytes += len(datagram)
+        self.counters["datagram_bytes_up"] += len(datagram)
         try:
             peer.sock.send(datagram)
         except OSError as exc:
@@ -492,6 +499,8 @@ class SerialGateway:
                 continue
             if self._enqueue(frame, now, "a frame for link %s" % (peer.addr.hex() or "-")):
                 self.counters["frames_out"] += 1
+                self.counters["datagram_bytes_down"] += len(data)
+                peer.down_bytes += len(data)
 
     # -- line mode -------------------------------------------------------------------
 
@@ -584,13 +593,24 @@ def main(argv: list[str]) -> int:
         # A bad config is a failure like any other (exit 1); 2 is for usage errors only.
         print("lowbw serial-gateway: error: %s" % exc.message, file=sys.stderr)
         return 1
+    metrics, code = open_metrics(cfg.metrics, "serial gateway", "lowbw serial-gateway")
+    if code:
+        return code
     try:
         gw = SerialGateway(cfg)
     except (DeviceLinkError, OSError, LowbwError) as exc:
+        close_metrics(metrics)
         print("lowbw serial-gateway: error: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
         return 1
 
-    return run_until_signal(gw, args.stats, log, "serial gateway")
+    return run_until_signal(
+        gw,
+        args.stats,
+        log,
+        "serial gateway",
+        metrics,
+        lambda started: serial_families(gw, cfg.metrics, started),
+    )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from lowbw.adapters import config as adapter_config
 from lowbw.adapters.logutil import Throttle, setup_logging
-from lowbw.adapters.runner import run_until_signal
+from lowbw.adapters.metrics import lorawan_gateway_families
+from lowbw.adapters.runner import close_metrics, open_metrics, run_until_signal
 from lowbw.device import lorawan as lw
 from lowbw.lorawan import formats
 from lowbw.lorawan.formats import FormatError, Uplink
@@ -70,6 +71,7 @@ class GatewayConfig:
     max_devices: int = 1024
     max_queued: int = 8
     dedup_keep: int = 4096
+    metrics: Any = None  # lowbw.adapters.metrics.MetricsSettings when [metrics] listen is set
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -102,6 +104,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     except FormatError as exc:
         g.fail("application", exc.message)
     g.done()
+    cfg.metrics = adapter_config.load_metrics(top)
     top.done()
     return cfg
 
@@ -114,6 +117,9 @@ class _Peer:
         self.heard = now
         self.seq = 0
         self.queued = 0  # downlinks published since the device was last heard
+        self.up = self.down = self.up_bytes = self.down_bytes = 0
+        self.session: object = None
+        self.f_cnt: int | None = None
 
 
 class LorawanGateway:
@@ -136,7 +142,16 @@ class LorawanGateway:
             "bad": 0,
             "held_back": 0,
             "peers_dropped": 0,
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "fcnt_gaps": 0,
+            "connects": 0,
+            "connect_failures": 0,
+            "disconnects": 0,
         }
+        # Why input was skipped / answers dropped (lowbw.adapters.metrics).
+        self.skipped: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -157,6 +172,7 @@ class LorawanGateway:
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.on_disconnect = self._on_disconnect
+        c.on_connect_fail = self._on_connect_fail
         self.client = c
 
     # -- MQTT (paho's thread: hand over only) ---------------------------------------------
@@ -166,13 +182,22 @@ class LorawanGateway:
             log.error("broker refused the connection: %s", reason)
             return
         self.connected = True
+        self.counters["connects"] += 1
         qos = 0 if self.cfg.format == formats.TTS else 1
         filters = [f for f in formats.subscriptions(self.cfg.format, self.cfg.application) if "down" not in f]
         client.subscribe([(f, qos) for f in filters])
         log.info("connected; subscribed to %s", ", ".join(filters))
 
     def _on_disconnect(self, *_a: Any) -> None:
+        if self.connected:
+            self.counters["disconnects"] += 1
         self.connected = False
+
+    def _on_connect_fail(self, *_a: Any) -> None:
+        self.counters["connect_failures"] += 1
+
+    def _count(self, table: dict[str, int], reason: str) -> None:
+        table[reason] = table.get(reason, 0) + 1
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         try:
@@ -242,6 +267,7 @@ class LorawanGateway:
                 ev = formats.parse(self.cfg.format, topic, payload)
             except FormatError as exc:
                 self.counters["bad"] += 1
+                self._count(self.skipped, "bad_event")
                 self.throttle.warning(time.monotonic(), "%s: skipped: %s", topic, exc.message)
                 continue
             if isinstance(ev, Uplink):
@@ -256,8 +282,12 @@ class LorawanGateway:
         self.seen[up.key] = None
         while len(self.seen) > self.cfg.dedup_keep:
             self.seen.popitem(last=False)
+        known = self.peers.get(up.device_id)
+        if known is not None:
+            self._fcnt(known, up)
         if up.f_port not in (lw.PORT_WHOLE, lw.PORT_FRAGMENT, lw.PORT_POLL):
             self.counters["bad"] += 1
+            self._count(self.skipped, "fport")
             self.throttle.warning(
                 now, "%s: FPort %s is not lowbw's (1, 2, 3): skipped", up.device_id, up.f_port
             )
@@ -265,25 +295,43 @@ class LorawanGateway:
         peer = self._peer(up.device_id, now)
         peer.heard = now
         peer.queued = 0
+        self._fcnt(peer, up)
         if up.f_port == lw.PORT_POLL:
             self.counters["polls"] += 1
             return
         before = peer.reasm.dropped + peer.reasm.bad
         data = peer.reasm.push(up.f_port, up.payload, now)
-        self.counters["fragments_dropped"] += peer.reasm.dropped + peer.reasm.bad - before
+        lost = peer.reasm.dropped + peer.reasm.bad - before
+        self.counters["fragments_dropped"] += lost
+        if lost:
+            self.skipped["fragment"] = self.skipped.get("fragment", 0) + lost
         if data is None:
             return
         if not data or data[0] & 0xC0 == 0xC0:
             # Not a lowbw frame kind (lowbw.wire.frames): nothing to give the proxy.
             self.counters["bad"] += 1
+            self._count(self.skipped, "not_lowbw")
             return
         try:
             peer.sock.send(data)
         except OSError as exc:
+            self._count(self.dropped, "udp_error")
             log.warning("%s: cannot send to the proxy: %s", up.device_id, exc)
             return
         self.counters["datagrams_up"] += 1
+        self.counters["bytes_up"] += len(data)
+        peer.up += 1
+        peer.up_bytes += len(data)
         log.debug("%s: %d-byte datagram to the proxy", up.device_id, len(data))
+
+    def _fcnt(self, peer: _Peer, up: Uplink) -> None:
+        """Count uplinks missing by the frame counter (the same session, a jump of more than 1)."""
+        if up.f_cnt is None:
+            return
+        if peer.f_cnt is not None and peer.session == up.session and up.f_cnt > peer.f_cnt + 1:
+            self.counters["fcnt_gaps"] += up.f_cnt - peer.f_cnt - 1
+        if peer.session != up.session or peer.f_cnt is None or up.f_cnt > peer.f_cnt:
+            peer.session, peer.f_cnt = up.session, up.f_cnt
 
     def _peer(self, device_id: str, now: float) -> _Peer:
         peer = self.peers.get(device_id)
@@ -313,7 +361,9 @@ class LorawanGateway:
         for device_id, peer in list(self.peers.items()):
             before = peer.reasm.dropped
             peer.reasm.expire(now, self.cfg.reassembly_timeout)
-            self.counters["fragments_dropped"] += peer.reasm.dropped - before
+            if peer.reasm.dropped > before:
+                self.counters["fragments_dropped"] += peer.reasm.dropped - before
+                self.skipped["fragment"] = self.skipped.get("fragment", 0) + peer.reasm.dropped - before
             if now - peer.heard > self.cfg.idle_timeout:
                 del self.peers[device_id]
                 self._close(peer)
@@ -327,10 +377,14 @@ class LorawanGateway:
             if not data:
                 return
             self.counters["datagrams_down"] += 1
+            self.counters["bytes_down"] += len(data)
+            peer.down += 1
+            peer.down_bytes += len(data)
             try:
                 frames = lw.fragment(data, self.cfg.downlink_max, peer.seq)
             except lw.FragmentError as exc:
                 self.counters["bad"] += 1
+                self._count(self.dropped, "answer_too_large")
                 log.warning("%s: answer not sent: %s", peer.device_id, exc)
                 continue
             peer.seq = (peer.seq + 1) & 15
@@ -391,12 +445,23 @@ def main(argv: list[str]) -> int:
     if args.check:
         print("%s: OK (%s, application %s)" % (args.config, cfg.format, cfg.application))
         return 0
+    metrics, code = open_metrics(cfg.metrics, "LoRaWAN gateway", "lowbw lorawan-gateway")
+    if code:
+        return code
     try:
         gw = LorawanGateway(cfg)
     except (LowbwError, OSError) as exc:
+        close_metrics(metrics)
         print("lowbw lorawan-gateway: error: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
         return 1
-    return run_until_signal(gw, args.stats, log, "LoRaWAN gateway")
+    return run_until_signal(
+        gw,
+        args.stats,
+        log,
+        "LoRaWAN gateway",
+        metrics,
+        lambda started: lorawan_gateway_families(gw, cfg.metrics, started),
+    )
 
 
 if __name__ == "__main__":
