@@ -248,6 +248,7 @@ def test_lorawan_gateway_metrics_with_token(tmp_path, mosquitto: Mosquitto, proc
             if (
                 value(s, "lowbw_lorawan_downlinks_total") == 1
                 and value(s, "lowbw_lorawan_uplinks_total") == 4
+                and value(s, "lowbw_lorawan_datagrams_total", direction="up") == 2
             ):
                 break
             assert time.monotonic() < deadline, (gw.log(), s)
