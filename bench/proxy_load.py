@@ -34,6 +34,7 @@ import gc
 import json
 import multiprocessing
 import os
+import re
 import secrets
 import signal
 import socket
@@ -90,8 +91,17 @@ def rss_bytes(pid: int) -> int:
 
 
 class ProxyProcess:
-    def __init__(self, config_path: Path) -> None:
-        env = {**os.environ, "LOWBW_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
+    """``lowbw proxy run``; ``fast_paths=False`` runs it as before issue 13
+    (``LOWBW_PROXY_FAST_PATHS=0``: asyncio's loop, every request through aiocoap,
+    WAL checkpoints inside the commits)."""
+
+    def __init__(self, config_path: Path, fast_paths: bool = True) -> None:
+        env = {
+            **os.environ,
+            "LOWBW_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            "LOWBW_PROXY_FAST_PATHS": "1" if fast_paths else "0",
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lowbw", "proxy", "run", "--config", str(config_path)],
             stdout=subprocess.PIPE,
@@ -113,6 +123,12 @@ class ProxyProcess:
         self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=30)
         return out
+
+
+def longest_registry_call(proxy_output: str) -> tuple[float | None, str | None]:
+    """(ms, operation) from the proxy's last line: "... longest registry call X ms: op)"."""
+    m = re.search(r"longest registry call ([0-9.]+) ms: ([^)]*)\)", proxy_output)
+    return (float(m.group(1)), m.group(2)) if m else (None, None)
 
 
 # ---- the sink homeserver (its own process) -------------------------------------------
@@ -444,10 +460,10 @@ def proxy_dir(base: Path, hs_url: str, **kw: Any) -> Any:
     )
 
 
-def bench_sink(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def bench_sink(args: argparse.Namespace, work: Path, fast_paths: bool = True) -> dict[str, Any]:
     sink = Sink()
     try:
-        cfg = proxy_dir(work / "sink", sink.url)
+        cfg = proxy_dir(work / ("sink" if fast_paths else "sink-before"), sink.url)
         keys = new_keys(args.devices + args.idle_sessions)
         with Registry(cfg.proxy.registry) as reg:
             for i, (_, pub) in enumerate(keys):
@@ -457,22 +473,29 @@ def bench_sink(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     DeviceRecord(name=name, public_key=pub, user_id=user, rooms=[ROOM], slots=SLOTS)
                 )
         proxy_pub = cfg.read_public_key()
-        proc = ProxyProcess(cfg.path)
+        proc = ProxyProcess(cfg.path, fast_paths)
         addr = (cfg.proxy.bind, cfg.proxy.port)
         devices = [SimDevice("d%d" % i, priv, pub) for i, (priv, pub) in enumerate(keys[: args.devices])]
 
         def added_latency(run: dict[str, Any]) -> None:
             """Per reading: device round trip minus the time it spent in the sink."""
-            stamps = sink.stamps()
+            # Transaction IDs are lowbw.<device>.<epoch>.<msgnum>.<index>
+            # (sensor.txn_id): look them up by device and message number.
+            stamps: dict[tuple[str, int], tuple[float, float]] = {}
+            for txn, st in sink.stamps().items():
+                _, name, _, num, index = txn.split(".")
+                if index == "0":
+                    stamps[(name, int(num))] = st
             added = []
             for dev in devices:
                 for msgnum, t0, t3 in dev.rtts:
-                    st = stamps.get("lowbw.%s.%d.0" % (dev.name, msgnum))
-                    if st is not None:
-                        added.append((t3 - t0 - (st[1] - st[0])) * 1000)
+                    found = stamps.get((dev.name, msgnum))
+                    if found is not None:
+                        added.append((t3 - t0 - (found[1] - found[0])) * 1000)
             run["added_ms_p50"] = round(percentile(added, 50), 2)
             run["added_ms_p99"] = round(percentile(added, 99), 2)
             run["added_ms_mean"] = round(statistics.fmean(added), 2) if added else None
+            run["added_samples"] = len(added)
 
         async def runs() -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
             warm = await warm_up(devices, addr, proxy_pub)
@@ -499,8 +522,17 @@ def bench_sink(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 idle_sessions(args.idle_sessions, keys[args.devices :], addr, proxy_pub, proc.pid)
             )
         finally:
-            proc.stop()
-        return {"saturation": load, "paced": paced, "idle": idle}
+            stall_ms, stall_op = longest_registry_call(proc.stop())
+        return {
+            "fast_paths": fast_paths,
+            "saturation": load,
+            "paced": paced,
+            "idle": idle,
+            # The longest the proxy's event loop waited for one registry call
+            # (over the whole run: handshakes, load, idle sessions).
+            "max_loop_stall_ms": stall_ms,
+            "max_loop_stall_op": stall_op,
+        }
     finally:
         sink.stop()
 
@@ -623,11 +655,73 @@ def bench_synapse(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return load
 
 
+PACED_TARGET = 1500.0
+
+
+def figures(sink: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of one sink run (the --json line)."""
+    sat = sink["saturation"]
+    paced = {r["offered_per_s"]: r for r in sink["paced"]}
+    at = paced.get(PACED_TARGET) or (sink["paced"][-1] if sink["paced"] else {})
+    return {
+        "readings_per_s": sat["readings_per_s"],
+        "cpu_us_per_reading": sat["proxy_cpu_us_per_reading"],
+        "paced_per_s": at.get("offered_per_s"),
+        "p50_ms": at.get("added_ms_p50"),
+        "p99_ms": at.get("added_ms_p99"),
+        "max_loop_stall_ms": sink["max_loop_stall_ms"],
+        "idle_session_bytes": sink["idle"]["bytes_per_session"],
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The human-readable table: one column per proxy (before issue 13 / now)."""
+    columns = (("sink_before", "before"), ("sink", "now"))
+    runs = [(name, result[key]) for key, name in columns if key in result]
+    head = "| run | " + " | ".join(name for name, _ in runs) + " |"
+    rows = [head, "|" + " --- |" * (len(runs) + 1)]
+
+    def row(label: str, cell: Any) -> None:
+        rows.append("| %s | %s |" % (label, " | ".join(cell(sink) for _, sink in runs)))
+
+    row(
+        "saturated: readings/s (CPU per reading)",
+        lambda k: "%.0f (%.0f µs)"
+        % (k["saturation"]["readings_per_s"], k["saturation"]["proxy_cpu_us_per_reading"]),
+    )
+    for i, rate in enumerate(r["offered_per_s"] for r in runs[0][1]["paced"]):
+        row(
+            "paced %.0f/s: readings/s, added p50 / p99" % rate,
+            lambda k, i=i: "%.0f, %.2f / %.2f ms"
+            % (k["paced"][i]["readings_per_s"], k["paced"][i]["added_ms_p50"], k["paced"][i]["added_ms_p99"]),
+        )
+    row(
+        "longest registry call on the loop",
+        lambda k: "%s ms (%s)" % (k["max_loop_stall_ms"], k["max_loop_stall_op"]),
+    )
+    row(
+        "idle session (%d sessions)" % runs[0][1]["idle"]["sessions"],
+        lambda k: "%s B" % k["idle"]["bytes_per_session"],
+    )
+    if "synapse" in result:
+        syn = result["synapse"]
+        rows.append(
+            "\nSynapse (%d devices): %.0f readings/s, added p50 / p99 estimate %.1f / %.1f ms"
+            % (
+                syn["devices"],
+                syn["readings_per_s"],
+                syn["added_ms_p50_estimate"],
+                syn["added_ms_p99_estimate"],
+            )
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small and short (for a smoke run)")
     p.add_argument(
-        "--devices", type=int, help="concurrent warm devices against the sink (default 100, quick 50)"
+        "--devices", type=int, help="concurrent warm devices against the sink (default 100, quick 100)"
     )
     p.add_argument("--duration", type=float, help="seconds of load per run (default 10, quick 3)")
     p.add_argument(
@@ -635,45 +729,55 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--synapse-devices", type=int, help="devices against Synapse (default 50, quick 10)")
     p.add_argument(
-        "--rates", help="paced runs at these total readings/s, comma-separated (default 250,500,750,1000)"
+        "--rates",
+        help="paced runs at these total readings/s, comma-separated (default 500,1000,1500,2000; quick 1500)",
     )
-    p.add_argument("--no-synapse", action="store_true", help="skip the real-Synapse run")
-    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--no-synapse", action="store_true", help="skip the real-Synapse run (quick: skipped)")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run the proxy as before issue 13 (LOWBW_PROXY_FAST_PATHS=0), side by side",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON line of headline figures, no table")
+    p.add_argument("--out", help="also write the whole result as JSON here")
     args = p.parse_args(argv)
     q = args.quick
-    args.devices = args.devices or (50 if q else 100)
+    args.devices = args.devices or 100
     args.duration = args.duration or (3.0 if q else 10.0)
     args.idle_sessions = args.idle_sessions or (1000 if q else 5000)
     args.synapse_devices = args.synapse_devices or (10 if q else 50)
-    args.rates = [float(r) for r in (args.rates or ("250,500" if q else "250,500,750,1000")).split(",")]
+    args.no_synapse = args.no_synapse or q
+    args.rates = [float(r) for r in (args.rates or ("1500" if q else "500,1000,1500,2000")).split(",")]
     result: dict[str, Any] = {
         "command": "python bench/proxy_load.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "link_bps": 100,
-        "targets": {"sink_readings_per_s": 1000, "added_p99_ms": 10, "idle_session_bytes": 2048},
+        "targets": {
+            "readings_per_s": 3000,
+            "p99_ms_at_1500_per_s": 5,
+            "max_loop_stall_ms": 5,
+            "idle_session_bytes": 2048,
+        },
     }
     with tempfile.TemporaryDirectory(prefix="lowbw-bench-") as tmp:
         work = Path(tmp)
+        if args.compare:
+            result["sink_before"] = bench_sink(args, work, fast_paths=False)
         result["sink"] = bench_sink(args, work)
         if not args.no_synapse:
             result["synapse"] = bench_synapse(args, work)
-    sink = result["sink"]
-    result["summary"] = {
-        "sink_max_readings_per_s": sink["saturation"]["readings_per_s"],
-        "sink_cpu_us_per_reading": sink["saturation"]["proxy_cpu_us_per_reading"],
-        "sink_paced": [
-            {k: r[k] for k in ("offered_per_s", "readings_per_s", "added_ms_p50", "added_ms_p99")}
-            for r in sink["paced"]
-        ],
-        "idle_session_bytes": sink["idle"]["bytes_per_session"],
-    }
+    result["summary"] = figures(result["sink"])
+    if "sink_before" in result:
+        result["summary"]["before"] = figures(result["sink_before"])
     if "synapse" in result:
         result["summary"]["synapse_readings_per_s"] = result["synapse"]["readings_per_s"]
-    text = json.dumps(result, indent=2)
-    print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result["summary"]))
+    else:
+        print(table(result))
     return 0
 
 

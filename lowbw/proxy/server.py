@@ -87,6 +87,10 @@ class ProxySettings:
     handshake_impl: str = "noiseprotocol"
     empty_ack_delay: float | None = None
     limits: Limits = field(default_factory=Limits)
+    # The reading fast path and background WAL checkpoints (docs/proxy.md,
+    # Load); False runs every request through aiocoap and checkpoints in the
+    # commits, as before (LOWBW_PROXY_FAST_PATHS=0, for side-by-side measurement).
+    fast_paths: bool = True
     # [metrics]: /metrics and the status page (None or listen "": off).
     metrics: proxy_config.MetricsSection | None = None
 
@@ -156,6 +160,7 @@ class ProxyServer:
         self.e2ee: E2EEService | None = None
         self._ctx: Context | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._checkpoints = False
         self.restored = 0
         self.started_at = 0.0
         self.answers = AnswerLog()
@@ -199,6 +204,9 @@ class ProxyServer:
         if self.registry is None:
             self.registry = Registry(s.registry_path)
         try:
+            if s.fast_paths:
+                self.registry.start_checkpoints()
+                self._checkpoints = True
             tuning = LinkTuning(s.link_bps, s.empty_ack_delay, s.mtu)
             table = SessionTable(
                 self.registry,
@@ -401,6 +409,9 @@ class ProxyServer:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        if self._checkpoints and self.registry is not None:
+            self.registry.stop_checkpoints()
+            self._checkpoints = False
         if self._own_registry and self.registry is not None:
             self.registry.close()
             self.registry = None
@@ -542,14 +553,45 @@ async def _run(settings: ProxySettings, config_path: str | Path | None = None) -
     # loop for tens of milliseconds.
     gc.collect()
     gc.freeze()
+    registry = server.registry
+    if registry is not None:
+        # From here on: registry calls while serving (start-up reads all devices once).
+        registry.longest = (0.0, "")
     print("lowbw proxy listening on udp %s:%d" % server.address, flush=True)
     try:
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await server.stop(save_sessions=True)
+        saved = await server.stop(save_sessions=True)
+    # For whoever started the proxy (bench/proxy_load.py reads it): the longest
+    # the event loop waited for one registry call.
+    took, op = registry.longest if registry is not None else (0.0, "")
+    print(
+        "lowbw proxy stopped (%d session(s) saved; longest registry call %.2f ms: %s)"
+        % (saved, took * 1000, op or "-"),
+        flush=True,
+    )
     return 0
+
+
+def fast_paths_wanted() -> bool:
+    """False when ``LOWBW_PROXY_FAST_PATHS=0`` (``ProxySettings.fast_paths``)."""
+    return os.environ.get("LOWBW_PROXY_FAST_PATHS", "1").strip() != "0"
+
+
+def loop_factory(fast_paths: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (a Linux dependency of lowbw: it
+    roughly halves the CPU per reading, docs/proxy.md, Load); asyncio's otherwise,
+    and with ``fast_paths`` off."""
+    if not fast_paths:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def main(config_path: str | Path) -> int:
@@ -563,4 +605,6 @@ def main(config_path: str | Path) -> int:
     except LowbwError as exc:
         print("lowbw proxy run: error: %s" % (exc.message or exc), file=sys.stderr)
         return 1
-    return asyncio.run(_run(settings, config_path))
+    settings.fast_paths = fast_paths_wanted()
+    with asyncio.Runner(loop_factory=loop_factory(settings.fast_paths)) as runner:
+        return runner.run(_run(settings, config_path))
