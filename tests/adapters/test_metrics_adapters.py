@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -66,6 +67,25 @@ def wait_scrape(
     raise AssertionError("timed out waiting for %s\n%s" % (what, log() if log else ""))
 
 
+OPERATOR_DOC = (ROOT / "docs" / "operator.md").read_text(encoding="utf-8")
+NAME = re.compile(r"\blowbw_(?:serial|mqtt|lorawan)_[a-z_]+")
+
+
+def assert_documented(samples: Samples) -> None:
+    """Every lowbw_ name a scrape exposed is in docs/operator.md ("Adapters")."""
+    missing = sorted(n for n in samples if n.startswith("lowbw_") and "`%s`" % n not in OPERATOR_DOC)
+    assert not missing, missing
+
+
+def test_dashboard_uses_documented_names():
+    dashboard = json.loads((ROOT / "examples" / "grafana-lowbw-adapters.json").read_text(encoding="utf-8"))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in NAME.findall(e)}
+    assert {n.split("_")[1] for n in used} == {"serial", "mqtt", "lorawan"}
+    missing = sorted(n for n in used if "`%s`" % n not in OPERATOR_DOC)
+    assert not missing, missing
+
+
 def toml_table(name: str, table: dict[str, Any]) -> str:
     return "[%s]\n%s\n" % (name, "\n".join("%s = %s" % (k, json.dumps(v)) for k, v in table.items()))
 
@@ -105,6 +125,7 @@ def test_serial_gateway_line_mode_metrics(
         rc = gw.stop()
         cable.close()
     assert rc == 0, gw.log()
+    assert_documented(s)
     assert value(s, "lowbw_serial_readings_queued_total") == 2
     assert value(s, "lowbw_serial_queue_depth") == 0
     assert value(s, "lowbw_serial_lines_total") == 3
@@ -165,6 +186,7 @@ def test_mqtt_bridge_metrics_and_broker_state(
             bridge.log,
         )
         assert len(wait_for_readings(synapse, matrix_user, dev, 3, 30)) == 3
+        assert_documented(s)
         assert value(s, "lowbw_mqtt_messages_received_total") == 4
         assert value(s, "lowbw_mqtt_messages_queued_total") == 3
         assert value(s, "lowbw_mqtt_messages_acknowledged_total") == 4
@@ -257,6 +279,7 @@ def test_lorawan_gateway_metrics_with_token(tmp_path, mosquitto: Mosquitto, proc
         pub.loop_stop()
         proxy.close()
         assert gw.stop() == 0, gw.log()
+    assert_documented(s)
     assert value(s, "lowbw_lorawan_uplinks_duplicate_total") == 1
     assert value(s, "lowbw_lorawan_fcnt_gaps_total") == 2
     assert value(s, "lowbw_lorawan_input_skipped_total", reason="fport") == 1
