@@ -87,6 +87,7 @@ from aiocoap.blockwise import Block2Cache, ContinueException, _extract_block_key
 from aiocoap.error import RenderableError
 from aiocoap.message import Message
 from aiocoap.numbers.codes import Code
+from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.optiontypes import BlockOption, OpaqueOption
 from aiocoap.util.asyncio.timeoutdict import TimeoutDict
 
@@ -132,6 +133,10 @@ UPLOAD_IDLE_MIN = 10.0
 # Block2 answers kept per session for the device to fetch the next block
 # (each one a whole answer): the oldest goes first.
 DOWNLOADS_PER_SESSION = 2
+# The fast path (``ProxySite.takes_fast``): the options a plain reading may carry.
+OPT_URI_PATH = OptionNumber.URI_PATH
+OPT_CONTENT_FORMAT = OptionNumber.CONTENT_FORMAT
+_READING_PATH = (routes.ROUTE_READING,)
 
 
 def now_ms() -> int:
@@ -608,6 +613,29 @@ class ProxySite(resource.ObservableResource):
             return msg
         return error_message(
             code, "M_LIMIT_EXCEEDED", text, addr.table_id, status.retry_after_to_options(BUSY_RETRY_AFTER)
+        )
+
+    def takes_fast(self, addr: SessionAddress, request: Message) -> bool:
+        """May this confirmable POST skip aiocoap (``lowbw.proxy.transport``, fast path)?
+
+        A single-block reading (Uri-Path ``v``, nothing but Content-Format
+        besides: no Block1/Block2, no Observe, no option aiocoap would have to
+        judge) from a plain sensor key: not a client-proxy (its answers may be
+        separate), not an encrypted device (encryption may take longer than a
+        piggyback waits), and only on a link where aiocoap too would answer
+        piggybacked (``EMPTY_ACK_DELAY`` above the reading timeout).
+        """
+        for number in request.opt._options:
+            if number != OPT_URI_PATH and number != OPT_CONTENT_FORMAT:
+                return False
+        if request.opt.uri_path != _READING_PATH:
+            return False
+        rec = self.s.table.devices.get(addr.device)
+        return (
+            rec is not None
+            and not rec.encrypted
+            and not is_client(rec)
+            and addr.tuning.EMPTY_ACK_DELAY > self.s.reading_timeout
         )
 
     def in_flight(self, addr: SessionAddress) -> int:

@@ -240,6 +240,8 @@ class ProxyServer:
             table.transport = self.transport
             self.transport.on_answer = self._log_answer
             self.transport.tuning_for = site.clients.tuning_for
+            if s.fast_paths:
+                self.transport.fast_path = site
             table.on_commands_changed = site.notify_commands
             table.on_close = site.session_closed
             self.restored = table.restore()

@@ -24,6 +24,17 @@ module puts one UDP socket and the lowbw frame layer (``lowbw.wire.frames``):
   request. ``EMPTY_ACK_DELAY`` is 12 s so answers piggyback whenever the
   homeserver answers in time; the proxy's own CONs wait for two frames' airtime.
 
+Warm readings take a shorter way (``FastPath``, docs/proxy.md, Load): a plain
+confirmable POST ``v`` on an established session, with no option but Uri-Path
+and Content-Format, is deduplicated by the same message layer (a
+retransmission gets the stored answer, or silence while the first copy is in
+the works), rendered by the site's own ``render`` (the same limits,
+permissions and exactly-once registry), and answered piggybacked, without
+aiocoap's token manager, pipes and rendering task. Anything else (block-wise,
+Observe, other options, client-proxy or encrypted devices, a link whose
+``EMPTY_ACK_DELAY`` is shorter than the reading timeout) goes through aiocoap.
+A closed session's fast requests are cancelled like aiocoap's, unanswered.
+
 Deduplication keeps aiocoap's rule (a duplicate CON gets the stored answer) with
 two changes (``LowbwMessageManager``): a 5.xx or 4.29 answer is not stored (it
 says "try again later", and the device's retry with the same Message ID must be
@@ -39,17 +50,18 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from aiocoap import error as coap_error
 from aiocoap import interfaces
+from aiocoap.error import RenderableError
 from aiocoap.message import Message
 from aiocoap.messagemanager import MessageManager
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
-from aiocoap.numbers.types import CON
+from aiocoap.numbers.types import ACK, CON
 from aiocoap.optiontypes import UintOption
 from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
@@ -221,6 +233,16 @@ class FrameHandler(Protocol):
     def commands_pending(self, device: str) -> int: ...
 
     def replays_zero_rtt(self, device: str) -> bool: ...
+
+
+class FastPath(Protocol):
+    """The site's side of the warm-reading fast path (``lowbw.proxy.resources.ProxySite``)."""
+
+    def takes_fast(self, addr: SessionAddress, request: Message) -> bool:
+        """True if ``request`` (a confirmable message) may skip aiocoap."""
+        ...
+
+    def render(self, request: Message) -> Awaitable[Message]: ...
 
 
 class DeviceTraffic:
@@ -457,6 +479,10 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self._zero_rtt: dict[str, list[Any]] = {}
         # Called with (addr, request, response, bytes_in, bytes_out) for each answer sent.
         self.on_answer: Callable[[SessionAddress, Message | None, Message, int, int], None] | None = None
+        # The warm-reading fast path (module docstring); None: everything through aiocoap.
+        self.fast_path: FastPath | None = None
+        # session -> its fast requests in the works (only sessions that have some).
+        self._fast_tasks: dict[SessionAddress, set[asyncio.Task[None]]] = {}
 
     @classmethod
     async def create(
@@ -551,10 +577,67 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         msg.transport_tuning = addr.tuning if self.tuning_for is None else self.tuning_for(addr, msg)
         msg.lowbw_rx_bytes = len(data)  # type: ignore[attr-defined]
         try:
+            fast = self.fast_path
+            if (
+                fast is not None
+                and addr.pending is None
+                and msg.mtype == CON
+                and msg.code == Code.POST
+                and fast.takes_fast(addr, msg)
+            ):
+                self._fast_request(mman, addr, msg, fast)
+                return
             mman.dispatch_message(msg)
         except Exception:  # noqa: BLE001 - as above: log, count, carry on
             log.exception("%s: message dropped: internal error", addr.device)
             self.stats.drop(DROP_INTERNAL)
+
+    # -- the warm-reading fast path (module docstring) -------------------------------
+
+    def _fast_request(
+        self, mman: LowbwMessageManager, addr: SessionAddress, request: Message, fast: FastPath
+    ) -> None:
+        if mman._deduplicate_message(request):
+            # A retransmission: its stored answer went out again, or the first
+            # copy is still in the works and will answer.
+            return
+        task = asyncio.get_running_loop().create_task(self._fast_answer(addr, request, fast))
+        tasks = self._fast_tasks.get(addr)
+        if tasks is None:
+            tasks = self._fast_tasks[addr] = set()
+        tasks.add(task)
+        task.add_done_callback(lambda t: self._fast_done(addr, t))
+
+    def _fast_done(self, addr: SessionAddress, task: asyncio.Task[None]) -> None:
+        tasks = self._fast_tasks.get(addr)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._fast_tasks[addr]
+
+    async def _fast_answer(self, addr: SessionAddress, request: Message, fast: FastPath) -> None:
+        try:
+            response = await fast.render(request)
+        except RenderableError as exc:
+            response = exc.to_message()
+        except Exception:  # noqa: BLE001 - as aiocoap does: 5.00, logged
+            log.exception("%s: reading failed: internal error", addr.device)
+            response = Message(code=Code.INTERNAL_SERVER_ERROR)
+        mman = self._mman
+        if mman is None or addr.closed:
+            return
+        # Piggybacked on the ACK of the request, as aiocoap answers within EMPTY_ACK_DELAY.
+        response.mtype = ACK
+        response.mid = request.mid
+        response.token = request.token
+        response.remote = addr
+        response.request = request
+        mman._store_response_for_duplicates(response)
+        self.send(response)
+
+    def fast_in_flight(self) -> int:
+        """Fast requests in the works (tests)."""
+        return sum(len(t) for t in self._fast_tasks.values())
 
     def _answer_again(self, addr: SessionAddress, plaintext: bytes) -> bool:
         """A request riding a new handshake that is the same bytes as one that rode
@@ -682,6 +765,12 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
 
     async def shutdown(self) -> None:
         self._mman = None
+        tasks = [t for ts in self._fast_tasks.values() for t in ts]
+        self._fast_tasks = {}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self._transport is not None:
             self._transport.abort()
             self._transport = None
@@ -694,6 +783,9 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
             addr.pending_timer = None
         if self._mman is not None:
             self._mman.forget_remote(addr)
+        # Its fast requests end unanswered, as forget_remote ends aiocoap's.
+        for task in self._fast_tasks.pop(addr, ()):
+            task.cancel()
 
     def stop_request(self, addr: SessionAddress, token: bytes) -> bool:
         """Silently end one incoming request (an Observe registration replaced)."""
