@@ -62,6 +62,7 @@ from aiohttp import web
 
 from lowbw.clientproxy.config import ClientProxyConfig
 from lowbw.clientproxy.link import CLIENT_CAPS, ClientLink, open_link
+from lowbw.clientproxy.metrics import HttpCounts, route_class
 from lowbw.clientproxy.retransmit import ClientTuning, LinkDead
 from lowbw.clientproxy.txnids import TxnIds
 from lowbw.compact.codec import CF_CBOR, BodyCodec
@@ -149,10 +150,15 @@ class LinkFailed(LowbwError):
     """No usable answer came back across the link (the HTTP status says which),
     or the request was refused before it went (``errcode`` then says why)."""
 
-    def __init__(self, http_status: int, message: str, errcode: str = "M_UNKNOWN") -> None:
+    def __init__(
+        self, http_status: int, message: str, errcode: str = "M_UNKNOWN", reason: str = "invalid"
+    ) -> None:
         super().__init__(message)
         self.http_status = http_status
         self.errcode = errcode
+        # lowbw_clientproxy_requests_failed_total{reason} (metrics.FAILURE_REASONS), or
+        # "invalid": refused here before anything went (answered_locally{what="invalid"}).
+        self.reason = reason
 
 
 @dataclass
@@ -200,6 +206,7 @@ class ClientProxy:
         self._templates: dict[str | None, dict[str, Any]] = {}
         self._versions: Answer | None = None
         self.txnids = TxnIds()
+        self.counts = HttpCounts()  # lowbw.clientproxy.metrics
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -223,6 +230,10 @@ class ClientProxy:
         if self.ctx is not None:
             await self.ctx.shutdown()
             self.ctx = None
+
+    def parked_count(self) -> int:
+        """Syncs parked at the proxy now (their request not answered yet)."""
+        return sum(1 for park in self._parks.values() if not park.task.done())
 
     def web_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_REQUEST_BODY)
@@ -259,7 +270,30 @@ class ClientProxy:
         return (self.public_url or "http://%s" % request.host).rstrip("/")
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``_handle``, counted (lowbw_clientproxy_http_requests_total and its latency)."""
+        counts = self.counts
+        started = time.monotonic()
+        status = "500"
+        counts.in_flight += 1
+        try:
+            response = await self._handle(request)
+            status = str(response.status)
+            return response
+        except web.HTTPException as exc:  # aiohttp's own (413: body too large)
+            status = str(exc.status)
+            raise
+        except asyncio.CancelledError:
+            status = "cancelled"  # the client went away
+            raise
+        finally:
+            counts.in_flight -= 1
+            route = route_class(request.rel_url.raw_path)
+            counts.answered(request.method, route, status, time.monotonic() - started)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        counts = self.counts
         if not self._host_ok(request):
+            counts.answered_locally("host_refused")
             log.warning(
                 "request with Host %r refused (not a name of this machine)", request.headers.get("Host")
             )
@@ -271,27 +305,34 @@ class ClientProxy:
             )
         path = request.rel_url.raw_path
         if request.method == "OPTIONS":
+            counts.answered_locally("options")
             return web.Response(status=204, headers=CORS_HEADERS)
         if path == "/.well-known/matrix/client" and request.method in ("GET", "HEAD"):
+            counts.answered_locally("well_known")
             return web.json_response(
                 {"m.homeserver": {"base_url": self.base_url(request)}}, headers=CORS_HEADERS
             )
         if path == "/_lowbw/stats" and request.method == "GET":
+            counts.answered_locally("stats")
             stats = self.link.stats.as_dict() if self.link is not None else {}
             return web.json_response(stats, headers=CORS_HEADERS)
         if path.startswith(MEDIA_PREFIXES):
+            counts.answered_locally("media")
             return matrix_error(
                 501, "M_UNRECOGNIZED", "lowbw: media is not carried over the low-bandwidth link"
             )
         if not path.startswith("/_matrix/client/"):
+            counts.answered_locally("unrecognized")
             return matrix_error(404, "M_UNRECOGNIZED", "Unrecognized request")
         # HEAD is GET without a body, as the homeserver answers it (aiohttp sends no body).
         method = METHODS.get("GET" if request.method == "HEAD" else request.method)
         if method is None:
+            counts.answered_locally("unrecognized")
             return matrix_error(405, "M_UNRECOGNIZED", "Unrecognized request")
         query = [(k, v) for k, v in request.query.items() if k != "access_token"]
         token = _bearer_of(request)
         if token is not None and not _token_ok(token):
+            counts.answered_locally("invalid")
             return matrix_error(401, "M_UNKNOWN_TOKEN", "Invalid access token passed.")
         body: Any = None
         if request.can_read_body:
@@ -300,6 +341,7 @@ class ClientProxy:
                 try:
                     body = json.loads(raw)
                 except (ValueError, UnicodeError, RecursionError):
+                    counts.answered_locally("invalid")
                     return matrix_error(400, "M_NOT_JSON", "Content not JSON.")
         get = request.method in ("GET", "HEAD")
         try:
@@ -314,6 +356,10 @@ class ClientProxy:
                 if get and path.endswith("/sync"):
                     self._after_sync(path, query, token, answer)
         except LinkFailed as exc:
+            if exc.reason == "invalid":
+                counts.answered_locally("invalid")
+            else:
+                counts.failure(exc.reason)
             if exc.errcode != "M_UNKNOWN":  # refused here, as the homeserver would
                 return matrix_error(exc.http_status, exc.errcode, exc.message)
             log.warning("%s %s: %s", request.method, _loggable(path), exc.message)
@@ -326,6 +372,8 @@ class ClientProxy:
             if answer.status != 200:
                 return answer
             self._versions = answer
+        else:
+            self.counts.answered_locally("versions")
         return self._versions
 
     # -- sync -------------------------------------------------------------------------
@@ -382,6 +430,7 @@ class ClientProxy:
         return answer
 
     def _empty_sync(self, token: str | None, since: str) -> Answer:
+        self.counts.answered_locally("sync_no_news")
         return Answer(200, {**self._templates.get(token, {}), "next_batch": since})
 
     def _park(self, path: str, query: list[tuple[str, str]], token: str | None, since: str) -> _Park:
@@ -395,13 +444,26 @@ class ClientProxy:
         upstream = [(k, v) for k, v in query if k not in NOT_STREAM] + [("since", since)]
         acked = asyncio.Event()
         task = asyncio.ensure_future(self.carry(Code.GET, path, upstream, None, token, acked, PARK_WAIT))
-        task.add_done_callback(_consume_exception)
+        task.add_done_callback(self._park_ended)
+        self.counts.parks += 1
         park = self._parks[key] = _Park(since, task, acked)
         while len(self._parks) > MAX_PARKS:
             # Streams nobody polls any more (a client that changed its filter).
             oldest = next(iter(self._parks))
             self._parks.pop(oldest).task.cancel()
         return park
+
+    def _park_ended(self, task: asyncio.Task[Answer]) -> None:
+        """Count how a parked sync ended (and consume its exception: a park nobody
+        waits for any more may fail on a dead link, not worth a warning)."""
+        if task.cancelled():
+            outcome = "cancelled"
+        elif task.exception() is not None:
+            outcome = "failed"
+        else:
+            answer = task.result()
+            outcome = "no_news" if answer.no_news else "news" if answer.status == 200 else "error"
+        self.counts.park_ended(outcome)
 
     def _after_sync(
         self,
@@ -509,14 +571,22 @@ class ClientProxy:
             msg, report = self._message(method, path, query, body, token, session, st)
             if acked is not None:
                 msg.lowbw_acked = acked  # type: ignore[attr-defined]
+            counts = self.counts
+            counts.carried += 1
+            counts.carrying += 1
+            sent = time.monotonic()
             try:
                 response = await self._exchange(msg, session, timeout)
+                if acked is None:
+                    counts.radio_latency.observe(time.monotonic() - sent)
             except _Stale:
                 continue
             except LinkFailed:
                 if report is not None:
                     st.refs.unreport(report)
                 raise
+            finally:
+                counts.carrying -= 1
             if response.opt.get_option(SESSION_END_OPTION) and self.link is not None:
                 # The proxy is restarting: a new session, and the request again
                 # (unless the link has moved on already).
@@ -536,7 +606,7 @@ class ClientProxy:
             elif token is not None and session is None and token in st.slots:
                 st.confirmed.add(token)  # st went over to the session this request established
             return self._answer(response, parked=acked is not None)
-        raise LinkFailed(502, "the proxy kept refusing the request's session state")
+        raise LinkFailed(502, "the proxy kept refusing the request's session state", reason="session_state")
 
     def _message(
         self,
@@ -587,7 +657,7 @@ class ClientProxy:
     async def _exchange(self, msg: Message, session: Any, timeout: float) -> Message:
         link = self.link
         if self.ctx is None or link is None:
-            raise LinkFailed(502, "client-proxy not started")
+            raise LinkFailed(502, "client-proxy not started", reason="not_started")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         sent_at = time.monotonic()
@@ -612,6 +682,7 @@ class ClientProxy:
                             504,
                             "the radio link was set up again while the request was under way; "
                             "it may or may not have taken effect",
+                            reason="session_replaced",
                         )
                     raise _Stale()
         except TimeoutError:
@@ -620,22 +691,29 @@ class ClientProxy:
                 # Nothing at all came back in this session since the request went
                 # out: the proxy has most likely lost it (a crash). Handshake anew.
                 link.reset()
-            raise LinkFailed(504, "no answer across the radio link within %g s" % timeout) from None
+            raise LinkFailed(
+                504, "no answer across the radio link within %g s" % timeout, reason="request_timeout"
+            ) from None
         except LinkDead:
             response.cancel()
             raise LinkFailed(
                 504,
                 "nothing heard from the proxy across the radio for %g s: the link is given up "
                 "(is the proxy or the radio down?); the next request sets it up again" % link.dead_after,
+                reason="dead_link",
             ) from None
         except coap_error.ConRetransmitsExceeded:
             # Unanswered in the session it was made for: the proxy does not know
             # that session any more. Start a new handshake with the next request.
             if link.session is session:
                 link.reset()
-            raise LinkFailed(504, "the homeserver's proxy did not answer across the radio link") from None
+            raise LinkFailed(
+                504,
+                "the homeserver's proxy did not answer across the radio link",
+                reason="retransmits_exceeded",
+            ) from None
         except coap_error.Error as exc:
-            raise LinkFailed(502, "link error: %s" % type(exc).__name__) from None
+            raise LinkFailed(502, "link error: %s" % type(exc).__name__, reason="link_error") from None
 
     def _answer(self, response: Message, parked: bool = False) -> Answer:
         code = int(response.code)
@@ -647,7 +725,7 @@ class ClientProxy:
             http_status = status.coap_to_http(code, options)
             retry_after = status.retry_after_from_options(options, code)
         except LowbwError as exc:
-            raise LinkFailed(502, "unreadable answer: %s" % exc.message)
+            raise LinkFailed(502, "unreadable answer: %s" % exc.message, reason="unreadable")
         cf = response.opt.content_format
         body: Any
         if not response.payload:
@@ -663,7 +741,7 @@ class ClientProxy:
                 codec = self._codec(session, answer=True)
                 body = codec.decode(response.payload, None if cf is None else int(cf))
             except LowbwError as exc:
-                raise LinkFailed(502, "unreadable answer: %s" % exc.message)
+                raise LinkFailed(502, "unreadable answer: %s" % exc.message, reason="unreadable")
             self.txnids.restore(body)
         return Answer(http_status, body, retry_after)
 
@@ -743,12 +821,6 @@ def _bearer_of(request: web.Request) -> str | None:
 def _sync_key(token: str | None, path: str, query: list[tuple[str, str]]) -> tuple[Any, ...]:
     """Which sync stream a request belongs to: everything but since and timeout."""
     return (token, path, tuple(sorted((k, v) for k, v in query if k not in NOT_STREAM)))
-
-
-def _consume_exception(task: asyncio.Task[Any]) -> None:
-    # A park nobody waits for any more may fail (dead link): not worth a warning.
-    if not task.cancelled():
-        task.exception()
 
 
 def _parkable(query: list[tuple[str, str]]) -> bool:

@@ -16,11 +16,16 @@
     short_txn = true                   # 8-character transaction IDs on the air (false: to measure)
     byte_strings = true                # base64 (keys, ciphertexts) as CBOR byte strings (false: to measure)
     mtu = 256                          # largest datagram the radio carries (default by link_bps)
+    metrics_listen = "127.0.0.1:9468"  # Prometheus /metrics (off unless set; a bare port: 127.0.0.1)
+    metrics_token = ""                 # required on every /metrics request when set (needed off loopback)
 
 Every key but the keys and ``proxy`` has a default; ``--listen``, ``--proxy``
 and ``--link-bps`` on the command line override the file. A key not listed
 here (a typo such as ``listn``) or any table is refused, naming the file and
 the key: a misspelt ``listen`` must not start the client-proxy on a default.
+``metrics_listen`` follows the proxy's ``[metrics] listen`` rules
+(``lowbw.metrics``): a bare port is loopback, and anything but loopback needs
+``metrics_token`` (refused at load otherwise).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lowbw.metrics import MetricsConfigError, check_exposure, parse_listen
 from lowbw.proxy import keyfile
 from lowbw.wire.errors import LowbwError
 
@@ -53,6 +59,8 @@ KNOWN_KEYS = frozenset(
         "short_txn",
         "byte_strings",
         "mtu",
+        "metrics_listen",
+        "metrics_token",
     )
 )
 
@@ -91,6 +99,8 @@ class ClientProxyConfig:
     short_txn: bool = True
     byte_strings: bool = True
     mtu: int = 0  # 0: by link_bps (default_mtu)
+    metrics_listen: str = ""  # "": no /metrics listener
+    metrics_token: str = ""
 
     @property
     def radio_mtu(self) -> int:
@@ -108,6 +118,13 @@ class ClientProxyConfig:
     def listen_address(self) -> tuple[str, int]:
         return parse_hostport(self.listen, "listen")
 
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the ``/metrics`` listener, None when off (checked: ``check_metrics``)."""
+        if not self.metrics_listen:
+            return None
+        return parse_listen(self.metrics_listen, "metrics_listen")
+
     def to_toml(self) -> str:
         host = "[%s]" % self.proxy_host if ":" in self.proxy_host else self.proxy_host
         return (
@@ -121,6 +138,8 @@ class ClientProxyConfig:
             "link_bps = %g\n"
             "request_timeout = %g\n"
             "dictionary = %s\n"
+            "%s"
+            "%s"
             "%s"
             "%s"
             % (
@@ -137,8 +156,30 @@ class ClientProxyConfig:
                 "true" if self.dictionary else "false",
                 "mtu = %d\n" % self.mtu if self.mtu else "",
                 "dead_link_timeout = %g\n" % self.dead_link_timeout if self.dead_link_timeout else "",
+                'metrics_listen = "%s"\n' % self.metrics_listen if self.metrics_listen else "",
+                'metrics_token = "%s"\n' % self.metrics_token if self.metrics_token else "",
             )
         )
+
+
+def check_metrics(listen: str, token: str, what: str = "metrics_listen") -> str:
+    """``listen`` checked as the proxy's ``[metrics] listen`` is (``lowbw.metrics``):
+    ``HOST:PORT``, ``[IPv6]:PORT`` or a bare port (127.0.0.1), and loopback unless
+    ``token`` is set. Returns it as ``HOST:PORT`` ("" stays "": off)."""
+    if not listen:
+        return ""
+    try:
+        host, port = parse_listen(listen, what)
+        check_exposure(host, token, what)
+    except MetricsConfigError as exc:
+        message = exc.message or str(exc)
+        if "not loopback" in message:
+            message = (
+                "%s is on %s, not loopback: set metrics_token (a random string; Prometheus "
+                "sends it as a bearer token) or listen on 127.0.0.1" % (what, host)
+            )
+        raise ClientProxyConfigError(message) from None
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
 def _number(data: dict[str, Any], key: str, default: float, zero_ok: bool = False) -> float:
@@ -199,8 +240,20 @@ def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
         switches[key] = data.get(key, True)
         if not isinstance(switches[key], bool):
             raise ClientProxyConfigError("%s must be true or false" % key)
+    metrics_listen = data.get("metrics_listen", "")
+    if isinstance(metrics_listen, bool) or not isinstance(metrics_listen, (str, int)):
+        raise ClientProxyConfigError("%s: metrics_listen must be HOST:PORT or a port" % p)
+    metrics_token = data.get("metrics_token", "")
+    if not isinstance(metrics_token, str):
+        raise ClientProxyConfigError("%s: metrics_token must be a string" % p)
+    try:
+        metrics_listen = check_metrics(str(metrics_listen) if metrics_listen != "" else "", metrics_token)
+    except ClientProxyConfigError as exc:
+        raise ClientProxyConfigError("%s: %s" % (p, exc.message)) from None
     return ClientProxyConfig(
         path=p,
+        metrics_listen=metrics_listen,
+        metrics_token=metrics_token,
         dictionary=switches["dictionary"],
         identifier_refs=switches["identifier_refs"],
         short_txn=switches["short_txn"],

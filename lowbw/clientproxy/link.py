@@ -62,7 +62,7 @@ from aiocoap.tokenmanager import TokenManager
 from lowbw.clientproxy.retransmit import ClientMessageManager, LinkDead
 from lowbw.proxy.transport import LinkTuning
 from lowbw.wire import frames, handshake, keys
-from lowbw.wire.errors import LowbwError
+from lowbw.wire.errors import AuthError, LowbwError, ReplayError
 
 log = logging.getLogger("lowbw.clientproxy.link")
 
@@ -75,6 +75,26 @@ ACK_EVENTS_KEPT = 64
 IK1_OVERHEAD = 1 + 32 + 48 + 1 + 5 + 16
 # A transport frame from the initiator: kind, session id, long counter, tag.
 FRAME_OVERHEAD = 1 + 2 + 3 + 16
+# Why a datagram from the proxy was dropped (ClientLink.drops; lowbw_clientproxy_datagrams_dropped_total).
+DROP_REASONS = ("no_session", "auth_failed", "replay", "malformed", "unexpected_handshake", "coap_unparsable")
+
+
+class _Unusable(LowbwError):
+    """A datagram from the proxy that fits nothing we hold (``reason``: DROP_REASONS)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _drop_reason(exc: LowbwError) -> str:
+    if isinstance(exc, _Unusable):
+        return exc.reason
+    if isinstance(exc, ReplayError):
+        return "replay"
+    if isinstance(exc, AuthError):
+        return "auth_failed"
+    return "malformed"  # DecodeError: not a frame we can read
 
 
 class ProxyRemote(interfaces.EndpointAddress):
@@ -156,6 +176,11 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self.offered_caps = caps
         self.mtu = mtu
         self.stats = LinkStats()
+        # Counts for lowbw_clientproxy_* (lowbw.clientproxy.metrics): why datagrams were dropped,
+        # sessions set up, sessions forgotten (reset: the proxy lost it, Session-End, rekey).
+        self.drops: dict[str, int] = {}
+        self.sessions_established = 0
+        self.resets = 0
         self.session: frames.Session | None = None
         self.caps = 0
         self._handshakes: list[tuple[handshake.Initiator, int]] = []  # (initiator, mid of 0-RTT)
@@ -197,6 +222,8 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             plaintext = self._open(data)
         except LowbwError as exc:
             self.stats.dropped += 1
+            reason = _drop_reason(exc)
+            self.drops[reason] = self.drops.get(reason, 0) + 1
             log.debug("datagram dropped: %s", type(exc).__name__)
             return
         if not plaintext or self._mman is None:
@@ -206,6 +233,7 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             msg = Message.decode(plaintext, remote=self.remote)
         except (coap_error.UnparsableMessage, ValueError):
             self.stats.dropped += 1
+            self.drops["coap_unparsable"] = self.drops.get("coap_unparsable", 0) + 1
             log.info("unparsable CoAP message from the proxy dropped")
             return
         msg.transport_tuning = self.remote.tuning
@@ -222,7 +250,7 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         kind = frames.kind_of(data)
         if kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
             if self.session is None:
-                raise LowbwError("transport frame without a session")
+                raise _Unusable("transport frame without a session", "no_session")
             plaintext = bytes(self.session.open(data))
             self.last_rx = time.monotonic()
             return plaintext
@@ -230,13 +258,14 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             self._cookie(data)
             return b""
         if data[0] != frames.HS_IK2:
-            raise LowbwError("unexpected handshake frame")
+            raise _Unusable("unexpected handshake frame", "unexpected_handshake")
         for i, (ini, _mid) in enumerate(self._handshakes):
             try:
                 session, caps, response = ini.finish(data)
             except LowbwError:
                 continue
             self.caps = caps
+            self.sessions_established += 1
             self._set_session(session)
             self.last_rx = time.monotonic()
             # Newer handshakes may still be answered: the proxy keeps only the
@@ -247,18 +276,18 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             for _mid, plaintext, message in waiting:
                 self._seal_and_send(plaintext, message)
             return bytes(response)
-        raise LowbwError("handshake answer matches no handshake in flight")
+        raise _Unusable("handshake answer matches no handshake in flight", "unexpected_handshake")
 
     def _cookie(self, data: bytes) -> None:
         """The proxy is under load (lowbw.wire.handshake, cookies): our newest IK
         message 1 again at once, with the cookie in front."""
         cookie = handshake.parse_cookie_reply(data)
         if self.session is not None or not self._handshakes:
-            raise LowbwError("cookie reply without a handshake in flight")
+            raise _Unusable("cookie reply without a handshake in flight", "unexpected_handshake")
         ini = self._handshakes[-1][0]
         first = self._hs_datagrams.get(id(ini))
         if first is None:
-            raise LowbwError("cookie reply for a handshake we no longer hold")
+            raise _Unusable("cookie reply for a handshake we no longer hold", "unexpected_handshake")
         self.stats.cookies += 1
         log.info("proxy under load: handshake again with its cookie")
         self._sendto(handshake.cookied(cookie, first))
@@ -294,6 +323,7 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         """Forget the session; the next message starts a new handshake."""
         if self.session is not None:
             log.info("session %04x dropped", self.session.sid)
+            self.resets += 1
             self._set_session(None)
         self._handshakes = []
 
@@ -428,6 +458,16 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             self._start(mid, plaintext, message, ride)
             return
         self._queue(mid, plaintext, message)
+
+    def queue_depth(self) -> int:
+        """Messages waiting to go: for the handshake, or behind the exchange under way (NSTART=1)."""
+        mman = self._mman
+        queued = mman.backlog(self.remote) if mman is not None else 0
+        return len(self._waiting) + queued
+
+    def handshake_pending(self) -> bool:
+        """A handshake went out and no session is up yet."""
+        return self.session is None and bool(self._handshakes)
 
     async def determine_remote(self, message: Message) -> Any:
         return self.remote

@@ -13,7 +13,9 @@ from aiohttp import web
 
 from lowbw.clientproxy import config as cp_config
 from lowbw.clientproxy.app import ClientProxy
+from lowbw.clientproxy.metrics import ClientProxyMetrics
 from lowbw.logsetup import setup_logging
+from lowbw.metrics import MetricsServer
 from lowbw.wire.errors import LowbwError
 
 log = logging.getLogger("lowbw.clientproxy")
@@ -57,14 +59,48 @@ def parser() -> argparse.ArgumentParser:
         help="send base64 (keys, signatures, ciphertexts) as text, not byte strings (to measure)",
     )
     p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics here (a bare port: 127.0.0.1; default: config, off)",
+    )
+    p.add_argument(
         "--public-url", metavar="URL", help="base URL clients are told in .well-known (default: request host)"
     )
     return p
 
 
+async def start_metrics(proxy: ClientProxy) -> MetricsServer | None:
+    """The ``/metrics`` listener (``metrics_listen``), or None when it is off."""
+    from lowbw import __version__
+
+    cfg = proxy.config
+    address = cfg.metrics_address
+    if address is None:
+        return None
+    metrics = ClientProxyMetrics(proxy, version=__version__)
+    server = MetricsServer(
+        metrics.registry, address[0], address[1], token=cfg.metrics_token, realm="lowbw client-proxy"
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        raise cp_config.ClientProxyConfigError(
+            "cannot listen on %s for metrics: %s (set metrics_listen in %s)"
+            % (cfg.metrics_listen, exc.strerror or exc, cfg.path)
+        ) from None
+    print("metrics %s/metrics" % server.url, flush=True)
+    log.info("metrics on %s/metrics%s", server.url, " (token required)" if cfg.metrics_token else "")
+    return server
+
+
 async def serve(cfg: cp_config.ClientProxyConfig, public_url: str | None = None) -> int:
     proxy = ClientProxy(cfg, public_url=public_url)
     await proxy.start()
+    try:
+        metrics_server = await start_metrics(proxy)
+    except BaseException:
+        await proxy.close()
+        raise
     runner = web.AppRunner(proxy.web_app(), access_log=None)
     await runner.setup()
     host, port = cfg.listen_address
@@ -73,6 +109,8 @@ async def serve(cfg: cp_config.ClientProxyConfig, public_url: str | None = None)
         await site.start()
     except OSError as exc:
         await runner.cleanup()
+        if metrics_server is not None:
+            await metrics_server.stop()
         await proxy.close()
         raise cp_config.ClientProxyConfigError("cannot listen on %s: %s" % (cfg.listen, exc.strerror or exc))
     server = site._server
@@ -100,6 +138,8 @@ async def serve(cfg: cp_config.ClientProxyConfig, public_url: str | None = None)
             loop.remove_signal_handler(sig)
         log.info("stopping")
         await runner.cleanup()
+        if metrics_server is not None:
+            await metrics_server.stop()
         await proxy.close()
     return 0
 
@@ -122,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not 64 <= args.mtu <= 65507:
                 raise cp_config.ClientProxyConfigError("--mtu must be 64..65507")
             cfg.mtu = args.mtu
+        if args.metrics_listen is not None:
+            cfg.metrics_listen = cp_config.check_metrics(
+                args.metrics_listen, cfg.metrics_token, "--metrics-listen"
+            )
         if args.no_dictionary:
             cfg.dictionary = False
         if args.no_refs:

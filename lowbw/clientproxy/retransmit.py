@@ -97,10 +97,13 @@ class ClientMessageManager(LowbwMessageManager):
             timeout = tuning.retransmit_timeout(frame, retransmission_counter) * random.uniform(
                 1.0, tuning.ACK_RANDOM_FACTOR
             )
+        if retransmission_counter > 0:
+            self.retransmissions += 1
         return super()._schedule_retransmit(message, timeout, retransmission_counter)
 
     def __init__(self, token_manager: Any) -> None:
         super().__init__(token_manager)
+        self.retransmissions = 0  # confirmable messages sent again for want of an ACK
         # (remote, mid) -> the CON of an active exchange (aiocoap keeps only its timer).
         self._con_messages: dict[tuple[Any, int], Message] = {}
 
@@ -120,6 +123,10 @@ class ClientMessageManager(LowbwMessageManager):
         """Whether a CON to ``remote`` still waits for its ACK (or is queued behind one)."""
         active = self._active_exchanges or {}
         return any(k[0] is remote for k in active) or bool(self._backlogs.get(remote))
+
+    def backlog(self, remote: Any) -> int:
+        """Messages to ``remote`` queued behind the exchange under way (NSTART=1)."""
+        return len(self._backlogs.get(remote) or ())
 
     def abandon(self, remote: Any, mid: int) -> None:
         """Stop retransmitting ``mid`` (it can never be answered) and let the next message go."""

@@ -27,6 +27,7 @@ class ClientStack:
         self.workdir = workdir
         self.procs: list[Any] = []
         self.url = ""
+        self.metrics_url = ""  # the client-proxy's /metrics, with metrics=True
         self.proxy: Any = None
         self.relay: Any = None
         self.client: Any = None
@@ -43,6 +44,7 @@ class ClientStack:
         request_timeout: float = 300.0,
         client_args: tuple[str, ...] = (),
         homeserver_url: str | None = None,
+        metrics: bool = False,
     ) -> ClientStack:
         from lowbw.proxy.config import write_default
 
@@ -100,6 +102,7 @@ class ClientStack:
                 "%s:%d" % (self.relay.host, self.relay.port),
                 "--mtu",
                 str(65507 if up.mtu is None else min(up.mtu, 65507)),
+                *(("--metrics-listen", "127.0.0.1:0") if metrics else ()),
                 *client_args,
             ],
             self.workdir / "client-proxy.log",
@@ -108,6 +111,9 @@ class ClientStack:
         )
         _, m = self.client.wait_for(r"listening (http://[0-9.]+:\d+)", 30)
         self.url = m.group(1)
+        if metrics:
+            _, m = self.client.wait_for(r"metrics (http://[0-9.]+:\d+/metrics)", 5)
+            self.metrics_url = m.group(1)
         return self
 
     def restart_proxy(self) -> None:
