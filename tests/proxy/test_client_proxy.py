@@ -200,7 +200,7 @@ def test_homeserver_down_is_503_with_retry_after(
 
 def test_dead_link_is_504_not_a_hang(client_stack: Any, person: tuple[str, str, str]) -> None:
     localpart, password, _ = person
-    stack = client_stack(preset="fast", request_timeout=4.0)
+    stack = client_stack(preset="fast", request_timeout=4.0, metrics=True)
     token = http(stack.url, "POST", "/_matrix/client/v3/login", login_body(localpart, password))[2][
         "access_token"
     ]
@@ -209,6 +209,14 @@ def test_dead_link_is_504_not_a_hang(client_stack: Any, person: tuple[str, str, 
     status, _, body = http(stack.url, "GET", "/_matrix/client/v3/account/whoami", token=token, timeout=30)
     assert status == 504 and body["errcode"] == "M_UNKNOWN" and body["error"].startswith("lowbw:")
     assert time.monotonic() - t0 < 20
+    # /metrics says why (tests/proxy/test_clientproxy_metrics.py has the rest).
+    from tests.proxy.metricsutil import scrape, value
+
+    m = scrape(stack.metrics_url)
+    p = "lowbw_clientproxy_"
+    assert value(m, p + "requests_failed_total", reason="request_timeout") == 1
+    assert value(m, p + "http_requests_total", method="GET", route="account", status="504") == 1
+    assert value(m, p + "session_up") == 0 and value(m, p + "session_resets_total") == 1
 
 
 def test_proxy_restart_mid_sync(
