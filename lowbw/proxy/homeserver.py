@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from lowbw.wire.errors import EncodeError, LowbwError
@@ -374,7 +374,8 @@ class Homeserver:
                 body = await self._read_body(resp, method, path)
                 status = resp.status
                 outcome = str(status)
-                resp_headers = CIMultiDictProxy(CIMultiDict(resp.headers))
+                # aiohttp's own read-only view; it outlives the released response.
+                resp_headers = resp.headers
         except TimeoutError:
             outcome = "timeout"
             log.warning("%s %s: no answer within %.1f s", method, path, limit)
@@ -414,15 +415,16 @@ class Homeserver:
             retry_after=_retry_after(resp_headers, parsed, status),
             body=body,
         )
-        log.debug(
-            "%s %s -> %d %s(%d B, %.1f ms)",
-            method,
-            path,
-            status,
-            (result.errcode + " ") if result.errcode else "",
-            len(body),
-            (time.monotonic() - started) * 1000,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s -> %d %s(%d B, %.1f ms)",
+                method,
+                path,
+                status,
+                (result.errcode + " ") if result.errcode else "",
+                len(body),
+                (time.monotonic() - started) * 1000,
+            )
         return result
 
     async def _read_body(self, resp: aiohttp.ClientResponse, method: str, path: str) -> bytes:
@@ -431,6 +433,9 @@ class Homeserver:
             raise HomeserverUnavailable(
                 "homeserver answer too large (%d B): %s %s" % (declared, method, path), COAP_BAD_GATEWAY
             )
+        if declared is not None:
+            # The usual case (a Matrix answer with Content-Length): one read.
+            return await resp.read()
         body = bytearray()
         async for chunk in resp.content.iter_chunked(65536):
             body += chunk
