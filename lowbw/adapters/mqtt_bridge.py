@@ -68,7 +68,7 @@ from lowbw.adapters.line_protocol import LineError, parse_json_object
 from lowbw.adapters.logutil import Throttle, setup_logging
 from lowbw.adapters.lorawan import LorawanSide
 from lowbw.adapters.metrics import bridge_families
-from lowbw.adapters.runner import close_metrics, open_metrics, run_until_signal
+from lowbw.adapters.runner import serve
 from lowbw.adapters.values import (
     NULL_WORDS,
     MappingError,
@@ -769,23 +769,14 @@ def main(argv: list[str]) -> int:
         # A bad config is a failure like any other (exit 1); 2 is for usage errors only.
         print("lowbw mqtt-bridge: error: %s" % exc.message, file=sys.stderr)
         return 1
-    metrics, code = open_metrics(cfg.metrics, "MQTT bridge", "lowbw mqtt-bridge")
-    if code:
-        return code
-    try:
-        bridge = MqttBridge(cfg)
-    except (LowbwError, OSError) as exc:
-        close_metrics(metrics)
-        print("lowbw mqtt-bridge: error: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
-        return 1
-
-    return run_until_signal(
-        bridge,
+    return serve(
+        "MQTT bridge",
+        "lowbw mqtt-bridge",
+        cfg.metrics,
+        lambda: MqttBridge(cfg),
         args.stats,
         log,
-        "MQTT bridge",
-        metrics,
-        lambda started: bridge_families(bridge, cfg.metrics, started),
+        lambda adapter, started: bridge_families(adapter, cfg.metrics, started),
     )
 
 

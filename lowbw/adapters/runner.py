@@ -38,6 +38,32 @@ def close_metrics(metrics: Any) -> None:
         metrics.stop()
 
 
+def serve(
+    what: str,
+    prog: str,
+    metrics_settings: Any,
+    make: Callable[[], Adapter],
+    stats_path: str | None,
+    log: logging.Logger,
+    families: Callable[[Any, float], Iterable[Metric]],
+) -> int:
+    """An adapter command's life after its config is loaded: the ``[metrics]``
+    listener first (a busy port is an error before anything starts), then
+    ``make()`` (an error there is one line and exit 1), then ``run_until_signal``."""
+    metrics, code = open_metrics(metrics_settings, what, prog)
+    if code:
+        return code
+    try:
+        adapter = make()
+    except (LowbwError, OSError) as exc:
+        close_metrics(metrics)
+        print("%s: error: %s" % (prog, getattr(exc, "message", "") or exc), file=sys.stderr)
+        return 1
+    return run_until_signal(
+        adapter, stats_path, log, what, metrics, lambda started: families(adapter, started)
+    )
+
+
 def run_until_signal(
     adapter: Adapter,
     stats_path: str | None,

@@ -52,10 +52,10 @@ from lowbw.adapters.devicelink import DeviceLink, DeviceLinkError, load_device_c
 from lowbw.adapters.line_protocol import LineError, LineSplitter, parse_line
 from lowbw.adapters.logutil import Throttle, setup_logging
 from lowbw.adapters.metrics import serial_families
-from lowbw.adapters.runner import close_metrics, open_metrics, run_until_signal
+from lowbw.adapters.runner import serve
 from lowbw.adapters.values import SlotMapper, describe, unix_from_timestamp
 from lowbw.wire import frames, slip
-from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
+from lowbw.wire.errors import DecodeError, EncodeError
 
 log = logging.getLogger("lowbw.adapters.serial")
 
@@ -593,23 +593,14 @@ def main(argv: list[str]) -> int:
         # A bad config is a failure like any other (exit 1); 2 is for usage errors only.
         print("lowbw serial-gateway: error: %s" % exc.message, file=sys.stderr)
         return 1
-    metrics, code = open_metrics(cfg.metrics, "serial gateway", "lowbw serial-gateway")
-    if code:
-        return code
-    try:
-        gw = SerialGateway(cfg)
-    except (DeviceLinkError, OSError, LowbwError) as exc:
-        close_metrics(metrics)
-        print("lowbw serial-gateway: error: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
-        return 1
-
-    return run_until_signal(
-        gw,
+    return serve(
+        "serial gateway",
+        "lowbw serial-gateway",
+        cfg.metrics,
+        lambda: SerialGateway(cfg),
         args.stats,
         log,
-        "serial gateway",
-        metrics,
-        lambda started: serial_families(gw, cfg.metrics, started),
+        lambda adapter, started: serial_families(adapter, cfg.metrics, started),
     )
 
 

@@ -48,11 +48,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from lowbw.adapters import config as adapter_config
 from lowbw.adapters.logutil import Throttle, setup_logging
 from lowbw.adapters.metrics import lorawan_gateway_families
-from lowbw.adapters.runner import close_metrics, open_metrics, run_until_signal
+from lowbw.adapters.runner import serve
 from lowbw.device import lorawan as lw
 from lowbw.lorawan import formats
 from lowbw.lorawan.formats import FormatError, Uplink
-from lowbw.wire.errors import LowbwError
 
 log = logging.getLogger("lowbw.lorawan.gateway")
 
@@ -445,22 +444,14 @@ def main(argv: list[str]) -> int:
     if args.check:
         print("%s: OK (%s, application %s)" % (args.config, cfg.format, cfg.application))
         return 0
-    metrics, code = open_metrics(cfg.metrics, "LoRaWAN gateway", "lowbw lorawan-gateway")
-    if code:
-        return code
-    try:
-        gw = LorawanGateway(cfg)
-    except (LowbwError, OSError) as exc:
-        close_metrics(metrics)
-        print("lowbw lorawan-gateway: error: %s" % (getattr(exc, "message", "") or exc), file=sys.stderr)
-        return 1
-    return run_until_signal(
-        gw,
+    return serve(
+        "LoRaWAN gateway",
+        "lowbw lorawan-gateway",
+        cfg.metrics,
+        lambda: LorawanGateway(cfg),
         args.stats,
         log,
-        "LoRaWAN gateway",
-        metrics,
-        lambda started: lorawan_gateway_families(gw, cfg.metrics, started),
+        lambda adapter, started: lorawan_gateway_families(adapter, cfg.metrics, started),
     )
 
 

@@ -229,18 +229,7 @@ class Env:
 
     def room(self, dev: Device) -> list[dict[str, Any]]:
         """The device's events in its room, oldest first, read as the ordinary user (/messages)."""
-        status, body = demo.matrix(
-            self.hs_url,
-            "GET",
-            "/_matrix/client/v3/rooms/%s/messages" % demo.quote(dev.room_id),
-            self.token,
-            query={"dir": "b", "limit": 1000},
-        )
-        assert status == 200, body
-        events = [
-            e for e in body["chunk"] if e.get("type") == "m.room.message" and e.get("sender") == dev.user_id
-        ]
-        return list(reversed(events))
+        return [e for e in self.raw_room(dev) if e.get("type") == "m.room.message"]
 
     def say(self, dev: Device, text: str) -> str:
         """Post ``text`` in the device's room as the ordinary user; returns the event id."""

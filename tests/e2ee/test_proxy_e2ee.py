@@ -32,6 +32,18 @@ def exchange_until_acked(wire, make, timeout: float = 40.0):
     raise AssertionError("never acknowledged: %s" % answers)
 
 
+def fetch_command(wire, timeout: float = 20.0):
+    """GET x until a command is waiting (its 2.05), or the last answer after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    fetched = None
+    while time.monotonic() < deadline:
+        fetched = wire.exchange(wire.request(coap.GET, [routes.ROUTE_COMMANDS]))
+        if fetched.code == coap.CONTENT:
+            break
+        time.sleep(0.5)
+    return fetched
+
+
 def raw_events(synapse, user, room_id: str) -> list[dict]:
     status, body = matrix_call(
         synapse.url,
@@ -72,13 +84,7 @@ def test_readings_are_megolm_and_decrypt_for_the_person(
         assert reading["values"][0]["name"] == "temperature" and reading["values"][0]["unit"] == "°C"
         # A command typed into the encrypted room reaches the device.
         person.say(dev.room_id, "!%s open valve" % dev.name)
-        deadline = time.monotonic() + 20
-        fetched = None
-        while time.monotonic() < deadline:
-            fetched = wire.exchange(wire.request(coap.GET, [routes.ROUTE_COMMANDS]))
-            if fetched.code == coap.CONTENT:
-                break
-            time.sleep(0.5)
+        fetched = fetch_command(wire)
         assert fetched is not None and fetched.code == coap.CONTENT, fetched
         from lowbw.wire import cbor
 
@@ -404,13 +410,7 @@ def test_token_mode_encrypts_too(token_proxy_config_path, synapse, matrix_user, 
         assert [e["type"] for e in events if "state_key" not in e] == ["m.room.encrypted"]
         assert [n.body for n in _wait_notices(person, 1)] == ["temperature 22.2 °C"]
         person.say(dev.room_id, "!%s ping" % dev.name)
-        deadline = time.monotonic() + 20
-        fetched = None
-        while time.monotonic() < deadline:
-            fetched = wire.exchange(wire.request(coap.GET, [routes.ROUTE_COMMANDS]))
-            if fetched.code == coap.CONTENT:
-                break
-            time.sleep(0.5)
+        fetched = fetch_command(wire)
         assert fetched is not None and fetched.code == coap.CONTENT, proxy.output()
     finally:
         person.close()
@@ -544,12 +544,7 @@ def test_a_command_whose_key_comes_late_is_decrypted_when_it_arrives(
 
         person.run(share())
         assert proxy.wait_for("decrypted after its room key arrived", 40), proxy.output()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            fetched = wire.exchange(wire.request(coap.GET, [routes.ROUTE_COMMANDS]))
-            if fetched.code == coap.CONTENT:
-                break
-            time.sleep(0.5)
+        fetched = fetch_command(wire)
         from lowbw.wire import cbor
 
         _cid, sender, text, _event_id = cbor.loads(fetched.payload)
