@@ -122,4 +122,9 @@ def decode(b: bytes) -> str:
     marker = b[0]
     if not MARK_STD <= marker <= MARK_URL_PAD:
         raise DecodeError("unknown byte string form 0x%02x" % marker)
-    return _text(b[1:], marker)
+    text = _text(b[1:], marker)
+    if marker >= MARK_URL and "-" not in text and "_" not in text:
+        # The same text in the standard alphabet is what the encoder writes: one
+        # text, one form on the air (as CBOR's shortest-form rule).
+        raise DecodeError("URL-safe byte string form for a text of the standard alphabet")
+    return text
