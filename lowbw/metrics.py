@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -154,6 +154,19 @@ class Histogram:
             out.append((_float_text(bound), running))
         out.append(("+Inf", running + self.counts[-1]))
         return out
+
+
+def airtime(nbytes: int, bps: float) -> float:
+    """Seconds ``nbytes`` spend on a ``bps`` radio (0 when the rate is unknown)."""
+    return nbytes * 8 / bps if bps > 0 else 0.0
+
+
+def up_down(name: str, doc: str, up: float, down: float) -> CounterMetricFamily:
+    """A counter with ``direction="up"`` (towards the proxy / homeserver side) and ``"down"``."""
+    family = CounterMetricFamily(name, doc, labels=["direction"])
+    family.add_metric(["up"], up)
+    family.add_metric(["down"], down)
+    return family
 
 
 def _float_text(value: float) -> str:

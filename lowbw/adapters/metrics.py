@@ -40,9 +40,11 @@ from lowbw.metrics import (
     CallbackCollector,
     MetricsConfigError,
     MetricsServer,
+    airtime,
     check_exposure,
     new_registry,
     parse_listen,
+    up_down,
 )
 from lowbw.wire.errors import LowbwError
 
@@ -212,17 +214,6 @@ def by_label(
     for key in sorted(set(fixed) | set(counts)):
         family.add_metric([key], counts.get(key, 0))
     return family
-
-
-def up_down(name: str, doc: str, up: float, down: float) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=["direction"])
-    family.add_metric(["up"], up)
-    family.add_metric(["down"], down)
-    return family
-
-
-def airtime(nbytes: int, bps: float) -> float:
-    return nbytes * 8 / bps if bps > 0 else 0.0
 
 
 def common(prefix: str, what: str, started: float, link_bps: float) -> Iterator[Metric]:

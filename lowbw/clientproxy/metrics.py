@@ -35,7 +35,15 @@ from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from lowbw.clientproxy.link import DROP_REASONS
-from lowbw.metrics import HTTP_BUCKETS, CallbackCollector, Histogram, histogram_family, new_registry
+from lowbw.metrics import (
+    HTTP_BUCKETS,
+    CallbackCollector,
+    Histogram,
+    airtime,
+    histogram_family,
+    new_registry,
+    up_down,
+)
 
 PREFIX = "lowbw_clientproxy_"
 METHOD_LABELS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"))
@@ -169,8 +177,7 @@ class ClientProxyMetrics:
 
     def airtime(self, nbytes: int) -> float:
         """Seconds ``nbytes`` of datagrams spend on the configured radio."""
-        bps = float(self.proxy.config.link_bps)
-        return nbytes * 8 / bps if bps > 0 else 0.0
+        return airtime(nbytes, float(self.proxy.config.link_bps))
 
     def collect(self) -> Iterator[Metric]:
         proxy = self.proxy
@@ -255,26 +262,16 @@ class ClientProxyMetrics:
 
     def _radio(self, link: Any) -> Iterable[Metric]:
         st = link.stats
-        dgrams = CounterMetricFamily(
-            PREFIX + "datagrams",
-            "UDP datagrams on the radio side: up (to the proxy), down.",
-            labels=["direction"],
+        yield up_down(
+            PREFIX + "datagrams", "UDP datagrams on the radio side: up (to the proxy), down.", st.tx, st.rx
         )
-        dgrams.add_metric(["up"], st.tx)
-        dgrams.add_metric(["down"], st.rx)
-        yield dgrams
-        nbytes = CounterMetricFamily(PREFIX + "bytes", "Their UDP payload bytes.", labels=["direction"])
-        nbytes.add_metric(["up"], st.tx_bytes)
-        nbytes.add_metric(["down"], st.rx_bytes)
-        yield nbytes
-        air = CounterMetricFamily(
+        yield up_down(PREFIX + "bytes", "Their UDP payload bytes.", st.tx_bytes, st.rx_bytes)
+        yield up_down(
             PREFIX + "airtime_seconds",
             "Estimated airtime of the datagrams at link_bps (bytes x 8 / link_bps).",
-            labels=["direction"],
+            self.airtime(st.tx_bytes),
+            self.airtime(st.rx_bytes),
         )
-        air.add_metric(["up"], self.airtime(st.tx_bytes))
-        air.add_metric(["down"], self.airtime(st.rx_bytes))
-        yield air
         yield _counter(
             "datagrams_dropped",
             "Datagrams from the proxy dropped unread, by reason.",

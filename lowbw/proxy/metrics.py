@@ -44,8 +44,10 @@ from lowbw.metrics import (
     HTTP_BUCKETS,
     CallbackCollector,
     Histogram,
+    airtime,
     histogram_family,
     new_registry,
+    up_down,
 )
 from lowbw.proxy.transport import DROP_REASONS, DeviceTraffic
 
@@ -269,7 +271,7 @@ class ProxyMetrics:
 
     def airtime(self, nbytes: int) -> float:
         """Seconds ``nbytes`` of datagrams spend on the configured radio."""
-        return nbytes * 8 / self.link_bps if self.link_bps > 0 else 0.0
+        return airtime(nbytes, self.link_bps)
 
     def traffic(self, name: str) -> DeviceTraffic | None:
         server = self._server
@@ -327,22 +329,14 @@ class ProxyMetrics:
 
     def _traffic(self, server: Any) -> Iterable[Metric]:
         st = server.transport.stats
-        dgrams = CounterMetricFamily(PREFIX + "datagrams", "UDP datagrams.", labels=["direction"])
-        dgrams.add_metric(["up"], st.rx)
-        dgrams.add_metric(["down"], st.tx)
-        yield dgrams
-        nbytes = CounterMetricFamily(PREFIX + "bytes", "UDP payload bytes.", labels=["direction"])
-        nbytes.add_metric(["up"], st.rx_bytes)
-        nbytes.add_metric(["down"], st.tx_bytes)
-        yield nbytes
-        air = CounterMetricFamily(
+        yield up_down(PREFIX + "datagrams", "UDP datagrams.", st.rx, st.tx)
+        yield up_down(PREFIX + "bytes", "UDP payload bytes.", st.rx_bytes, st.tx_bytes)
+        yield up_down(
             PREFIX + "airtime_seconds",
             "Estimated airtime of all datagrams at link_bps (bytes x 8 / link_bps).",
-            labels=["direction"],
+            self.airtime(st.rx_bytes),
+            self.airtime(st.tx_bytes),
         )
-        air.add_metric(["up"], self.airtime(st.rx_bytes))
-        air.add_metric(["down"], self.airtime(st.tx_bytes))
-        yield air
         dropped = CounterMetricFamily(
             PREFIX + "datagrams_dropped", "Datagrams dropped without an answer, by reason.", labels=["reason"]
         )
