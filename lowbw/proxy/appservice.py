@@ -81,6 +81,29 @@ def detect_command(event: Any, devices: Mapping[str, DeviceRecord]) -> tuple[str
     return name, text
 
 
+def queue_command(table: SessionTable, event: Any, only: str | None = None) -> int | None:
+    """Queue ``event`` durably if it is a command (for device ``only``, when given).
+
+    The new command's id, or None if it is no command or was queued before (the
+    homeserver pushes again; a decrypted event may be seen twice). RegistryError
+    if the registry cannot store it. Used for pushed plaintext events and for
+    events decrypted from encrypted rooms (lowbw.proxy.e2ee) alike.
+    """
+    found = detect_command(event, table.devices)
+    if found is None or (only is not None and found[0] != only):
+        return None
+    name, text = found
+    event_id = event.get("event_id")
+    if not isinstance(event_id, str):
+        return None
+    cid = table.registry.enqueue_command(name, event_id, str(event["sender"]), text)
+    if cid is not None:
+        table.commands_queued += 1
+        log.info("%s: command %d queued (%d B)", name, cid, len(text.encode("utf-8")))
+        table.refresh_commands(name)
+    return cid
+
+
 class AppserviceListener:
     """aiohttp server for the homeserver's pushes (module docstring)."""
 
@@ -166,21 +189,11 @@ class AppserviceListener:
                 # A device's room became encrypted: from now on its events are Megolm.
                 table.room_encrypted(event["room_id"])
                 continue
-            found = detect_command(event, table.devices)
-            if found is None:
-                continue
-            name, text = found
-            event_id = event.get("event_id")
-            if not isinstance(event_id, str):
-                continue
             try:
-                cid = table.registry.enqueue_command(name, event_id, str(event["sender"]), text)
+                cid = queue_command(table, event)
             except RegistryError as exc:
-                log.error("%s: command could not be queued (%s); homeserver will retry", name, exc.message)
+                log.error("command could not be queued (%s); homeserver will retry", exc.message)
                 return web.json_response({"errcode": "M_UNKNOWN", "error": "queue unavailable"}, status=500)
             if cid is not None:
                 self.queued += 1
-                table.commands_queued += 1
-                log.info("%s: command %d queued (%d B)", name, cid, len(text.encode("utf-8")))
-                table.refresh_commands(name)
         return web.json_response({})

@@ -42,7 +42,7 @@ from aiocoap.protocol import Context
 from lowbw.logsetup import setup_logging
 from lowbw.metrics import MetricsServer
 from lowbw.proxy import config as proxy_config
-from lowbw.proxy.appservice import AppserviceListener, detect_command
+from lowbw.proxy.appservice import AppserviceListener, queue_command
 from lowbw.proxy.e2ee import E2EEService
 from lowbw.proxy.homeserver import DEFAULT_TIMEOUT, Homeserver, HomeserverUnavailable, encode_path
 from lowbw.proxy.limits import Limits
@@ -365,22 +365,12 @@ class ProxyServer:
 
     def _encrypted_command(self, device: str, event: dict[str, Any]) -> None:
         """A decrypted event from an encrypted room: queued like a pushed plaintext command."""
-        table = self.table
-        if table is None:
+        if self.table is None:
             return
-        found = detect_command(event, table.devices)
-        if found is None or found[0] != device or not isinstance(event.get("event_id"), str):
-            return
-        name, text = found
         try:
-            cid = table.registry.enqueue_command(name, str(event["event_id"]), str(event["sender"]), text)
+            queue_command(self.table, event, only=device)
         except LowbwError as exc:
-            log.error("%s: encrypted command not queued (%s)", name, exc.message)
-            return
-        if cid is not None:
-            table.commands_queued += 1
-            log.info("%s: command %d queued from an encrypted room (%d B)", name, cid, len(text.encode()))
-            table.refresh_commands(name)
+            log.error("%s: encrypted command not queued (%s)", device, exc.message)
 
     async def _close(self) -> None:
         if self.metrics_server is not None:

@@ -408,6 +408,7 @@ class SessionTable:
         self.by_device[addr.device] = addr
 
     def close(self, addr: SessionAddress) -> None:
+        self._floors.pop(addr.sid, None)
         if self.by_sid.get(addr.sid) is addr:
             del self.by_sid[addr.sid]
         if self.by_device.get(addr.device) is addr:
