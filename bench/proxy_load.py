@@ -98,7 +98,7 @@ class ProxyProcess:
     def __init__(self, config_path: Path, fast_paths: bool = True) -> None:
         env = {
             **os.environ,
-            "LOWBW_LOG_LEVEL": "WARNING",
+            "LOWBW_LOG_LEVEL": os.environ.get("BENCH_PROXY_LOG", "WARNING"),
             "PYTHONUNBUFFERED": "1",
             "LOWBW_PROXY_FAST_PATHS": "1" if fast_paths else "0",
         }
@@ -110,10 +110,16 @@ class ProxyProcess:
             env=env,
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("lowbw proxy listening"):
-            self.proc.kill()
-            raise RuntimeError("proxy did not start: %s%s" % (line, self.proc.stdout.read()))
+        # Log lines may come first (BENCH_PROXY_LOG=DEBUG): up to the ready line.
+        seen = []
+        while True:
+            line = self.proc.stdout.readline()
+            if line.startswith("lowbw proxy listening"):
+                break
+            seen.append(line)
+            if not line or len(seen) > 10000:
+                self.proc.kill()
+                raise RuntimeError("proxy did not start: %s%s" % ("".join(seen), self.proc.stdout.read()))
 
     @property
     def pid(self) -> int:

@@ -49,6 +49,7 @@ from lowbw.proxy.limits import Limits
 from lowbw.proxy.metrics import ProxyMetrics
 from lowbw.proxy.registry import Registry
 from lowbw.proxy.resources import DEFAULT_RETRY_AFTER, READING_TIMEOUT, ProxySite, Services
+from lowbw.proxy.sentlog import WRITE_DELAY, SentEvents
 from lowbw.proxy.sessions import SessionTable
 from lowbw.proxy.transport import LinkTuning, LowbwTransport, SessionAddress, add_lowbw_transport
 from lowbw.wire.errors import LowbwError
@@ -218,7 +219,10 @@ class ProxyServer:
             )
             self.table = table
             self.homeserver = Homeserver(
-                s.homeserver_url, verify_tls=s.verify_tls, timeout=s.homeserver_timeout
+                s.homeserver_url,
+                verify_tls=s.verify_tls,
+                timeout=s.homeserver_timeout,
+                lean_readings=s.fast_paths,
             )
             services = Services(
                 table=table,
@@ -230,6 +234,7 @@ class ProxyServer:
                 retry_after=s.retry_after,
                 link_bps=s.link_bps,
                 limits=s.limits,
+                sent=SentEvents(self.registry, WRITE_DELAY if s.fast_paths else None),
             )
             site = ProxySite(services, blockwise_timeout=max(600.0, 20 * tuning.ACK_TIMEOUT))
             self.site = site
@@ -351,6 +356,8 @@ class ProxyServer:
         if self.transport is not None:
             # Nothing may be sealed after the states are saved (nonce reuse).
             await self.transport.shutdown()
+        if self.site is not None:
+            self.site.s.sent.close()
         if save_sessions and self.table is not None:
             try:
                 saved = self.table.save()
@@ -394,6 +401,9 @@ class ProxyServer:
                 await self._ctx.shutdown()
             self._ctx = None
         self.transport = None
+        if self.site is not None:
+            # Readings answered meanwhile (aiocoap's shutdown) are written too.
+            self.site.s.sent.close()
         self.site = None
         if self.homeserver is not None:
             await self.homeserver.close()
@@ -427,13 +437,14 @@ class ProxyServer:
         (a device that floods requests must not flood the log, and a log line per
         reading costs measurable CPU at load)."""
         route = "-"
-        method = "-"
+        method: object = "-"
         if request is not None:
-            method = str(request.code)
+            method = request.code
             path = request.opt.uri_path
             # The route id only: parameters may be room or transaction ids.
             route = path[0] if path else "/"
-        self.answers.count(addr.device, method, route, str(response.code), rx, tx)
+        # Codes as they are: formatted once per summary, not once per answer.
+        self.answers.count(addr.device, method, route, response.code, rx, tx)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %s -> %s (%d B in, %d B out)", addr.device, method, route, response.code, rx, tx)
 
@@ -450,10 +461,10 @@ class AnswerLog:
     MAX_KEYS = 40
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, str, str, str], list[int]] = {}
+        self._counts: dict[tuple[str, object, str, object], list[int]] = {}
         self._others = 0
 
-    def count(self, device: str, method: str, route: str, code: str, rx: int, tx: int) -> None:
+    def count(self, device: str, method: object, route: str, code: object, rx: int, tx: int) -> None:
         key = (device, method, route, code)
         entry = self._counts.get(key)
         if entry is None:
@@ -470,7 +481,7 @@ class AnswerLog:
             return None
         parts = [
             "%s %s %s -> %s x%d (%d B in, %d B out)" % (d, m, r, c, n, rx, tx)
-            for (d, m, r, c), (n, rx, tx) in sorted(self._counts.items())
+            for (d, m, r, c), (n, rx, tx) in sorted(self._counts.items(), key=lambda kv: str(kv[0]))
         ]
         if self._others:
             parts.append("%d more" % self._others)
