@@ -35,7 +35,8 @@ Tables (schema version 5, kept in ``PRAGMA user_version``):
                  token never crosses the radio (``lowbw.proxy.clients``).
 
 Revocation across processes: the proxy calls ``changed()`` (``PRAGMA
-data_version``, which moves when another connection commits) on each datagram;
+data_version``, which moves when another connection commits, then the change
+counter that only enrolment, revocation, commands and tokens move) on each datagram;
 ``device_by_key`` never returns a revoked device, and ``revoke`` deletes the
 device's saved sessions.  ``load_sessions`` hands the saved states out once and
 deletes them: restoring the same Noise state twice (after a crash that followed
@@ -47,6 +48,9 @@ Version 2 had no ``client_tokens``; opening it adds the (empty) table.
 Version 3 had no handshake numbers; opening it adds ``hs_floor`` and
 ``hs_announce`` (-1: the next handshake of every device is accepted once).
 Version 4 had no ``encrypted`` column and no ``matrix_devices``.
+Version 5 had no change counter (``changes`` and its triggers): ``changed()``
+then took every commit of another connection for a change, the proxy's own
+write-behind thread (``lowbw.proxy.writebehind``) included.
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process
 (each commit is in the WAL before the call returns); a power loss may roll back
@@ -107,8 +111,31 @@ def _timed(method: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
+# Many rows in one statement: (sent_ms, JSON array of [device, txn_id, event_id]).
+# "WHERE true" keeps SQLite from reading ON CONFLICT as part of the SELECT.
+_INSERT_SENT_JSON = (
+    "INSERT INTO sent_events (device, txn_id, event_id, sent_ms) "
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), ? "
+    "FROM json_each(?) WHERE true ON CONFLICT (device, txn_id) DO NOTHING"
+)
+# The same, leaving out rows of devices that do not exist (slower: only after
+# the foreign key refused the plain statement).
+_INSERT_SENT_KNOWN_JSON = (
+    "INSERT INTO sent_events (device, txn_id, event_id, sent_ms) "
+    "SELECT d.name, json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), ? "
+    "FROM json_each(?) AS j JOIN devices AS d ON d.name = json_extract(j.value, '$[0]') "
+    "WHERE true ON CONFLICT (device, txn_id) DO NOTHING"
+)
+# (JSON array of [device, top, epoch]): each device's top raised to at least its
+# value, if the device is still in that counter epoch.
+_ADVANCE_TOPS_JSON = (
+    "UPDATE devices SET msg_top = max(msg_top, t.top) "
+    "FROM (SELECT json_extract(value, '$[0]') AS name, max(json_extract(value, '$[1]')) AS top, "
+    "json_extract(value, '$[2]') AS epoch FROM json_each(?) GROUP BY 1, 3) AS t "
+    "WHERE devices.name = t.name AND devices.epoch = t.epoch"
+)
 _INSERT_SENT = (
     "INSERT INTO sent_events (device, txn_id, event_id, sent_ms) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (device, txn_id) DO NOTHING"
@@ -188,6 +215,30 @@ CREATE TABLE client_tokens (
 );
 """
 
+# The change counter (schema 6): bumped by every change another process must
+# see (devices enrolled, revoked or edited, commands, tokens, Matrix devices),
+# not by the bookkeeping of the reading path and handshakes (message tops,
+# epochs, handshake numbers, sent events, ephemerals), so ``changed()`` can tell
+# a revocation from the proxy's own writes. Statements one by one: a trigger's
+# body has semicolons of its own.
+_BUMP = "BEGIN UPDATE changes SET n = n + 1; END"
+_CHANGE_COUNTER = (
+    "CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL)",
+    "INSERT INTO changes (id, n) VALUES (1, 0)",
+    "CREATE TRIGGER devices_added AFTER INSERT ON devices " + _BUMP,
+    "CREATE TRIGGER devices_removed AFTER DELETE ON devices " + _BUMP,
+    # Any update but one that moves only bookkeeping (those statements touch
+    # msg_top, epoch or the handshake numbers and nothing an operator changes).
+    "CREATE TRIGGER devices_changed AFTER UPDATE ON devices WHEN NEW.msg_top IS OLD.msg_top "
+    "AND NEW.epoch IS OLD.epoch AND NEW.hs_floor IS OLD.hs_floor AND NEW.hs_announce IS OLD.hs_announce "
+    + _BUMP,
+)
+for _table in ("commands", "client_tokens", "matrix_devices"):
+    for _what in ("INSERT", "UPDATE", "DELETE"):
+        _CHANGE_COUNTER += (
+            "CREATE TRIGGER %s_%s AFTER %s ON %s %s" % (_table, _what.lower(), _what, _table, _BUMP),
+        )
+
 # Each step takes the schema from version N to N + 1, inside _init_schema's transaction.
 _MIGRATIONS = {
     1: (
@@ -209,6 +260,7 @@ _MIGRATIONS = {
         "CREATE TABLE matrix_devices (device TEXT PRIMARY KEY NOT NULL REFERENCES devices(name), "
         "device_id TEXT NOT NULL, access_token TEXT NOT NULL, created_ms INTEGER NOT NULL)",
     ),
+    5: _CHANGE_COUNTER,
 }
 
 
@@ -276,6 +328,12 @@ class Registry:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
         self._lock = threading.RLock()
+        # write_behind's own connection (opened on first use, by its one thread).
+        self._writer_db: sqlite3.Connection | None = None
+        # The change counter as this connection last saw it (changed()); kept
+        # by _write once the schema is known to have it.
+        self._changes = 0
+        self._counting = False
         try:
             # isolation_level=None: autocommit; transactions are explicit (_write).
             self._db = sqlite3.connect(
@@ -291,6 +349,8 @@ class Registry:
             self._db.execute("PRAGMA foreign_keys = ON")
             self._init_schema()
             self._data_version = self._current_data_version()
+            self._changes = self._change_count()
+            self._counting = True
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise RegistryError("%s is not a usable lowbw registry: %s" % (path, exc))
@@ -322,11 +382,16 @@ class Registry:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            for statement in _CHANGE_COUNTER:
+                db.execute(statement)
             db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
 
     def close(self) -> None:
         self.stop_checkpoints()
         with self._lock:
+            if self._writer_db is not None:
+                self._writer_db.close()
+                self._writer_db = None
             self._db.close()
 
     # -- WAL checkpoints off the caller's thread ------------------------------------
@@ -387,7 +452,12 @@ class Registry:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                # This connection's own bumps of the change counter are not
+                # changes to it (changed()); another's, before our BEGIN, still are.
+                before = self._change_count() if self._counting else 0
                 yield self._db
+                if self._counting:
+                    self._changes += self._change_count() - before
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -514,13 +584,26 @@ class Registry:
         version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
         return version
 
+    def _change_count(self) -> int:
+        count: int = self._db.execute("SELECT n FROM changes").fetchone()[0]
+        return count
+
     @_timed
     def changed(self) -> bool:
-        """True if another connection (another process) committed since the last call."""
+        """True if another connection (another process) committed a change that
+        matters (the change counter, schema 6) since the last call.
+
+        ``PRAGMA data_version`` first (microseconds, no read of the database):
+        it moves on every commit of another connection, the proxy's own
+        write-behind thread included, so only then is the counter read."""
         with self._lock:
             version = self._current_data_version()
-            moved = version != self._data_version
+            if version == self._data_version:
+                return False
             self._data_version = version
+            count = self._change_count()
+            moved = count != self._changes
+            self._changes = count
             return moved
 
     # -- replay and message counters ---------------------------------------------
@@ -670,30 +753,44 @@ class Registry:
         if self.sent_event(name, txn_id) != event_id:
             raise RegistryError("transaction %r of %r already made another event" % (txn_id, name))
 
-    @_timed
-    def record_events(self, rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-        """``record_event`` for many (device, txn_id, event_id) rows in one transaction.
+    def write_behind(self, events: list[tuple[str, str, str]], tops: list[tuple[str, int, int]]) -> None:
+        """Sent events (device, txn_id, event_id) and message-number tops (device,
+        n, counter epoch), for ``lowbw.proxy.writebehind``'s thread, never the event loop.
 
-        About a third of the cost per row of one commit each
-        (``lowbw.proxy.sentlog`` batches them). A row whose transaction ID
-        already made another event is kept as it was. Returns the rows refused
-        because their device is gone (the others are written).
+        On a connection of its own, one statement each over a JSON array: the
+        thread needs the GIL only to start each statement, so SQLite's write
+        lock is never held while it waits for the GIL, and the loop's reads on
+        the main connection never wait (WAL readers do not block on a writer).
+        Rows of devices that no longer exist are skipped, as are transaction
+        IDs that already made an event; a top only ever grows, and only in the
+        device's current counter epoch.
         """
-        stamp = now_ms()
-        try:
-            with self._write() as db:
-                db.executemany(_INSERT_SENT, [(d, t, e, stamp) for d, t, e in rows])
-            return []
-        except sqlite3.IntegrityError:
-            pass  # a device deleted meanwhile: row by row, so the others are kept
-        refused = []
-        with self._write() as db:
-            for d, t, e in rows:
-                try:
-                    db.execute(_INSERT_SENT, (d, t, e, stamp))
-                except sqlite3.IntegrityError:
-                    refused.append((d, t, e))
-        return refused
+        db = self._writer()
+        if events:
+            args = (now_ms(), json.dumps(events))
+            try:
+                db.execute(_INSERT_SENT_JSON, args)
+            except sqlite3.IntegrityError:
+                db.execute(_INSERT_SENT_KNOWN_JSON, args)
+        if tops:
+            db.execute(_ADVANCE_TOPS_JSON, (json.dumps(tops),))
+
+    def _writer(self) -> sqlite3.Connection:
+        if str(self.path) == ":memory:":
+            raise RegistryError("an in-memory registry has no second connection to write behind on")
+        with self._lock:
+            if self._writer_db is None:
+                db = sqlite3.connect(
+                    str(self.path),
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                )
+                db.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
+                db.execute("PRAGMA foreign_keys = ON")
+                db.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints are start_checkpoints' job
+                self._writer_db = db
+            return self._writer_db
 
     # -- downlink commands --------------------------------------------------------
 

@@ -103,9 +103,9 @@ from lowbw.proxy.homeserver import (
 )
 from lowbw.proxy.limits import Limits
 from lowbw.proxy.registry import DeviceRecord, Registry
-from lowbw.proxy.sentlog import SentEvents
 from lowbw.proxy.sessions import SessionTable
 from lowbw.proxy.transport import FRAME_OVERHEAD, SessionAddress
+from lowbw.proxy.writebehind import WriteBehind
 from lowbw.wire import cbor, coap, keys, reading, routes, status
 from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
 
@@ -162,13 +162,13 @@ class Services:
     limits: Limits = field(default_factory=Limits)
     # Readings counted for metrics (``lowbw.proxy.metrics``); None when metrics are off.
     readings: ReadingCounts | None = None
-    # Which transaction IDs became events (``lowbw.proxy.sentlog``); by default
-    # written at once, the running proxy writes them behind.
-    sent: SentEvents = None  # type: ignore[assignment]
+    # Which transaction IDs became events (``lowbw.proxy.writebehind``); by
+    # default written at once, the running proxy writes them behind.
+    sent: WriteBehind = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.sent is None:
-            self.sent = SentEvents(self.registry, delay=None)
+            self.sent = WriteBehind(self.registry, delay=None)
 
 
 def airtime_ms(nbytes: int, link_bps: float) -> int:

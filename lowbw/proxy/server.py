@@ -49,9 +49,9 @@ from lowbw.proxy.limits import Limits
 from lowbw.proxy.metrics import ProxyMetrics
 from lowbw.proxy.registry import Registry
 from lowbw.proxy.resources import DEFAULT_RETRY_AFTER, READING_TIMEOUT, ProxySite, Services
-from lowbw.proxy.sentlog import WRITE_DELAY, SentEvents
 from lowbw.proxy.sessions import SessionTable
 from lowbw.proxy.transport import LinkTuning, LowbwTransport, SessionAddress, add_lowbw_transport
+from lowbw.proxy.writebehind import WRITE_DELAY, WriteBehind
 from lowbw.wire.errors import LowbwError
 
 log = logging.getLogger("lowbw.proxy")
@@ -218,6 +218,9 @@ class ProxyServer:
                 limits=s.limits,
             )
             self.table = table
+            # The reading path's registry writes, off the loop (lowbw.proxy.writebehind).
+            writes = WriteBehind(self.registry, WRITE_DELAY if s.fast_paths else None)
+            table.persist_top = writes.advance_top
             self.homeserver = Homeserver(
                 s.homeserver_url,
                 verify_tls=s.verify_tls,
@@ -234,7 +237,7 @@ class ProxyServer:
                 retry_after=s.retry_after,
                 link_bps=s.link_bps,
                 limits=s.limits,
-                sent=SentEvents(self.registry, WRITE_DELAY if s.fast_paths else None),
+                sent=writes,
             )
             site = ProxySite(services, blockwise_timeout=max(600.0, 20 * tuning.ACK_TIMEOUT))
             self.site = site
@@ -566,13 +569,16 @@ async def _run(settings: ProxySettings, config_path: str | Path | None = None) -
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        # The longest the event loop waited for one registry call while serving;
+        # the stop (saving every session, after the socket is closed) is timed apart.
+        took, op = registry.longest if registry is not None else (0.0, "")
+        stopping = time.perf_counter()
         saved = await server.stop(save_sessions=True)
-    # For whoever started the proxy (bench/proxy_load.py reads it): the longest
-    # the event loop waited for one registry call.
-    took, op = registry.longest if registry is not None else (0.0, "")
+        stopping = time.perf_counter() - stopping
+    # For whoever started the proxy (bench/proxy_load.py reads it).
     print(
-        "lowbw proxy stopped (%d session(s) saved; longest registry call %.2f ms: %s)"
-        % (saved, took * 1000, op or "-"),
+        "lowbw proxy stopped (%d session(s) saved, stop took %.1f ms; longest registry call %.2f ms: %s)"
+        % (saved, stopping * 1000, took * 1000, op or "-"),
         flush=True,
     )
     return 0

@@ -220,6 +220,9 @@ class SessionTable:
         self._commands: dict[str, int] = {}
         self._tops: dict[str, int] = {}
         self._persisted_tops: dict[str, int] = {}
+        # Writes a message top later, off the loop: (device, top, its epoch)
+        # (lowbw.proxy.writebehind); None writes it at once.
+        self.persist_top: Callable[[str, int, int], None] | None = None
         self._epochs: dict[str, int] = {}
         self.transport: LowbwTransport | None = None
         # The devices' Matrix devices in encrypted rooms (lowbw.proxy.e2ee), when running.
@@ -356,7 +359,10 @@ class SessionTable:
             return
         self._tops[device] = n
         if n - self._persisted_tops.get(device, -1) >= MSG_TOP_PERSIST_EVERY:
-            self.registry.advance_msg_top(device, n)
+            if self.persist_top is not None:
+                self.persist_top(device, n, self.epoch(device))
+            else:
+                self.registry.advance_msg_top(device, n)
             self._persisted_tops[device] = n
 
     def epoch(self, device: str) -> int:

@@ -274,7 +274,7 @@ def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
         assert r.client_token("old", "lbwh_x") == "syt_secret"
         assert r.drop_client_token("old", "syt_secret") == 1 and r.client_token("old", "lbwh_x") is None
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     db.close()
     with Registry(path) as r:  # opening a migrated file again changes nothing
         assert r.device_epoch("old") == 5
@@ -466,3 +466,29 @@ def test_encrypted_flag_and_matrix_devices(reg: Registry) -> None:
         reg.set_matrix_device("nobody", "X", "Y")
     reg.revoke("a")
     assert reg.matrix_device("a") is None
+
+
+def test_changed_sees_other_processes_changes_not_bookkeeping(tmp_path: Path) -> None:
+    """The change counter (schema 6): a revocation, an enrolment or a command by another
+    connection is a change; message tops, epochs and sent events (the proxy's own
+    write-behind thread, lowbw.proxy.writebehind) are not."""
+    path = tmp_path / "registry.sqlite3"
+    with Registry(path) as proxy, Registry(path) as other:
+        proxy.add_device(record("a"))
+        proxy.add_device(record("b"))
+        assert proxy.changed() is False  # its own commits never count
+        proxy.write_behind([("a", "t0", "$e")], [("a", 64, 0)])  # its writer connection
+        assert proxy.changed() is False
+        other.advance_msg_top("b", 10)
+        other.set_device_epoch("b", 3)
+        other.record_event("b", "t1", "$f")
+        assert proxy.changed() is False
+        other.revoke("b")
+        assert proxy.changed() is True
+        assert proxy.changed() is False  # seen once
+        other.enqueue_command("a", "$cmd", "@u:x", "open")
+        assert proxy.changed() is True
+        other.add_device(record("c"))
+        assert proxy.changed() is True
+        other.ack_command("a", other.pending_commands("a")[0][0])
+        assert proxy.changed() is True
