@@ -222,7 +222,7 @@ CREATE TABLE client_tokens (
 # a revocation from the proxy's own writes. Statements one by one: a trigger's
 # body has semicolons of its own.
 _BUMP = "BEGIN UPDATE changes SET n = n + 1; END"
-_CHANGE_COUNTER = (
+_CHANGE_COUNTER: tuple[str, ...] = (
     "CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL)",
     "INSERT INTO changes (id, n) VALUES (1, 0)",
     "CREATE TRIGGER devices_added AFTER INSERT ON devices " + _BUMP,
