@@ -95,10 +95,10 @@ class ProxyProcess:
     (``LOWBW_PROXY_FAST_PATHS=0``: asyncio's loop, every request through aiocoap,
     WAL checkpoints inside the commits)."""
 
-    def __init__(self, config_path: Path, fast_paths: bool = True) -> None:
+    def __init__(self, config_path: Path, fast_paths: bool = True, log_level: str = "WARNING") -> None:
         env = {
             **os.environ,
-            "LOWBW_LOG_LEVEL": os.environ.get("BENCH_PROXY_LOG", "WARNING"),
+            "LOWBW_LOG_LEVEL": log_level,
             "PYTHONUNBUFFERED": "1",
             "LOWBW_PROXY_FAST_PATHS": "1" if fast_paths else "0",
         }
@@ -110,7 +110,7 @@ class ProxyProcess:
             env=env,
         )
         assert self.proc.stdout is not None
-        # Log lines may come first (BENCH_PROXY_LOG=DEBUG): up to the ready line.
+        # Log lines may come first (--proxy-log DEBUG): up to the ready line.
         seen = []
         while True:
             line = self.proc.stdout.readline()
@@ -479,7 +479,7 @@ def bench_sink(args: argparse.Namespace, work: Path, fast_paths: bool = True) ->
                     DeviceRecord(name=name, public_key=pub, user_id=user, rooms=[ROOM], slots=SLOTS)
                 )
         proxy_pub = cfg.read_public_key()
-        proc = ProxyProcess(cfg.path, fast_paths)
+        proc = ProxyProcess(cfg.path, fast_paths, args.proxy_log)
         addr = (cfg.proxy.bind, cfg.proxy.port)
         devices = [SimDevice("d%d" % i, priv, pub) for i, (priv, pub) in enumerate(keys[: args.devices])]
 
@@ -625,7 +625,7 @@ def bench_synapse(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         slots=SLOTS,
                     )
                 )
-        proc = ProxyProcess(cfg.path)
+        proc = ProxyProcess(cfg.path, log_level=args.proxy_log)
         addr = (cfg.proxy.bind, cfg.proxy.port)
         devices = [SimDevice(n, priv, pub) for n, (priv, pub) in zip(names, keys, strict=True)]
 
@@ -743,6 +743,12 @@ def main(argv: list[str] | None = None) -> int:
         "--compare",
         action="store_true",
         help="also run the proxy as before issue 13 (LOWBW_PROXY_FAST_PATHS=0), side by side",
+    )
+    p.add_argument(
+        "--proxy-log",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING"],
+        help="the proxy's log level (default WARNING; INFO shows what its per-interval summaries cost)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON line of headline figures, no table")
     p.add_argument("--out", help="also write the whole result as JSON here")
