@@ -56,6 +56,9 @@ from lowbw.wire.errors import LowbwError
 
 log = logging.getLogger("lowbw.proxy")
 
+# Middle-generation collections per full one (CPython's default is 10; main()).
+GC_FULL_EVERY = 1000
+
 
 class LowbwContext(Context):
     """aiocoap's Context without one per-request cost: it names every rendering
@@ -559,6 +562,14 @@ async def _run(settings: ProxySettings, config_path: str | Path | None = None) -
     # loop for tens of milliseconds.
     gc.collect()
     gc.freeze()
+    # After a freeze CPython counts no long-lived objects, so every 10th
+    # middle-generation pass became a full one (each 15-30 ms with thousands of
+    # sessions, measured; at load a few per second, each one delaying every
+    # reading in flight). Full passes now come 100 times less often; young
+    # objects are collected as before, and a session's cycles go at the next
+    # full pass.
+    threshold0, threshold1, _ = gc.get_threshold()
+    gc.set_threshold(threshold0, threshold1, GC_FULL_EVERY)
     registry = server.registry
     if registry is not None:
         # From here on: registry calls while serving (start-up reads all devices once).
@@ -590,10 +601,10 @@ def fast_paths_wanted() -> bool:
 
 
 def loop_factory(fast_paths: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (a Linux dependency of lowbw: it
-    roughly halves the CPU per reading, docs/proxy.md, Load); asyncio's otherwise,
-    and with ``fast_paths`` off."""
-    if not fast_paths:
+    """uvloop's event loop where it is installed (a Linux dependency of lowbw;
+    docs/proxy.md, Load, has what it saves); asyncio's otherwise, with ``fast_paths``
+    off, and with ``LOWBW_PROXY_UVLOOP=0`` (to measure uvloop alone)."""
+    if not fast_paths or os.environ.get("LOWBW_PROXY_UVLOOP", "1").strip() == "0":
         return None
     try:
         import uvloop
