@@ -134,10 +134,18 @@ class ProxyProcess:
         return out
 
 
-def longest_registry_call(proxy_output: str) -> tuple[float | None, str | None]:
-    """(ms, operation) from the proxy's last line: "... longest registry call X ms: op)"."""
-    m = re.search(r"longest registry call ([0-9.]+) ms: ([^)]*)\)", proxy_output)
-    return (float(m.group(1)), m.group(2)) if m else (None, None)
+def longest_registry_calls(proxy_output: str) -> list[tuple[float, str]]:
+    """(ms, operation) per phase: one per SIGUSR1 report ("longest registry call X ms:
+    op (since the last report)"), then the one of the proxy's stop line."""
+    return [
+        (float(m.group(1)), m.group(2).strip())
+        for m in re.finditer(r"longest registry call ([0-9.]+) ms: ([^()\n]*)", proxy_output)
+    ]
+
+
+def mark_phase(pid: int) -> None:
+    """Ask the proxy for its longest registry call since the last mark (SIGUSR1)."""
+    os.kill(pid, signal.SIGUSR1)
 
 
 # ---- the sink homeserver (its own process) -------------------------------------------
@@ -208,9 +216,7 @@ class Sink:
     def _call(self, method: str, path: str) -> Any:
         import urllib.request
 
-        req = urllib.request.Request(
-            self.url + path, method=method, data=b"" if method == "POST" else None
-        )
+        req = urllib.request.Request(self.url + path, method=method, data=b"" if method == "POST" else None)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(req, timeout=60) as resp:
             return json.loads(resp.read())
@@ -274,9 +280,7 @@ async def roundtrip(dev: SimDevice, proxy: tuple[str, int], dgram: bytes, timeou
     return await asyncio.wait_for(dev.waiter, timeout)
 
 
-async def handshake_device(
-    dev: SimDevice, proxy: tuple[str, int], proxy_pub: bytes, request: bytes
-) -> bool:
+async def handshake_device(dev: SimDevice, proxy: tuple[str, int], proxy_pub: bytes, request: bytes) -> bool:
     for _ in range(5):
         init = handshake.Initiator(dev.priv, proxy_pub)
         try:
@@ -438,9 +442,7 @@ async def idle_sessions(
         "sessions": done,
         "rss_before_mb": round(before / 1e6, 1),
         "rss_after_mb": round(after / 1e6, 1),
-        "rss_growth_kb_per_1000_sessions": round((after - before) / done * 1000 / 1024, 1)
-        if done
-        else None,
+        "rss_growth_kb_per_1000_sessions": round((after - before) / done * 1000 / 1024, 1) if done else None,
         "bytes_per_session": round((after - before) / done) if done else None,
     }
 
@@ -520,6 +522,8 @@ def bench_sink(args: argparse.Namespace, work: Path, fast_paths: bool = True) ->
 
         async def runs() -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
             warm = await warm_up(devices, addr, proxy_pub)
+            await asyncio.sleep(0.2)  # the last handshakes' answers are out
+            mark_phase(proc.pid)  # phase 1: the devices' handshakes
             sink.reset()
             load = await run_load(devices, addr, args.duration, proc.pid)
             added_latency(load)
@@ -531,6 +535,8 @@ def bench_sink(args: argparse.Namespace, work: Path, fast_paths: bool = True) ->
                 paced.append(run)
             for dev in devices:
                 dev.transport.close()
+            mark_phase(proc.pid)  # phase 2: readings
+            await asyncio.sleep(0.2)
             return warm, load, paced
 
         try:
@@ -543,16 +549,20 @@ def bench_sink(args: argparse.Namespace, work: Path, fast_paths: bool = True) ->
                 idle_sessions(args.idle_sessions, keys[args.devices :], addr, proxy_pub, proc.pid)
             )
         finally:
-            stall_ms, stall_op = longest_registry_call(proc.stop())
+            phases = longest_registry_calls(proc.stop())
+        # The longest the proxy's event loop waited for one registry call: while
+        # 100 devices handshake at once, under the reading load, while the idle
+        # sessions handshake (a burst of --idle-sessions), and over all of it.
+        named = dict(zip(("handshakes", "readings", "idle_handshakes"), phases, strict=False))
+        worst = max(phases) if phases else (None, None)
         return {
             "fast_paths": fast_paths,
             "saturation": load,
             "paced": paced,
             "idle": idle,
-            # The longest the proxy's event loop waited for one registry call
-            # (over the whole run: handshakes, load, idle sessions).
-            "max_loop_stall_ms": stall_ms,
-            "max_loop_stall_op": stall_op,
+            "max_loop_stall_ms": worst[0],
+            "max_loop_stall_op": worst[1],
+            "loop_stall_by_phase": {k: {"ms": v[0], "op": v[1]} for k, v in named.items()},
         }
     finally:
         sink.stop()
@@ -691,6 +701,7 @@ def figures(sink: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": at.get("added_ms_p50"),
         "p99_ms": at.get("added_ms_p99"),
         "max_loop_stall_ms": sink["max_loop_stall_ms"],
+        "max_loop_stall_readings_ms": sink["loop_stall_by_phase"].get("readings", {}).get("ms"),
         "idle_session_bytes": sink["idle"]["bytes_per_session"],
     }
 
@@ -707,19 +718,38 @@ def table(result: dict[str, Any]) -> str:
 
     row(
         "saturated: readings/s (CPU per reading)",
-        lambda k: "%.0f (%.0f µs)"
-        % (k["saturation"]["readings_per_s"], k["saturation"]["proxy_cpu_us_per_reading"]),
+        lambda k: (
+            "%.0f (%.0f µs)"
+            % (k["saturation"]["readings_per_s"], k["saturation"]["proxy_cpu_us_per_reading"])
+        ),
     )
     for i, rate in enumerate(r["offered_per_s"] for r in runs[0][1]["paced"]):
         row(
             "paced %.0f/s: readings/s, added p50 / p99" % rate,
-            lambda k, i=i: "%.0f, %.2f / %.2f ms"
-            % (k["paced"][i]["readings_per_s"], k["paced"][i]["added_ms_p50"], k["paced"][i]["added_ms_p99"]),
+            lambda k, i=i: (
+                "%.0f, %.2f / %.2f ms"
+                % (
+                    k["paced"][i]["readings_per_s"],
+                    k["paced"][i]["added_ms_p50"],
+                    k["paced"][i]["added_ms_p99"],
+                )
+            ),
         )
-    row(
-        "longest registry call on the loop",
-        lambda k: "%s ms (%s)" % (k["max_loop_stall_ms"], k["max_loop_stall_op"]),
-    )
+    for phase, label in (
+        ("readings", "longest registry call on the loop: under the reading load"),
+        ("handshakes", "... while %d devices handshake at once" % runs[0][1]["saturation"]["devices"]),
+        ("idle_handshakes", "... while %d idle sessions handshake" % runs[0][1]["idle"]["sessions"]),
+    ):
+        row(
+            label,
+            lambda k, phase=phase: (
+                "%s ms (%s)"
+                % (
+                    k["loop_stall_by_phase"].get(phase, {}).get("ms"),
+                    k["loop_stall_by_phase"].get(phase, {}).get("op"),
+                )
+            ),
+        )
     row(
         "idle session (%d sessions)" % runs[0][1]["idle"]["sessions"],
         lambda k: "%s B" % k["idle"]["bytes_per_session"],

@@ -524,13 +524,20 @@ def listen_error(settings: ProxySettings, exc: OSError, config_path: str | Path 
     # The UDP socket is bound first; if it binds now, the appservice listener failed.
     if settings.port and _bind_fails(socket.SOCK_DGRAM, settings.bind, settings.port, exc.errno):
         return "cannot listen on udp %s:%d: %s (set [proxy] %s%s)" % (
-            settings.bind, settings.port, why, key, where
+            settings.bind,
+            settings.port,
+            why,
+            key,
+            where,
         )
     if settings.metrics is not None and settings.metrics.enabled:
         host, port = settings.metrics.host, settings.metrics.port
         if port and _bind_fails(socket.SOCK_STREAM, host, port, exc.errno):
             return "cannot listen on tcp %s:%d for metrics: %s (set [metrics] listen%s)" % (
-                host, port, why, where
+                host,
+                port,
+                why,
+                where,
             )
     if settings.appservice_listen is not None:
         host, port = settings.appservice_listen
@@ -557,6 +564,7 @@ async def _run(settings: ProxySettings, config_path: str | Path | None = None) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: report_longest(server.registry))
     # Everything loaded so far (modules, tables) lives as long as the process:
     # keep it out of the collector's full passes, which otherwise pause the
     # loop for tens of milliseconds.
@@ -578,7 +586,7 @@ async def _run(settings: ProxySettings, config_path: str | Path | None = None) -
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         # The longest the event loop waited for one registry call while serving;
         # the stop (saving every session, after the socket is closed) is timed apart.
@@ -593,6 +601,19 @@ async def _run(settings: ProxySettings, config_path: str | Path | None = None) -
         flush=True,
     )
     return 0
+
+
+def report_longest(registry: Registry | None) -> None:
+    """SIGUSR1: print the longest registry call the loop made since the start or
+    the last SIGUSR1, and start again (bench/proxy_load.py times phases with it)."""
+    if registry is None:
+        return
+    took, op = registry.longest
+    registry.longest = (0.0, "")
+    print(
+        "lowbw proxy: longest registry call %.2f ms: %s (since the last report)" % (took * 1000, op or "-"),
+        flush=True,
+    )
 
 
 def fast_paths_wanted() -> bool:
