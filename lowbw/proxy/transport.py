@@ -632,8 +632,13 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         response.token = request.token
         response.remote = addr
         response.request = request
-        mman._store_response_for_duplicates(response)
         self.send(response)
+        # Kept for a retransmission of the request without the request itself:
+        # the stored answers of every session outlive a few young-generation
+        # collections, and each object they hold is scanned again (the GC's
+        # middle-generation passes were the largest pauses at load).
+        response.request = None
+        mman._store_response_for_duplicates(response)
 
     def fast_in_flight(self) -> int:
         """Fast requests in the works (tests)."""
