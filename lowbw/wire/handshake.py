@@ -59,7 +59,7 @@ its address can present one; it costs no state at the proxy.
 This module is sans-I/O and shared with MicroPython.
 """
 
-from lowbw.wire import frames
+from lowbw.wire import crypto, frames
 from lowbw.wire._compat import const
 from lowbw.wire.errors import DecodeError, EncodeError, StateError
 from lowbw.wire.noise import HandshakeState
@@ -69,6 +69,10 @@ CAP_DICT_V1 = const(0x10)
 CAP_EPOCH = const(0x20)
 # In the proxy's answer only: a handshake-number floor follows the caps byte.
 CAP_FLOOR = const(0x40)
+# The compact link profile (Noise KK, compact transport frames): set by the
+# device in KK message 1 and by the proxy in its answer.
+CAP_COMPACT = const(0x80)
+KID_LEN = const(2)
 # Flags negotiate_caps intersects. CAP_EPOCH is not one: it is answered per
 # handshake by whoever processed the epoch (see negotiate_caps).
 CAPS_KNOWN_FLAGS = const(0x10)
@@ -160,8 +164,8 @@ def split_cookied(datagram):
     if len(datagram) < 2 + frames.COOKIE_LEN or datagram[0] != frames.HS_COOKIED:
         raise DecodeError("not a handshake with a cookie")
     inner = datagram[1 + frames.COOKIE_LEN:]
-    if inner[0] != frames.HS_IK1 and inner[0] != frames.HS_XX1:
-        raise DecodeError("a cookie rides only on IK or XX message 1")
+    if inner[0] != frames.HS_IK1 and inner[0] != frames.HS_XX1 and inner[0] != frames.HS_KK1:
+        raise DecodeError("a cookie rides only on IK, XX or KK message 1")
     return bytes(datagram[1:1 + frames.COOKIE_LEN]), bytes(inner)
 
 
@@ -201,11 +205,38 @@ def _epoch_bytes(epoch):
 
 
 def answer_head(sid, caps, floor=None):
-    """sid(2) | caps(1) | [floor]: the start of IK/XX message 2's payload."""
+    """sid | caps(1) | [floor]: the start of IK/XX/KK message 2's payload; the
+    sid is 2 bytes, or 1..2 (``frames.sid_bytes``) with CAP_COMPACT."""
     caps &= ~CAP_FLOOR
+    head = frames.sid_bytes(sid) if caps & CAP_COMPACT else bytes([sid >> 8, sid & 0xFF])
     if floor is None:
-        return bytes([sid >> 8, sid & 0xFF, caps])
-    return bytes([sid >> 8, sid & 0xFF, caps | CAP_FLOOR]) + encode_uint(floor)
+        return head + bytes([caps])
+    return head + bytes([caps | CAP_FLOOR]) + encode_uint(floor)
+
+
+def key_id(static_pub):
+    """The 2-byte key id a KK message 1 names its device by: SHA-256 of the
+    device's static public key, first 2 bytes (not secret, not unique)."""
+    return crypto.sha256(bytes(static_pub))[:KID_LEN]
+
+
+def kk_request(rest):
+    """``(coap request, mid)`` of a KK message 1's request field (after the
+    handshake number): empty, or a rule byte and its residue (2-byte MID)."""
+    if not rest:
+        return b"", -1
+    request, mid = frames.expand_up(rest[0], rest[1:], None)
+    if mid is None:
+        mid = (request[2] << 8) | request[3] if len(request) >= 4 else -1
+    return request, mid
+
+
+def kk_response(response):
+    """A KK message 2's response field: empty, or rule byte + residue."""
+    if not response:
+        return b""
+    rule, residue, _ad = frames.compress_down(response)
+    return bytes([rule]) + residue
 
 
 def _split_session(hs, sid, initiator):
@@ -234,13 +265,16 @@ class Initiator:
     """
 
     def __init__(self, s_priv, proxy_pub=None, caps=DEFAULT_CAPS, e_priv=None, random=None, epoch=None,
-                 hsn=None):
-        self.pattern = "IK" if proxy_pub is not None else "XX"
+                 hsn=None, compact=False):
+        self.pattern = ("KK" if compact else "IK") if proxy_pub is not None else "XX"
         self._epoch = _epoch_bytes(epoch)
         self.epoch = epoch
         self.hsn = None
         self._hsn = b""
-        if self.pattern == "IK":
+        self.mid = -1
+        if compact:
+            caps |= CAP_COMPACT
+        if self.pattern != "XX":
             self.hsn = clock_hsn() if hsn is None else hsn
             self._hsn = encode_uint(self.hsn)
         self.floor = None
@@ -255,9 +289,16 @@ class Initiator:
         if self.state != 0:
             raise StateError("handshake already started")
         self.state = 1
+        head = bytes([self.caps]) + self._epoch + self._hsn
+        if self.pattern == "KK":
+            if len(request) >= 4:
+                self.mid = (request[2] << 8) | request[3]
+            if request:
+                rule, residue = frames.compress_up(request, True)
+                head += bytes([rule]) + residue
+            return bytes([frames.HS_KK1]) + key_id(self.hs.s_pub) + self.hs.write_message(head)
         if self.pattern == "IK":
-            return bytes([frames.HS_IK1]) + self.hs.write_message(
-                bytes([self.caps]) + self._epoch + self._hsn + request)
+            return bytes([frames.HS_IK1]) + self.hs.write_message(head + request)
         # XX message 1 is plaintext: no request may ride on it.
         self.request = request
         pad = XX1_MIN_LEN - 1 - DH_LEN - 1
@@ -266,21 +307,31 @@ class Initiator:
     def finish(self, datagram):
         if self.state != 1:
             raise StateError("no handshake in flight")
-        want = frames.HS_IK2 if self.pattern == "IK" else frames.HS_XX2
+        p = self.pattern
+        want = frames.HS_IK2 if p == "IK" else (frames.HS_KK2 if p == "KK" else frames.HS_XX2)
         if not datagram or datagram[0] != want:
             raise DecodeError("expected handshake answer 0x%02x" % want)
         payload = self.hs.read_message(bytes(datagram[1:]))
-        if len(payload) < 3:
+        if p == "KK":
+            sid, pos = frames._csid(payload, 0)
+        else:
+            sid, pos = (payload[0] << 8) | payload[1], 2
+        if len(payload) <= pos:
             raise DecodeError("handshake answer payload too short")
-        sid = (payload[0] << 8) | payload[1]
-        caps = payload[2]
+        caps = payload[pos]
+        rest = payload[pos + 1:]
+        floor = None
+        if p != "XX" and caps & CAP_FLOOR:
+            floor, rest = split_uint(rest)
+            caps &= ~CAP_FLOOR
+        if p == "KK" and rest:
+            rest = frames.expand_down(rest[0], rest[1:], self.mid)
         self.state = 2
-        if self.pattern == "IK":
-            rest = payload[3:]
-            if caps & CAP_FLOOR:
-                self.floor, rest = split_uint(rest)
-                caps &= ~CAP_FLOOR
-            return _split_session(self.hs, sid, True), caps, bytes(rest)
+        self.floor = floor
+        if p != "XX":
+            c_send, c_recv = self.hs.split()
+            return frames.Session(c_send.k, c_recv.k, sid, True, compact=p == "KK",
+                                  mid=self.mid), caps, bytes(rest)
         msg3 = self.hs.write_message(self._epoch + self.request)
         xx3 = bytes([frames.HS_XX3, sid >> 8, sid & 0xFF]) + msg3
         return _split_session(self.hs, sid, True), caps, xx3
@@ -307,10 +358,12 @@ class Responder:
     passes ``floor`` to ``respond`` when the device must count above it.
     """
 
-    def __init__(self, s_priv, e_priv=None, random=None):
+    def __init__(self, s_priv, e_priv=None, random=None, rs=None):
         self.s_priv = s_priv
         self.e_priv = e_priv
         self.random = random
+        self.rs = rs
+        self.mid = -1
         self.hs = None
         self.pattern = None
         self.sid = None
@@ -324,8 +377,14 @@ class Responder:
         if not datagram:
             raise DecodeError("empty datagram")
         kind = datagram[0]
+        msg = datagram[1:]
         if kind == frames.HS_IK1:
             self.pattern = "IK"
+        elif kind == frames.HS_KK1:
+            if self.rs is None:
+                raise StateError("KK needs the device key (rs=)")
+            self.pattern = "KK"
+            msg = datagram[1 + KID_LEN:]
         elif kind == frames.HS_XX1:
             if len(datagram) < XX1_MIN_LEN:
                 raise DecodeError("XX message 1 shorter than its padding rule")
@@ -333,11 +392,16 @@ class Responder:
         else:
             raise DecodeError("not a handshake initiation")
         self.hs = HandshakeState(self.pattern, False, self.s_priv, prologue=frames.PROLOGUE,
-                                 e_priv=self.e_priv, random=self.random)
-        payload = self.hs.read_message(bytes(datagram[1:]))
+                                 e_priv=self.e_priv, random=self.random,
+                                 rs=self.rs if self.pattern == "KK" else None)
+        payload = self.hs.read_message(bytes(msg))
         if len(payload) < 1:
             raise DecodeError("handshake payload lacks caps")
         self.offered = payload[0]
+        if self.pattern == "KK":
+            self.epoch, self.hsn, rest = split_init_payload(self.offered, payload[1:])
+            request, self.mid = kk_request(rest)
+            return self.hs.remote_static(), self.offered, request
         if self.pattern == "IK":
             self.epoch, self.hsn, request = split_init_payload(self.offered, payload[1:])
             return self.hs.remote_static(), self.offered, bytes(request)
@@ -347,6 +411,11 @@ class Responder:
         if self.hs is None or self.sid is not None:
             raise StateError("respond() needs exactly one read_init() first")
         self.sid = sid
+        if self.pattern == "KK":
+            head = answer_head(sid, caps | CAP_COMPACT, floor)
+            dgram = bytes([frames.HS_KK2]) + self.hs.write_message(head + kk_response(response))
+            c_send, c_recv = self.hs.split()
+            return dgram, frames.Session(c_send.k, c_recv.k, sid, False, compact=True, mid=self.mid)
         head = answer_head(sid, caps, floor)
         if self.pattern == "IK":
             dgram = bytes([frames.HS_IK2]) + self.hs.write_message(head + response)
@@ -368,8 +437,9 @@ class Responder:
 
 
 def init_ephemeral(datagram):
-    """The initiator's ephemeral public key in an IK1/XX1 datagram (for the
+    """The initiator's ephemeral public key in an IK1/XX1/KK1 datagram (for the
     proxy's replay cache: a repeated ephemeral is a replayed handshake)."""
-    if len(datagram) < 1 + DH_LEN:
+    pos = 1 + KID_LEN if datagram and datagram[0] == frames.HS_KK1 else 1
+    if len(datagram) < pos + DH_LEN:
         raise DecodeError("handshake too short")
-    return bytes(datagram[1:1 + DH_LEN])
+    return bytes(datagram[pos:pos + DH_LEN])

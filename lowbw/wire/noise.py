@@ -69,6 +69,8 @@ _MAX_NONCE = (1 << 64) - 1
 PATTERNS = {
     "IK": ((), ("s",), (("e", "es", "s", "ss"), ("e", "ee", "se"))),
     "XX": ((), (), (("e",), ("e", "ee", "s", "es"), ("s", "se"))),
+    # Compact profile: both static keys known beforehand (standard Noise KK).
+    "KK": (("s",), ("s",), (("e", "es", "ss"), ("e", "ee", "se"))),
 }
 
 SUITE = "25519_ChaChaPoly_SHA256"
