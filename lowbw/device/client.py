@@ -28,7 +28,11 @@ moment of each transmission (0 means "now"), so every copy is right even if it
 goes out minutes later.
 
 Transport: no session -> Noise IK with the request as 0-RTT payload (one
-round trip); a session -> ``Session.seal``. After 2 transmissions on a
+round trip), or Noise KK for a device of the compact link profile
+(``config.compact``; docs/PROTOCOL.md), whose session then uses compact
+frames: 8-byte tags and the CoAP header rules of ``lowbw.wire.frames``
+(a request whose Message ID is within 127 of the last one the proxy answered
+on the session goes compressed, else whole); a session -> ``Session.seal``. After 2 transmissions on a
 session without any authenticated frame back, or when the session wants a
 rekey, the next transmission is a new IK carrying the same request. An IK is
 never retransmitted as is (the proxy refuses a repeated ephemeral as a
@@ -280,16 +284,23 @@ class Device:
         except DecodeError:
             self._say("dropped a datagram that is not a lowbw frame")
             return
-        if kind == frames.HS_IK2:
+        if kind == frames.HS_IK2 or kind == frames.HS_KK2:
             plaintext = self._finish_handshake(datagram)
         elif kind == frames.HS_COOKIE_REPLY:
             self._take_cookie(datagram, now)
             plaintext = None
-        elif kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
+        elif kind == frames.KIND_SHORT or kind == frames.KIND_LONG or kind == frames.KIND_COMPACT:
             plaintext = None
-            if self.session is not None:
+            s = self.session
+            if s is not None:
+                mid = -1 if self._req is None else self._req.msgnum & 0xFFFF
                 try:
-                    plaintext = self.session.open(datagram)
+                    plaintext = s.open(datagram, frames.mid_ad(mid))
+                    if s.compact:
+                        plaintext = frames.expand_down(s.rule, plaintext, mid)
+                except RekeyRequired:
+                    self._say("re-handshake: too many forged frames")
+                    self._drop_session()
                 except (AuthError, DecodeError) as exc:
                     self._say("dropped a frame: %s" % exc.message)
         else:
@@ -390,7 +401,7 @@ class Device:
             if self._ctr_limit > nxt:
                 nxt = self._ctr_limit
             st.session = [s.sid, True, s.send_key, s.recv_key, nxt, s.window.top, s.window.mask,
-                          s.unheard]
+                          s.unheard, s.compact, s.mid]
         st.mid_limit = max(st.mid_limit, self._next_msgnum)
         st.inflight = None if self._req is None else self._req.persisted()
         st.mono = now
@@ -502,8 +513,11 @@ class Device:
             if s.next_send >= self._ctr_limit:
                 self._ctr_limit = s.next_send + cfg.counter_block
                 self._dirty = True
+            rule, res = 0, plaintext
+            if s.compact and s.mid >= 0 and ((req.msgnum - s.mid) & 0xFFFF) < 128:
+                rule, res = frames.compress_up(plaintext)
             try:
-                dgram = s.seal(plaintext)
+                dgram = s.seal(res, rule=rule)
             except RekeyRequired:
                 self._say("re-handshake: session counter exhausted")
                 self._drop_session()
@@ -522,7 +536,8 @@ class Device:
             # Saved (step() writes the store) before the message goes out.
             st.hs_next = hsn + 1
             ini = handshake.Initiator(cfg.private_key, cfg.proxy_public_key, caps=cfg.caps,
-                                      random=self.random, epoch=self._epoch_to_announce(), hsn=hsn)
+                                      random=self.random, epoch=self._epoch_to_announce(), hsn=hsn,
+                                      compact=cfg.compact)
             dgram = ini.start(plaintext)
             ini.datagram = dgram
             self._hs.append(ini)
@@ -542,8 +557,8 @@ class Device:
         req.state = _WAIT_ANSWER
         req.deadline = now + req.rto
         self._say("-> %s #%d %s (%d B%s)" % (
-            "IK" if dgram[0] == frames.HS_IK1 else ("IK+cookie" if dgram[0] == frames.HS_COOKIED
-                                                      else "frame"), req.msgnum, req.kind, len(dgram),
+            "IK" if dgram[0] == frames.HS_IK1 else ("KK" if dgram[0] == frames.HS_KK1 else (
+                "IK+cookie" if dgram[0] == frames.HS_COOKIED else "frame")), req.msgnum, req.kind, len(dgram),
             ", try %d" % req.sends if req.sends > 1 else ""))
         out.append(dgram)
 
@@ -630,6 +645,9 @@ class Device:
             return
         if req is None or msg.mid != (req.msgnum & 0xFFFF):
             return  # a late duplicate answer to something already done
+        if self.session is not None:
+            # The proxy has seen this Message ID on the session (compact rules).
+            self.session.mid = msg.mid
         if mt == coap.RST:
             self._say("<- RST for #%d" % req.msgnum)
             self._reject(req, None, "reset by the proxy")

@@ -9,8 +9,11 @@ ID. The blob is one CBOR array (``lowbw.wire.cbor``)::
                    so a state file from other keys is not used with these
      session,      null, or Session.export_state() as an array:
                    [sid, initiator, send_key, recv_key, next_send, recv_top,
-                    recv_mask, unheard]; next_send is a counter RESERVED ahead
-                   (no frame was ever sealed with it or anything above it)
+                    recv_mask, unheard, compact, mid]; next_send is a counter
+                   RESERVED ahead (no frame was ever sealed with it or anything
+                   above it); compact and mid (the compact link profile and the
+                   Message ID its header rules count from) may be missing:
+                   false, -1
      mid_limit,    next message number to use after a restart (reserved ahead:
                    every number below it may have been used)
      queue,        [[rid, slot, [v1, ...], t, absolute], ...] readings waiting,
@@ -174,10 +177,13 @@ def parse(blob):
     if kid is not None and (not isinstance(kid, bytes) or len(kid) != 8):
         raise DecodeError("state: bad key id")
     if session is not None:
-        if not isinstance(session, list) or len(session) != 8:
+        if not isinstance(session, list) or (len(session) != 8 and len(session) != 10):
             raise DecodeError("state: bad session")
-        sid, initiator, sk, rk, nxt, top, mask, unheard = session
+        sid, initiator, sk, rk, nxt, top, mask, unheard = session[:8]
         if not (_is_int(sid) and 0 <= sid <= 0xFFFF and initiator is True):
+            raise DecodeError("state: bad session")
+        if len(session) == 10 and not ((session[8] is True or session[8] is False) and _is_int(session[9])
+                                       and -1 <= session[9] <= 0xFFFF):
             raise DecodeError("state: bad session")
         if not (isinstance(sk, bytes) and isinstance(rk, bytes) and len(sk) == 32 and len(rk) == 32):
             raise DecodeError("state: bad session keys")
