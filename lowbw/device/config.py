@@ -178,10 +178,10 @@ def from_dict(obj, source=""):
     cfg.proxy_public_key = ck.key32(proxy, "public_key", "proxy.public_key")
     cfg.private_key = ck.key32(obj, "device_private_key", "device_private_key")
     cfg.caps = ck.integer(obj, "caps", "caps", 0, 255, False, 2)
-    profile = obj.get("profile")
-    if profile not in (None, "standard", "compact"):
-        ck.fail("profile", "expected \"compact\" or \"standard\"")
-    cfg.compact = profile == "compact"
+    if obj.get("profile", "standard") != "standard":
+        if obj["profile"] != "compact":
+            ck.fail("profile", "expected compact or standard")
+        cfg.compact = True
     bps = ck.get(obj, "link_bps", "link_bps", False)
     if bps is None:
         bps = 100

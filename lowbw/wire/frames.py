@@ -19,7 +19,7 @@ nonce from it and a sliding replay window (docs/PROTOCOL.md, "Frames").
     10001000    Noise KK message 1 (compact profile): key id (2 B) follows
     10001001    Noise KK message 2 (compact profile)
     11rrcccc    compact transport (compact profile): rr = rule (0 raw CoAP,
-                1 and 2 header rules, 3 long counter form), c = counter bits 0..3
+                1 and 2 header rules, 3 reserved), c = counter bits 0..3
 
 Transport frames from the initiator (device) carry the 2-byte session id the
 proxy assigned, so a session survives a change of source address; frames from
@@ -73,17 +73,15 @@ TAG_LEN = const(16)
 SID_LEN = const(2)
 
 # The compact link profile (docs/PROTOCOL.md, "Compact link profile"): 8-byte
-# tags, 4 counter bits in the kind byte, a 1- or 2-byte session id, and
+# tags, 4 counter bits in the kind byte and no long form (the receiver tries
+# MAX_EPOCHS_AHEAD spans of 16 ahead), a 1- or 2-byte session id, and
 # SCHC-style rules for the CoAP header. A compact session refuses every frame
 # once FORGERY_LIMIT tag checks have failed on it (the device handshakes again).
 C_TAG = const(8)
 C_BITS = const(4)
-C_LONG_AFTER = const(8)
-C_COUNTER_BITS = const(26)
 RULE_RAW = const(0)
 RULE_READING = const(1)
 RULE_CODE = const(2)
-RULE_LONG = const(3)
 FORGERY_LIMIT = const(1024)
 C_SID_MAX = const(0x7FFF)
 
@@ -170,7 +168,7 @@ class ReplayWindow:
         else:
             self.mask |= 1 << (self.top - n)
 
-    def candidates(self, low_bits, bits=SHORT_BITS, limit=COUNTER_LIMIT):
+    def candidates(self, low_bits, bits=SHORT_BITS):
         """Full counters whose low ``bits`` bits are low_bits, most likely first.
 
         The first is the value nearest the expected next counter (top + 1)
@@ -189,7 +187,7 @@ class ReplayWindow:
         out = []
         for i in range(MAX_EPOCHS_AHEAD + 1):
             c = first + i * span
-            if c >= limit:
+            if c >= COUNTER_LIMIT:
                 break
             out.append(c)
         return out
@@ -217,8 +215,8 @@ class Session:
                  unheard=0, compact=False, mid=-1):
         if len(send_key) != 32 or len(recv_key) != 32:
             raise ValueError("session keys are 32 bytes")
-        if not 0 <= sid <= (C_SID_MAX if compact else 0xFFFF):
-            raise ValueError("session id out of range")
+        if not 0 <= sid <= 0xFFFF:
+            raise ValueError("session id is 16 bits")
         self.send_key = bytes(send_key)
         self.recv_key = bytes(recv_key)
         self.sid = sid
@@ -227,28 +225,29 @@ class Session:
         self.window = ReplayWindow(recv_top, recv_mask)
         # Frames sent since the last authenticated frame from the peer.
         self.unheard = unheard
-        self.compact = bool(compact)
-        self.bits = C_BITS if compact else SHORT_BITS
-        self.limit = (1 << C_COUNTER_BITS) if compact else COUNTER_LIMIT
+        self.compact = compact
         self.mid = mid
-        self.rule = RULE_RAW
         self.failures = 0
 
     def needs_rekey(self):
-        return self.next_send >= (self.limit >> 1)
+        return self.next_send >= REKEY_SOFT_LIMIT
 
     def _header(self, n, long_form, rule):
         c = self.compact
-        bits = self.bits
+        bits = C_BITS if c else SHORT_BITS
         low = n & ((1 << bits) - 1)
         if c:
-            hdr = bytearray([KIND_COMPACT | ((RULE_LONG if long_form else rule) << 4) | low])
+            hdr = bytearray([KIND_COMPACT | (rule << 4) | low])
         else:
             hdr = bytearray([(KIND_LONG if long_form else KIND_SHORT) | low])
         if self.initiator:
-            hdr += sid_bytes(self.sid) if c else bytes([self.sid >> 8, self.sid & 0xFF])
-        if long_form:
-            hi = (n >> bits) | ((rule << 22) if c else 0)
+            sid = self.sid
+            if c and sid < 0x80:
+                hdr.append(sid)  # frames.sid_bytes
+            else:
+                hdr += bytes([(sid >> 8) | (0x80 if c else 0), sid & 0xFF])
+        if long_form and not c:
+            hi = n >> bits
             hdr += bytes([(hi >> 16) & 0xFF, (hi >> 8) & 0xFF, hi & 0xFF])
         return bytes(hdr)
 
@@ -256,15 +255,16 @@ class Session:
         """Encrypt plaintext into a complete transport datagram.
 
         Uses the long counter form automatically when the peer has been silent
-        for LONG_AFTER frames (8 in the compact profile); pass
-        long_form=True/False to force it. ``rule`` and ``ad`` (associated
-        data beyond the header: fields a rule implies) are for compact sessions.
+        for LONG_AFTER frames (never in the compact profile, which has no long
+        form); pass long_form=True/False to force it. ``rule`` and ``ad``
+        (associated data beyond the header: fields a rule implies) are for
+        compact sessions.
         """
         n = self.next_send
-        if n >= self.limit:
+        if n >= COUNTER_LIMIT:
             raise RekeyRequired("session counter exhausted; re-handshake")
         if long_form is None:
-            long_form = self.unheard >= (C_LONG_AFTER if self.compact else LONG_AFTER)
+            long_form = self.unheard >= LONG_AFTER
         hdr = self._header(n, long_form, rule)
         # Advance before encrypting: even if the caller drops the frame, this
         # counter is spent and never used again.
@@ -274,18 +274,6 @@ class Session:
         if self.compact:
             out = out[:C_TAG - TAG_LEN]
         return hdr + out
-
-    def _decrypt(self, n, ad, body):
-        if not self.compact:
-            return crypto.aead_decrypt(self.recv_key, n, ad, body)
-        # ChaCha20-Poly1305 with the tag cut to 8 bytes: the keystream part of
-        # an encryption does not depend on the associated data.
-        k = self.recv_key
-        ct = body[:-C_TAG]
-        pt = crypto.aead_encrypt(k, n, b"", ct)[:len(ct)]
-        if not crypto.ct_equal(crypto.aead_encrypt(k, n, ad, pt)[len(pt):len(pt) + C_TAG], body[-C_TAG:]):
-            raise AuthError("bad tag")
-        return pt
 
     def open(self, datagram, ad=b""):
         """Authenticate and decrypt a transport datagram; return the plaintext.
@@ -300,49 +288,42 @@ class Session:
         c = self.compact
         if kind != (KIND_COMPACT if c else KIND_SHORT) and (c or kind != KIND_LONG):
             raise DecodeError("not a transport frame of this session")
+        if len(datagram) < 1 + C_TAG:
+            raise DecodeError("truncated transport frame")
         if c and self.failures >= FORGERY_LIMIT:
             raise RekeyRequired("too many forged frames; re-handshake")
-        bits = self.bits
+        bits = C_BITS if c else SHORT_BITS
         b0 = datagram[0]
         rule = (b0 >> 4) & 3 if c else RULE_RAW
         pos = 1
         if not self.initiator:
-            # Frames to the responder carry the session id.
-            if c:
-                sid, pos = _csid(datagram)
-            elif len(datagram) < 3:
-                raise DecodeError("truncated transport frame")
-            else:
-                sid, pos = (datagram[1] << 8) | datagram[2], 3
-            if sid != self.sid:
-                raise AuthError("frame is for another session")
+            # Frames to the responder carry the session id (the proxy found the
+            # session by it; another id would fail the tag, it is in the AD).
+            pos = (2 + (datagram[1] >> 7)) if c else 3
         low = b0 & ((1 << bits) - 1)
-        if kind == KIND_LONG or rule == RULE_LONG:
+        if kind == KIND_LONG:
             if len(datagram) < pos + 3:
                 raise DecodeError("truncated long counter")
             hi = (datagram[pos] << 16) | (datagram[pos + 1] << 8) | datagram[pos + 2]
             pos += 3
-            if c:
-                rule = hi >> 22
-                hi &= 0x3FFFFF
-                if rule == RULE_LONG:
-                    raise DecodeError("bad rule")
             candidates = [(hi << bits) | low]
         else:
-            candidates = self.window.candidates(low, bits, self.limit)
+            candidates = self.window.candidates(low, bits)
         if len(datagram) < pos + (C_TAG if c else TAG_LEN):
             raise DecodeError("transport frame shorter than its tag")
-        if not c or rule == RULE_RAW:
+        if not rule:  # raw (every standard frame): nothing implied
             ad = b""
-        hdr = bytes(datagram[:pos])
+        ad = bytes(datagram[:pos]) + ad
         body = bytes(datagram[pos:])
+        k = self.recv_key
         replayed = False
         for n in candidates:
             if self.window.seen(n):
                 replayed = True
                 continue
             try:
-                plaintext = self._decrypt(n, hdr + ad, body)
+                # Compact: ChaCha20-Poly1305 with the tag cut to 8 bytes.
+                plaintext = crypto.aead_open(k, n, ad, body, C_TAG if c else TAG_LEN)
             except AuthError:
                 self.failures += 1
                 continue
@@ -367,7 +348,8 @@ class Session:
 
     @classmethod
     def from_state(cls, state):
-        return cls(*state)
+        sid, initiator, send_key, recv_key = state[:4]
+        return cls(send_key, recv_key, sid, initiator, *state[4:])
 
 
 # -- the compact profile's header rules (SCHC in spirit, RFC 8724) ----------------
@@ -385,31 +367,25 @@ class Session:
 
 
 def compress_up(m, full=False):
-    """(rule, residue) of an uplink CoAP message (bytes)."""
+    """(rule, residue) of an uplink CoAP message (bytes, at least 4 of them)."""
     m = bytes(m)
-    if len(m) >= 4 and m[0] == 0x40:
-        mid = m[2:4] if full else m[3:4]
-        if m[1] == 2 and m[4:7] == b"\xb1\x76\xff" and len(m) > 7:
-            return RULE_READING, mid + m[7:]
-        return RULE_CODE, mid + m[1:2] + m[4:]
-    return RULE_RAW, m
+    if m[0] != 0x40:
+        return RULE_RAW, m
+    mid = m[2:4] if full else m[3:4]
+    if m[1:2] + m[4:7] == b"\x02\xb1\x76\xff" and len(m) > 7:
+        return RULE_READING, mid + m[7:]
+    return RULE_CODE, mid + m[1:2] + m[4:]
 
 
 def expand_down(rule, residue, mid):
     """The CoAP answer of a downlink rule, for the request with Message ID ``mid``."""
-    if rule == RULE_RAW:
-        return bytes(residue)
-    if mid < 0 or (rule == RULE_CODE and not residue):
-        raise DecodeError("bad compact answer")
-    head = bytes([0x60, 0x44, mid >> 8, mid & 0xFF])
-    if rule == RULE_READING:
-        return head + bytes(residue)
-    return head[:1] + bytes(residue[:1]) + head[2:] + bytes(residue[1:])
-
-
-def mid_ad(mid):
-    """Associated data a downlink rule binds: the Message ID it implies."""
-    return bytes([(mid >> 8) & 0xFF, mid & 0xFF])
+    if rule:
+        if rule == RULE_READING:
+            residue = b"\x44" + residue
+        if not residue:
+            raise DecodeError("bad compact answer")
+        residue = bytes([0x60, residue[0], (mid >> 8) & 0xFF, mid & 0xFF]) + residue[1:]
+    return bytes(residue)
 
 
 def expand_up(rule, residue, last_mid=None):

@@ -247,58 +247,99 @@ def _split_session(hs, sid, initiator):
 class Initiator:
     """Device side of the handshake.
 
-    ``Initiator(s_priv, proxy_pub)`` starts IK; ``Initiator(s_priv, None)``
-    starts XX. ``start(request)`` returns the first datagram, ``finish(dgram)``
-    reads the proxy's answer and returns ``(session, caps, response)``; for XX,
-    ``finish`` returns the third datagram to send instead of a response:
-    ``(session, caps, xx3_datagram)``.
+    ``Initiator(s_priv, proxy_pub)`` starts IK, with ``compact=True`` KK (the
+    compact link profile); ``Pairing(s_priv)`` starts XX. ``start(request)``
+    returns the first datagram, ``finish(dgram)`` reads the proxy's answer and
+    returns ``(session, caps, response)``.
 
     ``epoch`` (an int, 0..2**32-1) announces the device's counter epoch
     (module docstring); it sets CAP_EPOCH in the offered caps. The proxy took
-    it if the answer's caps have CAP_EPOCH (for XX, that only says it will read
-    it from message 3).
+    it if the answer's caps have CAP_EPOCH.
 
-    ``hsn`` is the handshake number IK message 1 carries (module docstring):
+    ``hsn`` is the handshake number IK/KK message 1 carries (module docstring):
     a device passes the next one from its store; None takes ``clock_hsn()``.
     After ``finish``, ``floor`` is the number the proxy asked the device to
     continue above (CAP_FLOOR), else None.
     """
 
+    pattern = "IK"
+
     def __init__(self, s_priv, proxy_pub=None, caps=DEFAULT_CAPS, e_priv=None, random=None, epoch=None,
                  hsn=None, compact=False):
-        self.pattern = ("KK" if compact else "IK") if proxy_pub is not None else "XX"
+        if compact:
+            self.pattern = "KK"
+            caps |= CAP_COMPACT
         self._epoch = _epoch_bytes(epoch)
         self.epoch = epoch
-        self.hsn = None
-        self._hsn = b""
         self.mid = -1
-        if compact:
-            caps |= CAP_COMPACT
-        if self.pattern != "XX":
-            self.hsn = clock_hsn() if hsn is None else hsn
-            self._hsn = encode_uint(self.hsn)
+        # (A pairing has one too, never sent: XX message 1 is not authenticated.)
+        self.hsn = clock_hsn() if hsn is None else hsn
+        self._hsn = encode_uint(self.hsn)
         self.floor = None
         # The bit says what follows the caps byte, so it follows ``epoch``, never the caller.
         self.caps = (caps | CAP_EPOCH) if epoch is not None else (caps & ~CAP_EPOCH)
         self.hs = HandshakeState(self.pattern, True, s_priv, rs=proxy_pub, prologue=frames.PROLOGUE,
                                  e_priv=e_priv, random=random)
         self.state = 0
-        self.request = b""
 
     def start(self, request=b""):
         if self.state != 0:
             raise StateError("handshake already started")
         self.state = 1
         head = bytes([self.caps]) + self._epoch + self._hsn
-        if self.pattern == "KK":
-            if len(request) >= 4:
-                self.mid = (request[2] << 8) | request[3]
-            if request:
-                rule, residue = frames.compress_up(request, True)
-                head += bytes([rule]) + residue
-            return bytes([frames.HS_KK1]) + key_id(self.hs.s_pub) + self.hs.write_message(head)
         if self.pattern == "IK":
             return bytes([frames.HS_IK1]) + self.hs.write_message(head + request)
+        # KK: the request compressed (frames.compress_up, both Message ID bytes).
+        if request:
+            self.mid = (request[2] << 8) | request[3]
+            rule, residue = frames.compress_up(request, True)
+            head += bytes([rule]) + residue
+        return bytes([frames.HS_KK1]) + crypto.sha256(self.hs.s_pub)[:KID_LEN] + self.hs.write_message(head)
+
+    def finish(self, datagram):
+        if self.state != 1:
+            raise StateError("no handshake in flight")
+        kk = self.pattern == "KK"
+        want = frames.HS_KK2 if kk else frames.HS_IK2
+        if not datagram or datagram[0] != want:
+            raise DecodeError("expected handshake answer 0x%02x" % want)
+        payload = self.hs.read_message(bytes(datagram[1:]))
+        # sid: 2 bytes; KK: 1 below 0x80, else 2 with the top bit set.
+        pos = (1 + (payload[0] >> 7)) if kk and payload else 2
+        if len(payload) <= pos:
+            raise DecodeError("handshake answer payload too short")
+        sid = int.from_bytes(payload[:pos], "big") & (0x7FFF if kk else 0xFFFF)
+        caps = payload[pos]
+        rest = payload[pos + 1:]
+        if caps & CAP_FLOOR:
+            self.floor, rest = split_uint(rest)
+            caps &= ~CAP_FLOOR
+        if kk and rest:
+            rest = frames.expand_down(rest[0], rest[1:], self.mid)
+        self.state = 2
+        c_send, c_recv = self.hs.split()
+        return frames.Session(c_send.k, c_recv.k, sid, True, 0, -1, 0, 0, kk, self.mid), caps, bytes(rest)
+
+    def remote_static(self):
+        return self.hs.remote_static()
+
+
+class Pairing(Initiator):
+    """Device side of an XX pairing (the device does not hold the proxy key yet):
+    ``start(request)`` gives XX message 1 (the request waits for message 3),
+    ``finish(xx2)`` returns ``(session, caps, xx3_datagram)``. With ``epoch``
+    the answer's CAP_EPOCH only says the proxy will read it from message 3."""
+
+    pattern = "XX"
+
+    def __init__(self, s_priv, caps=DEFAULT_CAPS, e_priv=None, random=None, epoch=None):
+        Initiator.__init__(self, s_priv, None, caps, e_priv, random, epoch)
+        self.request = b""
+
+    def start(self, request=b""):
+        if self.state != 0:
+            raise StateError("handshake already started")
+        self.state = 1
         # XX message 1 is plaintext: no request may ride on it.
         self.request = request
         pad = XX1_MIN_LEN - 1 - DH_LEN - 1
@@ -307,37 +348,16 @@ class Initiator:
     def finish(self, datagram):
         if self.state != 1:
             raise StateError("no handshake in flight")
-        p = self.pattern
-        want = frames.HS_IK2 if p == "IK" else (frames.HS_KK2 if p == "KK" else frames.HS_XX2)
-        if not datagram or datagram[0] != want:
-            raise DecodeError("expected handshake answer 0x%02x" % want)
+        if not datagram or datagram[0] != frames.HS_XX2:
+            raise DecodeError("expected handshake answer 0x%02x" % frames.HS_XX2)
         payload = self.hs.read_message(bytes(datagram[1:]))
-        if p == "KK":
-            sid, pos = frames._csid(payload, 0)
-        else:
-            sid, pos = (payload[0] << 8) | payload[1], 2
-        if len(payload) <= pos:
+        if len(payload) < 3:
             raise DecodeError("handshake answer payload too short")
-        caps = payload[pos]
-        rest = payload[pos + 1:]
-        floor = None
-        if p != "XX" and caps & CAP_FLOOR:
-            floor, rest = split_uint(rest)
-            caps &= ~CAP_FLOOR
-        if p == "KK" and rest:
-            rest = frames.expand_down(rest[0], rest[1:], self.mid)
+        sid = (payload[0] << 8) | payload[1]
         self.state = 2
-        self.floor = floor
-        if p != "XX":
-            c_send, c_recv = self.hs.split()
-            return frames.Session(c_send.k, c_recv.k, sid, True, compact=p == "KK",
-                                  mid=self.mid), caps, bytes(rest)
         msg3 = self.hs.write_message(self._epoch + self.request)
         xx3 = bytes([frames.HS_XX3, sid >> 8, sid & 0xFF]) + msg3
-        return _split_session(self.hs, sid, True), caps, xx3
-
-    def remote_static(self):
-        return self.hs.remote_static()
+        return _split_session(self.hs, sid, True), payload[2], xx3
 
 
 class Responder:
