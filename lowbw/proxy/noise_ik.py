@@ -168,7 +168,7 @@ class Responder:
         elif kind == frames.HS_KK1:
             pattern = "KK"
             if self._rs is None:
-                raise StateError("KK needs the device key (rs=)")
+                raise AuthError("KK message 1 for no known device key")
             if len(datagram) < 1 + handshake.KID_LEN + KK1_FIXED + 1:
                 raise DecodeError("KK message 1 truncated")
             message = bytes(datagram[1 + handshake.KID_LEN :])

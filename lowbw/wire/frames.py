@@ -297,8 +297,8 @@ class Session:
         rule = (b0 >> 4) & 3 if c else RULE_RAW
         pos = 1
         if not self.initiator:
-            # Frames to the responder carry the session id (the proxy found the
-            # session by it; another id would fail the tag, it is in the AD).
+            # Frames to the responder carry the session id: the proxy found
+            # this session by it, and it is authenticated (part of the AD).
             pos = (2 + (datagram[1] >> 7)) if c else 3
         low = b0 & ((1 << bits) - 1)
         if kind == KIND_LONG:
@@ -329,7 +329,6 @@ class Session:
                 continue
             self.window.accept(n)
             self.unheard = 0
-            self.last_counter = n
             self.rule = rule
             return plaintext
         if replayed:

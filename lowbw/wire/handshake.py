@@ -61,7 +61,7 @@ This module is sans-I/O and shared with MicroPython.
 
 from lowbw.wire import crypto, frames
 from lowbw.wire._compat import const
-from lowbw.wire.errors import DecodeError, EncodeError, StateError
+from lowbw.wire.errors import AuthError, DecodeError, EncodeError, StateError
 from lowbw.wire.noise import HandshakeState
 
 CAPS_TABLE_MASK = const(0x0F)
@@ -402,7 +402,7 @@ class Responder:
             self.pattern = "IK"
         elif kind == frames.HS_KK1:
             if self.rs is None:
-                raise StateError("KK needs the device key (rs=)")
+                raise AuthError("KK message 1 for no known device key")
             self.pattern = "KK"
             msg = datagram[1 + KID_LEN:]
         elif kind == frames.HS_XX1:

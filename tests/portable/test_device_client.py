@@ -117,7 +117,7 @@ class FakeProxy:
             return "frame", None, None
         clone = frames.Session.from_state(sess.export_state())
         pt = clone.open(dgram)
-        return "frame", clone.last_counter, coap.decode(pt)
+        return "frame", clone.window.top, coap.decode(pt)
 
     # -- the proxy
     def datagram(self, dgram, now=0):
