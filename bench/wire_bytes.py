@@ -95,7 +95,8 @@ def exchange(deterministic: bool, profile: str = "compact", epoch: int | None = 
     warm_request = device_session.seal(residue, rule=rule)
     request = frames.open_up(proxy_session, warm_request)
     assert request == warm_req
-    warm_response = frames.seal_down(proxy_session, coap.make_response(coap.decode(request), coap.CHANGED).encode())
+    ack = coap.make_response(coap.decode(request), coap.CHANGED).encode()
+    warm_response = frames.seal_down(proxy_session, ack)
     plain = device_session.open(warm_response, b"\x00\x02")
     if compact:
         plain = frames.expand_down(device_session.rule, plain, 2)
@@ -131,7 +132,8 @@ def figures() -> dict[str, Any]:
     for prefix in ("", "standard_"):
         out[prefix + "warm_total"] = out[prefix + "warm_request"] + out[prefix + "warm_response"]
         out[prefix + "cold_total"] = out[prefix + "cold_request"] + out[prefix + "cold_response"]
-        out[prefix + "cold_fresh_total"] = out[prefix + "cold_fresh_request"] + out[prefix + "cold_fresh_response"]
+        fresh_total = out[prefix + "cold_fresh_request"] + out[prefix + "cold_fresh_response"]
+        out[prefix + "cold_fresh_total"] = fresh_total
         for k in ("warm", "cold"):
             out[prefix + k + "_total_ip"] = out[prefix + k + "_total"] + 2 * IP_UDP_HEADER
             out[prefix + k + "_airtime_s"] = round(out[prefix + k + "_total"] * 8 / RATE_BPS, 2)

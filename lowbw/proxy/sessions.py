@@ -154,7 +154,8 @@ def encode_state(addr: SessionAddress) -> bytes:
     mid = addr.session.mid
     return bytes(
         cbor.dumps(
-            [STATE_VERSION, sid, addr.caps, send_key, recv_key, next_send, top, mask, unheard, host, port, mid]
+            [STATE_VERSION, sid, addr.caps, send_key, recv_key, next_send, top, mask, unheard, host, port,
+             mid]
         )
     )
 
@@ -258,9 +259,9 @@ class SessionTable:
         gone = [name for name in self.devices if name not in current]
         self.devices = current
         kids: dict[bytes, list[DeviceRecord]] = {}
-        for rec in current.values():
-            if rec.profile == "compact":
-                kids.setdefault(handshake.key_id(rec.public_key), []).append(rec)
+        for compact in current.values():
+            if compact.profile == "compact":
+                kids.setdefault(handshake.key_id(compact.public_key), []).append(compact)
         self._kids = kids
         for name, addr in list(self.by_device.items()):
             rec = current.get(name)
@@ -603,7 +604,8 @@ class SessionTable:
             self._floors[addr.sid] = floor
         self._add(addr)
         # Accepted handshakes only (budgets bound them): forged ones never get here.
-        log.info("%s: %s handshake, session %04x (caps 0x%02x)", rec.name, "KK" if compact else "IK", addr.sid, caps)
+        pattern = "KK" if compact else "IK"
+        log.info("%s: %s handshake, session %04x (caps 0x%02x)", rec.name, pattern, addr.sid, caps)
         loop = asyncio.get_running_loop()
         addr.pending_timer = loop.call_later(
             self.tuning.EMPTY_ACK_DELAY + PENDING_GRACE, self._answer_pending, addr

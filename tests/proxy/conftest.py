@@ -305,9 +305,7 @@ class WireDevice:
         return coap.decode(response) if response else None
 
     def seal(self, msg: Any) -> bytes:
-        from lowbw.wire import coap
-
-        from lowbw.wire import frames
+        from lowbw.wire import coap, frames
 
         assert self.session is not None
         plain, rule = coap.encode(msg), 0
