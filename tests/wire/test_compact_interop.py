@@ -82,7 +82,8 @@ def test_kk_datagrams_are_noise_kk_behind_kind_and_key_id(impl: str) -> None:
     dev, proxy = bytes(range(1, 33)), bytes(range(33, 65))
     dev_pub, proxy_pub = crypto.x25519_base(dev), crypto.x25519_base(proxy)
     e_dev, e_proxy = bytes(range(65, 97)), bytes(range(97, 129))
-    req = coap.encode(coap.Message(coap.CON, coap.POST, 0x0102, b"", ((coap.URI_PATH, b"v"),), b"\x82\x00\x01"))
+    msg = coap.Message(coap.CON, coap.POST, 0x0102, b"", ((coap.URI_PATH, b"v"),), b"\x82\x00\x01")
+    req = coap.encode(msg)
     with backend(impl):
         init = handshake.Initiator(dev, proxy_pub, e_priv=e_dev, hsn=9, compact=True)
         kk1 = init.start(req)
