@@ -341,7 +341,7 @@ def run(warm: int = 5, wake: int = 3) -> dict[str, Any]:
             wake_costs.append(c)
         d2.close()
         # The proxy's own view of handshakes, for the record.
-        proxy_handshakes = proxy.count(r"bench: IK handshake")
+        proxy_handshakes = proxy.count(r"bench: (IK|KK) handshake")
     finally:
         for dr in drivers:
             dr.proc.stop()

@@ -16,6 +16,9 @@ FULL_TREE = (
     "test_downlink_rules_and_their_bound_message_id",
     "test_proxy_helpers_keep_the_standard_profile_as_it_was",
     "test_compact_session_ids_one_or_two_bytes",
+    "test_compact_session_state_round_trips",
+    "test_compact_forgery_limit_ends_the_session",
+    "test_constants_are_the_documented_numbers",
 )
 
 DEV = bytes(range(1, 33))
@@ -24,6 +27,11 @@ PROXY_PUB = crypto.x25519_base(PROXY)
 DEV_PUB = crypto.x25519_base(DEV)
 K1 = bytes(range(32))
 K2 = bytes(range(100, 132))
+# frames.RULE_RAW/READING/CODE, MAX_EPOCHS_AHEAD and FORGERY_LIMIT: the
+# device build inlines them (private constants), so the device-tree tests
+# spell the numbers (test_constants_are_the_documented_numbers checks them).
+RAW, READING, CODE = 0, 1, 2
+EPOCHS_AHEAD = 8
 
 
 def reading_msg(mid, payload=b"\x82\x00\xf9\x4d\x60"):
@@ -98,13 +106,13 @@ def test_compact_frames_round_trip_with_rules():
     dev, proxy = pair()
     req = reading_msg(2)
     rule, residue = frames.compress_up(req)
-    assert rule == frames.RULE_READING and residue == b"\x02\x82\x00\xf9\x4d\x60"
+    assert rule == READING and residue == b"\x02\x82\x00\xf9\x4d\x60"
     up = dev.seal(residue, rule=rule)
     assert len(up) == 1 + 1 + 6 + 8 and up[0] == 0xD0 and up[1] == 0x2A
-    assert proxy.open(up) == residue and proxy.rule == frames.RULE_READING
-    down = proxy.seal(b"", rule=frames.RULE_READING, ad=b"\x00\x02")
+    assert proxy.open(up) == residue and proxy.rule == READING
+    down = proxy.seal(b"", rule=READING, ad=b"\x00\x02")
     assert len(down) == 9 and down[0] == 0xD0
-    assert dev.open(down, b"\x00\x02") == b"" and dev.rule == frames.RULE_READING
+    assert dev.open(down, b"\x00\x02") == b"" and dev.rule == READING
     assert frames.expand_down(dev.rule, b"", 2) == bytes([0x60, 0x44, 0x00, 0x02])
 
 
@@ -121,24 +129,24 @@ def test_compact_replay_reorder_and_counters():
     raises(ReplayError, proxy.open, sent[39])
     raises(AuthError, proxy.open, sent[1])
     # (the replay still tried the 8 later candidates; the old frame all 9)
-    assert proxy.failures == 2 + frames.MAX_EPOCHS_AHEAD + (frames.MAX_EPOCHS_AHEAD + 1)
+    assert proxy.failures == 2 + EPOCHS_AHEAD + (EPOCHS_AHEAD + 1)
 
 
 def test_compact_frames_bind_the_implied_message_id():
     dev, proxy = pair()
-    down = proxy.seal(b"", rule=frames.RULE_READING, ad=b"\x00\x07")
+    down = proxy.seal(b"", rule=READING, ad=b"\x00\x07")
     # A late answer to request 7 read while request 8 is in flight fails.
     raises(AuthError, dev.open, down, b"\x00\x08")
     assert dev.failures > 0
     assert dev.open(down, b"\x00\x07") == b""
     # A raw frame binds nothing (a notification answers no request).
     raw = proxy.seal(b"\x40\x01\x00\x09")
-    assert dev.open(raw, b"\x00\x08") == b"\x40\x01\x00\x09" and dev.rule == frames.RULE_RAW
+    assert dev.open(raw, b"\x00\x08") == b"\x40\x01\x00\x09" and dev.rule == RAW
 
 
 def test_compact_wrong_key_truncation_and_garbage():
     dev, proxy = pair()
-    good = dev.seal(b"hello", rule=frames.RULE_CODE)
+    good = dev.seal(b"hello", rule=CODE)
     stranger = frames.Session(bytes(32), K2, 0x2A, True, compact=True)
     raises(AuthError, proxy.open, stranger.seal(b"hello"))
     for n in range(0, 10):
@@ -239,3 +247,8 @@ def test_compact_session_ids_one_or_two_bytes():
     proxy.read_init(kk1)
     kk2, _ = proxy.respond(0x1234, 2, b"")
     assert dev.finish(kk2)[0].sid == 0x1234
+
+
+def test_constants_are_the_documented_numbers():
+    assert (frames.RULE_RAW, frames.RULE_READING, frames.RULE_CODE) == (RAW, READING, CODE)
+    assert frames.MAX_EPOCHS_AHEAD == EPOCHS_AHEAD and frames.FORGERY_LIMIT == 1024 and frames.C_TAG == 8
