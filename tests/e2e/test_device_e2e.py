@@ -129,9 +129,10 @@ def run_restart(env: Env) -> Outcome:
     i, _ = first.wait_for(r"<- 2\.04 for #\d+ v", LIMIT)
     i, _ = first.wait_for(r"<- 2\.04 for #\d+ v", LIMIT, start=i + 1)
     _, m = first.wait_for(r"-> frame #(\d+) v", LIMIT, start=i + 1)
-    # 34 B up take 2.7 s on air: by now the proxy has the reading and its 2.04
-    # (1.7 s of airtime) is still on the way. The device dies without it.
-    time.sleep(3.0)
+    # 19 B up (the compact profile) take 1.5 s on air: by now the proxy has the
+    # reading and its 9-byte 2.04 (0.7 s of airtime, after the homeserver's
+    # answer) is still on the way. The device dies without it.
+    time.sleep(1.9)
     first.kill()
     second = env.firmware(dev, relay, cycles=2, run=2)
     wait_exit(second)
