@@ -208,3 +208,26 @@ def test_kk_answer_bytes_are_the_same_with_both_handshake_implementations():
         assert session.compact and session.mid == 7
         answers.append(kk2)
     assert answers[0] == answers[1]
+
+
+def test_kk_under_load_takes_the_cookie_round_trip(device_factory, proxy_factory):
+    """The handshake defences hold for KK as for IK: under load a KK message 1
+    without a cookie gets a 17-byte cookie reply and no Diffie-Hellman; the same
+    message behind the cookie (0x87) gets its answer."""
+    from lowbw.proxy.limits import Limits
+
+    dev = device_factory(profile="compact")
+    proxy_factory(limits=Limits(cookie_threshold=0.0, handshakes_per_source=1000.0, handshakes_global=1000.0))
+    wire = compact_wire(dev)
+    msg = wire.reading([5])
+    kk1, init = wire.ik_datagram(msg)
+    wire.send(kk1)
+    reply = wire.recv()
+    assert reply[0] == frames.HS_COOKIE_REPLY and len(reply) == 17
+    wire.send(handshake.cookied(handshake.parse_cookie_reply(reply), kk1))
+    session, caps, response = init.finish(wire.recv())
+    assert caps & handshake.CAP_COMPACT and coap.decode(response).code == coap.CHANGED
+    # A cookie is bound to its initiation: another KK message 1 behind it gets nothing.
+    other, _ = wire.ik_datagram(wire.reading([6]))
+    wire.send(handshake.cookied(handshake.parse_cookie_reply(reply), other))
+    wire.expect_silence()
