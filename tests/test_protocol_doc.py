@@ -26,7 +26,8 @@ def table_hex() -> str:
 def test_worked_example_bytes_are_in_the_document() -> None:
     text = DOC.read_text(encoding="utf-8")
     flat = table_hex()
-    for name, data in wire_bytes.exchange(deterministic=True).items():
+    # Both link profiles: the compact one's example and the standard one's.
+    for name, data in wire_bytes.examples().items():
         assert data.hex() in flat, "%s (%d bytes) in PROTOCOL.md is out of date" % (name, len(data))
         assert "(%d bytes)" % len(data) in text, name
 
@@ -36,6 +37,19 @@ def test_budget_figures_in_the_document_match_the_code() -> None:
     text = DOC.read_text(encoding="utf-8")
     assert "%d + %d = %d bytes" % (f["warm_request"], f["warm_response"], f["warm_total"]) in text
     assert "%d + %d = %d" % (f["cold_request"], f["cold_response"], f["cold_total"]) in text
+    for k in ("standard_warm", "standard_cold"):
+        assert "%d + %d = %d" % (f[k + "_request"], f[k + "_response"], f[k + "_total"]) in text
+
+
+def test_byte_budgets_hold() -> None:
+    """Issue 14's targets for the default (compact) profile of a 100 bit/s link, and
+    DESIGN.md's for the standard one: this fails as soon as a budget is exceeded."""
+    f = wire_bytes.figures()
+    assert f["warm_total"] <= 28 and f["budget_warm_total"] == 28
+    assert f["cold_total"] <= 120 and f["budget_cold_total"] == 120
+    assert f["cold_fresh_total"] <= 120
+    assert f["standard_warm_total"] <= 52 and f["standard_cold_total"] <= 170
+    assert f["within_budget"] is True
 
 
 def test_commands_pending_example_matches_the_codec() -> None:

@@ -5,7 +5,7 @@ commands of the operator.  A device is its Noise static public key; the record
 says which Matrix user it acts as, which rooms and event types it may use and
 how its readings are rendered (``slots``, as in the device config).
 
-Tables (schema version 5, kept in ``PRAGMA user_version``):
+Tables (schema version 6, kept in ``PRAGMA user_version``):
 
 ``devices``      name (primary key), public_key (unique, revoked devices included:
                  a revoked key is never let in again under another name), user_id,
@@ -19,7 +19,10 @@ Tables (schema version 5, kept in ``PRAGMA user_version``):
                  handshake number among the IK messages that announced the
                  current epoch): ``accept_handshake``, encrypted (1: the
                  device's room is end-to-end encrypted, so its events go out
-                 as Megolm ciphertext, ``lowbw.proxy.e2ee``)
+                 as Megolm ciphertext, ``lowbw.proxy.e2ee``), profile (the
+                 link profile recorded at enrollment: ``standard`` or
+                 ``compact``, docs/PROTOCOL.md; only a compact device is let
+                 in by a Noise KK handshake)
 ``ephemerals``   the last 256 IK ephemeral keys per device (a second, older
                  replay check; the handshake number is the one that holds forever)
 ``sent_events``  (device, Matrix txn_id) -> event_id: exactly-once sending
@@ -48,9 +51,11 @@ Version 2 had no ``client_tokens``; opening it adds the (empty) table.
 Version 3 had no handshake numbers; opening it adds ``hs_floor`` and
 ``hs_announce`` (-1: the next handshake of every device is accepted once).
 Version 4 had no ``encrypted`` column and no ``matrix_devices``.
-Version 5 had no change counter (``changes`` and its triggers): ``changed()``
-then took every commit of another connection for a change, the proxy's own
-write-behind thread (``lowbw.proxy.writebehind``) included.
+Version 5 had no ``profile`` column; opening it adds it (``standard``, what
+every device enrolled before it speaks). Nor had it the change counter
+(``changes`` and its triggers): ``changed()`` then took every commit of another
+connection for a change, the proxy's own write-behind thread
+(``lowbw.proxy.writebehind``) included.
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process
 (each commit is in the WAL before the call returns); a power loss may roll back
@@ -140,6 +145,7 @@ _INSERT_SENT = (
     "INSERT INTO sent_events (device, txn_id, event_id, sent_ms) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (device, txn_id) DO NOTHING"
 )
+PROFILES = ("standard", "compact")
 # Handshake numbers are kept in a signed 64-bit column.
 MAX_HSN = (1 << 63) - 1
 MAX_EPOCH = 0xFFFFFFFF
@@ -165,7 +171,8 @@ CREATE TABLE devices (
     epoch INTEGER NOT NULL DEFAULT 0,
     hs_floor INTEGER NOT NULL DEFAULT -1,
     hs_announce INTEGER NOT NULL DEFAULT -1,
-    encrypted INTEGER NOT NULL DEFAULT 0
+    encrypted INTEGER NOT NULL DEFAULT 0,
+    profile TEXT NOT NULL DEFAULT 'standard'
 );
 CREATE TABLE matrix_devices (
     device TEXT PRIMARY KEY NOT NULL REFERENCES devices(name),
@@ -260,7 +267,7 @@ _MIGRATIONS = {
         "CREATE TABLE matrix_devices (device TEXT PRIMARY KEY NOT NULL REFERENCES devices(name), "
         "device_id TEXT NOT NULL, access_token TEXT NOT NULL, created_ms INTEGER NOT NULL)",
     ),
-    5: _CHANGE_COUNTER,
+    5: ("ALTER TABLE devices ADD COLUMN profile TEXT NOT NULL DEFAULT 'standard'", *_CHANGE_COUNTER),
 }
 
 
@@ -288,6 +295,8 @@ class DeviceRecord:
     created_ms: int = field(default_factory=now_ms)
     # The device's room is end-to-end encrypted (lowbw.proxy.e2ee).
     encrypted: bool = False
+    # The link profile recorded at enrollment (PROFILES; docs/PROTOCOL.md).
+    profile: str = "standard"
 
 
 def _device_from_row(row: sqlite3.Row) -> DeviceRecord:
@@ -303,12 +312,13 @@ def _device_from_row(row: sqlite3.Row) -> DeviceRecord:
         revoked=bool(row["revoked"]),
         created_ms=int(row["created_ms"]),
         encrypted=bool(row["encrypted"]),
+        profile=str(row["profile"]),
     )
 
 
 _DEVICE_COLUMNS = (
     "name, public_key, user_id, access_token, rooms, event_types, slots, permissions, revoked, created_ms, "
-    "encrypted"
+    "encrypted, profile"
 )
 
 
@@ -480,6 +490,8 @@ class Registry:
             raise RegistryError("a device public key is %d bytes" % PUBLIC_KEY_LEN)
         # A client-proxy (permission "client") acts for whoever logs in: no user of its own.
         client = "client" in rec.permissions
+        if rec.profile not in PROFILES:
+            raise RegistryError("link profile %r is not one of %s" % (rec.profile, ", ".join(PROFILES)))
         if not (client and rec.user_id == "") and (not rec.user_id.startswith("@") or ":" not in rec.user_id):
             raise RegistryError("user ID %r is not @localpart:server" % rec.user_id)
         try:
@@ -498,7 +510,7 @@ class Registry:
             if other is not None:
                 raise RegistryError("that public key is already enrolled as device %r" % other["name"])
             db.execute(
-                "INSERT INTO devices (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" % _DEVICE_COLUMNS,
+                "INSERT INTO devices (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" % _DEVICE_COLUMNS,
                 (
                     rec.name,
                     rec.public_key,
@@ -508,6 +520,7 @@ class Registry:
                     int(rec.revoked),
                     int(rec.created_ms),
                     int(rec.encrypted),
+                    rec.profile,
                 ),
             )
 

@@ -249,6 +249,7 @@ def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
     v1_schema = v1_schema.replace(",\n    hs_floor INTEGER NOT NULL DEFAULT -1", "")
     v1_schema = v1_schema.replace(",\n    hs_announce INTEGER NOT NULL DEFAULT -1", "")
     v1_schema = v1_schema.replace(",\n    encrypted INTEGER NOT NULL DEFAULT 0", "")
+    v1_schema = v1_schema.replace(",\n    profile TEXT NOT NULL DEFAULT 'standard'", "")
     v1_schema = v1_schema.split("CREATE TABLE matrix_devices")[0] + "CREATE TABLE ephemerals" + (
         v1_schema.split("CREATE TABLE ephemerals")[1]
     )
@@ -279,6 +280,32 @@ def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
     with Registry(path) as r:  # opening a migrated file again changes nothing
         assert r.device_epoch("old") == 5
         assert r.sent_event("old", "lowbw.old.00000000.1234.0") == "$e"
+        # Version 6 added the link profile: devices from before speak the standard one.
+        assert r.device("old").profile == "standard"
+
+
+def test_schema_5_registry_gains_the_profile_column(tmp_path: Path) -> None:
+    from lowbw.proxy import registry as registry_module
+
+    path = tmp_path / "v5.sqlite3"
+    v5_schema = registry_module._SCHEMA.replace(",\n    profile TEXT NOT NULL DEFAULT 'standard'", "")
+    assert v5_schema != registry_module._SCHEMA
+    db = sqlite3.connect(path)
+    db.executescript(v5_schema)
+    db.execute(
+        "INSERT INTO devices (name, public_key, user_id, rooms, event_types, slots, permissions, "
+        "created_ms) VALUES ('five', ?, '@lowbw_five:lowbw.test', '[]', '[]', '[]', '[]', 1)",
+        (os.urandom(32),),
+    )
+    db.execute("PRAGMA user_version = 5")
+    db.commit()
+    db.close()
+    with Registry(path) as r:
+        assert r.device("five").profile == "standard"
+        r.add_device(record("six", profile="compact"))
+        assert r.device("six").profile == "compact"
+        with pytest.raises(RegistryError, match="link profile"):
+            r.add_device(record("seven", profile="fast"))
 
 
 def test_sent_events(reg: Registry) -> None:
