@@ -60,6 +60,7 @@ from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
 
 from lowbw.clientproxy.retransmit import ClientMessageManager, LinkDead
+from lowbw.proxy.clients import single_payload_max
 from lowbw.proxy.transport import LinkTuning
 from lowbw.wire import frames, handshake, keys
 from lowbw.wire.errors import AuthError, LowbwError, ReplayError
@@ -136,7 +137,7 @@ class ProxyRemote(interfaces.EndpointAddress):
 
     @property
     def maximum_payload_size(self) -> int:
-        return 1 << (self.tuning.block_szx + 4)
+        return single_payload_max(self.tuning)
 
 
 @dataclass
