@@ -78,6 +78,7 @@ from lowbw.proxy.clients import (
     FORM_BLOBS,
     MAX_SLOTS,
     PARK_MAX,
+    QUERY_SAME_OPTION,
     REFS_KNOWN_OPTION,
     SESSION_END_OPTION,
     SYNC_SECTIONS,
@@ -194,6 +195,10 @@ class _SessionState:
     confirmed: set[str] = field(default_factory=set)  # tokens the proxy holds in their slot
     # The proxy echoed Byte-Strings: requests may carry base64 as blobs (lowbw.compact.blobs).
     blobs: bool = False
+    # token -> the sync queries (but since, timeout) sent in this session, and the one
+    # the proxy last answered: a park may then say Query-Same instead of its filter.
+    sync_queries: dict[str | None, set[tuple[tuple[str, str], ...]]] = field(default_factory=dict)
+    sync_answered: dict[str | None, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
 
 class _Stale(Exception):
@@ -645,7 +650,19 @@ class ClientProxy:
         for attempt in range(1, 5):
             session = self.link.session if self.link is not None else None
             st = self._state_for(session)
-            msg, report = self._message(method, path, query, body, token, session, st)
+            sync_rest = None
+            sent_query = query
+            if method == Code.GET and path.endswith("/sync"):
+                sync_rest = tuple(sorted((k, v) for k, v in query if k not in NOT_STREAM))
+                queries = st.sync_queries.setdefault(token, set())
+                if len(queries) < 4:
+                    queries.add(sync_rest)
+                if acked is not None and queries == {sync_rest} and st.sync_answered.get(token) == sync_rest:
+                    # The proxy holds this very query from the last sync: only since goes.
+                    sent_query = [(k, v) for k, v in query if k in NOT_STREAM]
+            msg, report = self._message(method, path, sent_query, body, token, session, st)
+            if sent_query is not query:
+                msg.opt.add_option(OpaqueOption(QUERY_SAME_OPTION, b""))
             if acked is not None:
                 msg.lowbw_acked = acked  # type: ignore[attr-defined]
                 if self.config.echo_hold > 0:
@@ -678,6 +695,8 @@ class ClientProxy:
                 st.confirmed.discard(token)
                 if attempt < 4:
                     continue
+            if sync_rest is not None and response.code.is_successful() and self._sessions.get(session) is st:
+                st.sync_answered[token] = sync_rest
             if _echoes_blobs(response) and self._sessions.get(session) is st and session is not None:
                 st.blobs = True
             if token is not None and token in st.slots and self._sessions.get(session) is st:

@@ -94,6 +94,9 @@ FORMS_KNOWN = FORM_BLOBS
 # (its sends, its receipts) may be held that long for the next news (0: off).
 ECHO_HOLD_OPTION = 65032
 ECHO_HOLD_MAX = 600
+# empty, on a sync request: its Uri-Query is that of the session's last sync request
+# of the same token without this option, with the request's own parameters (since) in place.
+QUERY_SAME_OPTION = 65036
 # No-Response (RFC 7967) suppressing answers of class 2, 4 and 5.
 NO_RESPONSE_ALL = 2 | 8 | 16
 MAX_SLOTS = 16
@@ -171,8 +174,9 @@ def sync_is_echo(body: Any, users: set[str]) -> bool:
     of ``users``, ephemeral events that are receipts of ``users`` only or
     typing of ``users`` only; counters (summary, unread counts) ride along.
     Anything unknown is news. ``users`` are the session's own Matrix users
-    (learned from login and whoami answers, and from the senders of events
-    that carry a transaction ID, which are added to it here).
+    (learned from login and whoami answers; for a token none was learned
+    from, the one sender of events that carry a transaction ID, added to it
+    here).
     """
     if not isinstance(body, dict) or any(_has_content(body.get(k)) for k in SYNC_SECTIONS if k != "rooms"):
         return False
@@ -201,9 +205,9 @@ def sync_is_echo(body: Any, users: set[str]) -> bool:
             if not isinstance(unsigned, dict) or not isinstance(unsigned.get("transaction_id"), str):
                 return False
             timelines.append(event)
-            if isinstance(event.get("sender"), str):
-                seen.add(event["sender"])
-    if not seen:
+            if not users and isinstance(event.get("sender"), str):
+                seen.add(event["sender"])  # not known yet (a restored token): learnt
+    if len(seen) != 1 and not users:
         return False
     for event in timelines:
         if event.get("sender") not in seen:
@@ -283,6 +287,8 @@ class ClientState:
     blobs_on: bool = False
     # stream -> event set when a newer park of the same stream arrives
     parks: dict[Any, asyncio.Event] = field(default_factory=dict)
+    # token -> Uri-Query (but since and timeout) of its last sync request (Query-Same)
+    sync_query: dict[str | None, list[str]] = field(default_factory=dict, repr=False)
     # parks ended by a logout of their token: they end without an answer
     silenced: set[asyncio.Event] = field(default_factory=set)
     # access token -> the Matrix users it acts as (login and whoami answers): whose echoes are whose
@@ -416,6 +422,11 @@ class ClientService:
             return msg
         except DecodeError as exc:
             return self._error(codec, coap.BAD_REQUEST, "M_BAD_JSON", exc.message)
+        if method == "GET" and _is_sync(segments):
+            try:
+                raw_query = self._sync_query(request, raw_query, token, state)
+            except DecodeError as exc:
+                return self._error(codec, coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message)
         query: dict[str, Any] = query_params(raw_query)
         if "access_token" in query:
             return self._error(codec, coap.BAD_REQUEST, "M_INVALID_PARAM", "tokens go in Bearer-Bind")
@@ -471,6 +482,24 @@ class ClientService:
                         state.silenced.add(park)
                         park.set()
         return self._answer(codec, result, method)
+
+    @staticmethod
+    def _sync_query(
+        request: Message, raw_query: list[str], token: str | None, state: ClientState
+    ) -> list[str]:
+        """A sync's Uri-Query with Query-Same expanded; without it, remembered for the next."""
+        same = _options(request, QUERY_SAME_OPTION)
+        if not same:
+            if token not in state.sync_query and len(state.sync_query) >= MAX_SLOTS * 2:
+                del state.sync_query[next(iter(state.sync_query))]
+            state.sync_query[token] = [
+                q for q in raw_query if q.partition("=")[0] not in ("since", "timeout")
+            ]
+            return raw_query
+        if len(same) > 1 or same[0] or token not in state.sync_query:
+            raise DecodeError("bad Query-Same")
+        given = {q.partition("=")[0] for q in raw_query}
+        return [q for q in state.sync_query[token] if q.partition("=")[0] not in given] + raw_query
 
     def _codec(self, addr: SessionAddress, state: ClientState, blobs: bool | None = None) -> BodyCodec:
         dict_version = 1 if addr.caps & handshake.CAP_DICT_V1 else None
