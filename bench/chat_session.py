@@ -62,11 +62,21 @@ acknowledgements land in the phase that caused them. Loopback has no loss,
 but its timers are not a WAN's: a TLS session ticket that the client ACKs
 late can be sent twice (a tail-loss probe), which the connect row then shows.
 
+``--session realistic`` runs issue 14's second shape instead: two users, 20
+messages of 14..166 characters alternating (the other member's sent directly
+to Synapse, uncounted: the far side of the conversation), a read receipt for
+each message received, one reaction (``m.annotation``), logout; the client's
+sync loop long-polls 3 s at a time throughout (3 empty polls while the other
+member types, 1 while ours does, about 40 in all: issue 14's independent
+measurement had the same shape and counted 110,060 B over HTTPS). Its
+``--messages N`` runs a shorter conversation (the budget test does).
+
 Output: a table per phase (packets, IP bytes, payload bytes of (a) and (b),
 ratio), totals, and per exchange beside the calibration figures of issue 7;
 ``--json FILE`` writes everything. ``--only baseline`` runs (a) alone.
 
-Usage: python bench/chat_session.py [--only {baseline,lowbw,both}] [--preset 1kbps]
+Usage: python bench/chat_session.py [--session {chat,realistic}] [--messages N]
+       [--only {baseline,lowbw,both}] [--preset 1kbps]
        [--sync-timeout MS] [--capture {auto,yes,no}] [--keep-capture FILE] [--json FILE]
 """
 
@@ -1991,6 +2001,8 @@ ABLATION = (
     ("-r", "no identifier references / event-type numbers", ("--no-refs",)),
     ("-t", "no short transaction IDs", ("--no-short-txn",)),
     ("-all", "integer keys only (all three off)", ("--no-dictionary", "--no-refs", "--no-short-txn")),
+    ("-h", "own echoes not held for the next news (--echo-hold 0)", ("--echo-hold", "0")),
+    ("-l", "receipts as ordinary requests (--no-local-receipts)", ("--no-local-receipts",)),
 )
 
 
@@ -2019,6 +2031,8 @@ def run_ablation(
             variant=suffix,
             client_args=flags,
             e2ee=args.e2ee,
+            session=args.session,
+            session_kwargs={"messages": args.messages} if args.session == "realistic" else None,
         )
         t = total(b["phases"])
         rows.append(
