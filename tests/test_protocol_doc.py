@@ -123,5 +123,35 @@ def test_unconfirmed_receipt_example_is_what_the_client_proxy_sends() -> None:
     msg.mid = 0x1234
     msg.opt.no_response = NO_RESPONSE_ALL
     data = msg.encode()
-    assert data.hex() in table_hex(), "the receipt example (%d bytes) in PROTOCOL.md is out of date" % len(data)
+    assert data.hex() in table_hex(), "the receipt example (%d bytes) in PROTOCOL.md is out of date" % len(
+        data
+    )
     assert "Client request (%d bytes)" % len(data) in DOC.read_text(encoding="utf-8")
+
+
+def test_parked_sync_example_is_what_the_options_make() -> None:
+    """*Syncs*: a parked sync with Query-Same, Echo-Hold and Park-Ack, in the
+    option numbers and values the client-proxy uses."""
+    from aiocoap.message import Message
+    from aiocoap.numbers.codes import Code
+    from aiocoap.numbers.types import CON
+    from aiocoap.optiontypes import OpaqueOption, UintOption
+
+    from lowbw.clientproxy.app import PARK_ACK_ASKED
+    from lowbw.clientproxy.config import DEFAULT_ECHO_HOLD
+    from lowbw.proxy.clients import (
+        BEARER_SLOT_OPTION,
+        ECHO_HOLD_OPTION,
+        PARK_ACK_OPTION,
+        QUERY_SAME_OPTION,
+    )
+
+    msg = Message(code=Code.GET, uri_path=["~"], uri_query=["since=\x0141"])
+    msg.mtype, msg.mid, msg.token = CON, 0x1235, b"\x07"
+    msg.opt.add_option(UintOption(BEARER_SLOT_OPTION, 0))
+    msg.opt.add_option(UintOption(ECHO_HOLD_OPTION, int(DEFAULT_ECHO_HOLD)))
+    msg.opt.add_option(OpaqueOption(QUERY_SAME_OPTION, b""))
+    msg.opt.add_option(UintOption(PARK_ACK_OPTION, PARK_ACK_ASKED))
+    data = msg.encode()
+    assert data.hex() in table_hex()
+    assert "parked sync, %d bytes" % len(data) in DOC.read_text(encoding="utf-8")

@@ -64,7 +64,7 @@ from aiohttp import web
 from lowbw.clientproxy.config import ClientProxyConfig
 from lowbw.clientproxy.link import CLIENT_CAPS, ClientLink, open_link
 from lowbw.clientproxy.metrics import HttpCounts, route_class
-from lowbw.clientproxy.retransmit import ClientTuning, LinkDead
+from lowbw.clientproxy.retransmit import ClientTuning, LinkDead, ParkTuning
 from lowbw.clientproxy.txnids import TxnIds
 from lowbw.compact.codec import CF_CBOR, BodyCodec
 from lowbw.compact.refs import ClientRefs
@@ -77,6 +77,7 @@ from lowbw.proxy.clients import (
     ECHO_HOLD_OPTION,
     FORM_BLOBS,
     MAX_SLOTS,
+    PARK_ACK_OPTION,
     PARK_MAX,
     QUERY_SAME_OPTION,
     REFS_KNOWN_OPTION,
@@ -99,6 +100,14 @@ SESSIONS_KEPT = 3
 # Bearer-Bind slot meaning "this request only": no slot of the session is touched.
 TRANSIENT_SLOT = 0xFF
 REF_PREFIXES = ("\x01", "\x02")
+# How long the proxy may hold back the ACK of a parked sync (Park-Ack): news within
+# that time is answered piggybacked, one datagram instead of a separate answer and
+# its ACK, and the empty ACK of a park that found news is never sent.
+PARK_ACK_ASKED = 45
+# A newly parked sync: how long a poll waits for an error the proxy's first look may
+# bring (a bad since) before it answers "nothing new": the park's frame up and a
+# small answer down, plus this margin.
+PARK_LOOK_MARGIN = 2.0
 # A parked sync may wait this long at the proxy (lowbw.proxy.clients.PARK_MAX), plus a margin.
 PARK_WAIT = PARK_MAX + 120.0
 # Sync query parameters that are not part of what a sync stream is (its filter etc.).
@@ -179,6 +188,8 @@ class _Park:
     # Set when the proxy acknowledged the parked request: it has asked the
     # homeserver and found nothing yet (news would have been the answer).
     acked: asyncio.Event = field(default_factory=asyncio.Event)
+    # A poll has waited for the proxy's first look (PARK_LOOK_MARGIN) already.
+    looked: bool = False
 
 
 @dataclass
@@ -241,6 +252,7 @@ class ClientProxy:
             CLIENT_CAPS if self.config.dictionary else CLIENT_CAPS & ~handshake.CAP_DICT_V1,
             self.config.radio_mtu,
             self.tuning.dead_link_timeout,
+            ParkTuning(self.tuning, PARK_ACK_ASKED),
         )
 
     async def close(self) -> None:
@@ -475,17 +487,18 @@ class ClientProxy:
                 self._after_sync(path, query, token, answer)
                 return answer
             park = self._park(path, query, token, since)
-        if not park.task.done() and not park.acked.is_set():
-            # Until the proxy acknowledges the parked request it has not looked
-            # yet: its answer may be an error (a bad since, an unknown token) that
-            # the homeserver would give on this very poll, or news. Wait for one
-            # or the other before answering "nothing new"; the acknowledgement
-            # comes within the proxy's park ACK delay (1 s) plus airtime.
+        if not park.task.done() and not park.acked.is_set() and not park.looked:
+            # The proxy's first look at a newly parked sync may bring an error
+            # (a bad since, an unknown token) that the homeserver would give on
+            # this very poll, or news. Wait for it (or the ACK, which a proxy
+            # that holds ACKs back sends only after PARK_ACK_ASKED) for the
+            # park's frame up and a small answer down plus PARK_LOOK_MARGIN,
+            # once per park, before answering "nothing new".
             ack = asyncio.ensure_future(park.acked.wait())
+            look = min(self.config.request_timeout, (100 + 128) * 8 / self.config.link_bps + PARK_LOOK_MARGIN)
+            park.looked = True  # once per park: later polls need not wait for the first look
             try:
-                await asyncio.wait(
-                    {park.task, ack}, timeout=self.config.request_timeout, return_when=asyncio.FIRST_COMPLETED
-                )
+                await asyncio.wait({park.task, ack}, timeout=look, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 ack.cancel()
         done, _ = await asyncio.wait({park.task}, timeout=wait_ms / 1000)
@@ -665,6 +678,9 @@ class ClientProxy:
                 msg.opt.add_option(OpaqueOption(QUERY_SAME_OPTION, b""))
             if acked is not None:
                 msg.lowbw_acked = acked  # type: ignore[attr-defined]
+                assert self.link is not None
+                msg.remote = self.link.park_remote
+                msg.opt.add_option(UintOption(PARK_ACK_OPTION, PARK_ACK_ASKED))
                 if self.config.echo_hold > 0:
                     msg.opt.add_option(UintOption(ECHO_HOLD_OPTION, int(self.config.echo_hold)))
             counts = self.counts

@@ -97,6 +97,10 @@ ECHO_HOLD_MAX = 600
 # empty, on a sync request: its Uri-Query is that of the session's last sync request
 # of the same token without this option, with the request's own parameters (since) in place.
 QUERY_SAME_OPTION = 65036
+# uint seconds, on a parked sync: the proxy may hold back its empty ACK that long (at
+# most PARK_ACK_MAX), so that news within it goes piggybacked on the ACK.
+PARK_ACK_OPTION = 65040
+PARK_ACK_MAX = 60
 # No-Response (RFC 7967) suppressing answers of class 2, 4 and 5.
 NO_RESPONSE_ALL = 2 | 8 | 16
 MAX_SLOTS = 16
@@ -315,6 +319,7 @@ class ClientService:
             park_tuning = copy.copy(services.table.tuning)
             park_tuning.EMPTY_ACK_DELAY = PARK_ACK_DELAY
         self.park_tuning = park_tuning
+        self._park_tunings: dict[int, TransportTuning] = {}
 
     # -- hooks for the transport and the site ------------------------------------------
 
@@ -323,8 +328,19 @@ class ClientService:
         if msg.code == Code.GET and self._parks(list(msg.opt.uri_path), list(msg.opt.uri_query)):
             rec = self.s.table.device(addr.device)
             if rec is not None and is_client(rec):
+                asked = _options(msg, PARK_ACK_OPTION)
+                if len(asked) == 1 and len(asked[0]) <= 1:
+                    return self._park_tuning_for(min(coap.uint_decode(asked[0], 1), PARK_ACK_MAX))
                 return self.park_tuning
         return addr.tuning
+
+    def _park_tuning_for(self, delay: int) -> TransportTuning:
+        """The park timings with an empty-ACK delay of ``delay`` s (Park-Ack), one per value."""
+        tuning = self._park_tunings.get(delay)
+        if tuning is None:
+            tuning = self._park_tunings[delay] = copy.copy(self.park_tuning)
+            tuning.EMPTY_ACK_DELAY = max(float(delay), PARK_ACK_DELAY)
+        return tuning
 
     def session_closed(self, addr: SessionAddress) -> None:
         state = self._states.pop(addr, None)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from bench import chat_session
 
 # IP bytes (UDP payload + 28 B per datagram) of the whole session, side (b).
