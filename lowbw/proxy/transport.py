@@ -129,6 +129,7 @@ class LinkTuning(TransportTuning):
         if link_bps <= 0:
             raise ValueError("link_bps must be positive")
         self.link_bps = float(link_bps)
+        self.mtu = mtu  # the radio's, 0 if unknown (client sessions size single answers by it)
         self.block_szx = block_szx_for(link_bps, mtu)
         frame = (1 << (self.block_szx + 4)) + COAP_OVERHEAD + FRAME_OVERHEAD
         airtime = frame * 8 / self.link_bps
