@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from lowbw.proxy import regdb
 from lowbw.wire.errors import LowbwError
 
 _P = ParamSpec("_P")
@@ -233,7 +234,7 @@ class DeviceRecord:
     encrypted: bool = False
 
 
-def _device_from_row(row: sqlite3.Row) -> DeviceRecord:
+def _device_from_row(row: Any) -> DeviceRecord:
     return DeviceRecord(
         name=row["name"],
         public_key=bytes(row["public_key"]),
@@ -256,73 +257,140 @@ _DEVICE_COLUMNS = (
 
 
 class Registry:
-    """The registry file at ``path`` (created with its schema if missing)."""
+    """The registry file at ``path`` (created with its schema if missing), or the
+    PostgreSQL database at a ``postgresql://`` URL (``lowbw.proxy.regdb``)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.url = regdb.fix_url(path)
+        self.path = Path(path) if self.url is None else Path("postgresql")
+        # Changes other proxies or the CLI made ("kind name"), from PostgreSQL's
+        # LISTEN/NOTIFY (``listen``); drained by ``take_changes``.
+        self._changes: list[str] = []
+        self._changes_lock = threading.Lock()
+        self.on_change: Callable[[], None] | None = None
         # Called with (operation, seconds) after each public operation, when set (metrics).
         self.on_timing: Callable[[str, float], None] | None = None
         # The longest public operation so far: (seconds, operation name) (``_timed``).
         self.longest: tuple[float, str] = (0.0, "")
         self._checkpointer: threading.Thread | None = None
         self._checkpoints_stop = threading.Event()
+        self._lock = threading.RLock()
+        if self.url is not None:
+            try:
+                self.engine: regdb.Engine = regdb.PostgresEngine(self.url)
+            except Exception as exc:  # psycopg's errors, a bad URL
+                raise RegistryError("cannot open registry %s: %s" % (regdb.redact(self.url), exc)) from None
+            try:
+                self._init_schema()
+            except self.engine.errors as exc:
+                self.engine.close()
+                raise RegistryError("%s is not a usable lowbw registry: %s" % (regdb.redact(self.url), exc))
+            except RegistryError:
+                self.engine.close()
+                raise
+            self._data_version = 0
+            return
         if str(path) != ":memory:" and not self.path.exists():
             # Created here, not by sqlite3, so it never exists with a looser mode.
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
-        self._lock = threading.RLock()
         try:
-            # isolation_level=None: autocommit; transactions are explicit (_write).
-            self._db = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-            )
+            sqlite = regdb.SqliteEngine(str(path), BUSY_TIMEOUT_MS)
         except sqlite3.Error as exc:
             raise RegistryError("cannot open registry %s: %s" % (path, exc))
-        self._db.row_factory = sqlite3.Row
+        self.engine = sqlite
         try:
-            self._db.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
             self._init_schema()
-            self._data_version = self._current_data_version()
+            self._data_version = sqlite.data_version()
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            sqlite.close()
             raise RegistryError("%s is not a usable lowbw registry: %s" % (path, exc))
         except RegistryError:
-            self._db.close()
+            sqlite.close()
             raise
 
+    @property
+    def location(self) -> str:
+        """The file, or the URL without its password (for messages)."""
+        return regdb.redact(self.url) if self.url is not None else str(self.path)
+
+    @property
+    def notifies(self) -> bool:
+        """True on PostgreSQL: changes arrive by ``listen`` and ``take_changes``, nothing is polled."""
+        return self.engine.notifies
+
     def _init_schema(self) -> None:
+        """Create or migrate the schema (``_SCHEMA``, ``_MIGRATIONS``: SQLite's dialect,
+        translated for PostgreSQL by ``regdb``), in one transaction."""
+        engine = self.engine
+        where = self.location
         with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            engine.lock_schema()
+            version = engine.schema_version()
             if version == SCHEMA_VERSION:
                 return
             if version > SCHEMA_VERSION:
                 raise RegistryError(
                     "registry %s has schema version %d; this lowbw knows up to %d"
-                    % (self.path, version, SCHEMA_VERSION)
+                    % (where, version, SCHEMA_VERSION)
                 )
-            tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-            if version == 0 and tables:
-                raise RegistryError("%s is an SQLite file but not a lowbw registry" % self.path)
+            if version == 0 and engine.table_count():
+                if engine.kind == "sqlite":
+                    raise RegistryError("%s is an SQLite file but not a lowbw registry" % where)
+                raise RegistryError("%s is a database with tables but not a lowbw registry" % where)
             if version > 0:
                 while version < SCHEMA_VERSION:
                     for statement in _MIGRATIONS[version]:
                         db.execute(statement)
                     version += 1
-                db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+                engine.set_schema_version(SCHEMA_VERSION)
                 return
             # executescript would COMMIT our transaction first; run statement by statement.
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+            engine.set_schema_version(SCHEMA_VERSION)
 
     def close(self) -> None:
         self.stop_checkpoints()
         with self._lock:
-            self._db.close()
+            self.engine.close()
+
+    # -- change notification (PostgreSQL) -----------------------------------------
+
+    def listen(self) -> None:
+        """PostgreSQL: start receiving other writers' changes (``take_changes``).
+        SQLite: nothing (``changed`` polls ``PRAGMA data_version``)."""
+        engine = self.engine
+        if isinstance(engine, regdb.PostgresEngine):
+            engine.listen(self._on_notify)
+
+    def _on_notify(self, payload: str) -> None:
+        # On the listener thread.
+        with self._changes_lock:
+            self._changes.append(payload)
+        hook = self.on_change
+        if hook is not None:
+            hook()
+
+    def take_changes(self) -> list[tuple[str, str]]:
+        """The changes notified since the last call, oldest first: (kind, argument)
+        with kind ``device`` (enrolled, revoked, changed), ``command`` (queued),
+        ``session`` (argument ``name node sid``: the device's session is now
+        there) or ``all`` (reload everything)."""
+        if not self._changes:
+            return []
+        with self._changes_lock:
+            changes, self._changes = self._changes, []
+        out = []
+        for payload in changes:
+            kind, _, arg = payload.partition(" ")
+            out.append((kind, arg))
+        return out
+
+    def _notify(self, kind: str, arg: str) -> None:
+        """Inside a write transaction: tell the listening proxies at commit (PostgreSQL)."""
+        self.engine.notify("%s %s" % (kind, arg))
 
     # -- WAL checkpoints off the caller's thread ------------------------------------
 
@@ -339,10 +407,10 @@ class Registry:
         same (every commit is in the WAL before it returns). ``close`` stops
         the thread; closing the last connection checkpoints once more.
         """
-        if self._checkpointer is not None or str(self.path) == ":memory:":
+        if self._checkpointer is not None or str(self.path) == ":memory:" or self.url is not None:
             return
         with self._lock:
-            self._db.execute("PRAGMA wal_autocheckpoint = 0")
+            self.engine.execute("PRAGMA wal_autocheckpoint = 0")
         self._checkpoints_stop.clear()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, args=(interval,), name="lowbw-registry-checkpoint", daemon=True
@@ -356,7 +424,7 @@ class Registry:
         self._checkpoints_stop.set()
         thread.join()
         with self._lock:
-            self._db.execute("PRAGMA wal_autocheckpoint = 1000")
+            self.engine.execute("PRAGMA wal_autocheckpoint = 1000")
 
     def _checkpoint_loop(self, interval: float) -> None:
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -377,22 +445,25 @@ class Registry:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front so two processes never deadlock upgrading."""
+    def _write(self) -> Iterator[regdb.Engine]:
+        """One write transaction, taken up front so two processes never deadlock upgrading
+        (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``BEGIN`` and row locks)."""
+        engine = self.engine
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            engine.begin()
             try:
-                yield self._db
+                yield engine
             except BaseException:
-                self._db.execute("ROLLBACK")
+                engine.rollback()
                 raise
-            self._db.execute("COMMIT")
+            engine.commit()
 
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            rows: list[Any] = self.engine.execute(sql, args).fetchall()
+            return rows
 
-    def _require_device(self, db: sqlite3.Connection, name: str) -> None:
+    def _require_device(self, db: regdb.Engine, name: str) -> None:
         if db.execute("SELECT 1 FROM devices WHERE name = ?", (name,)).fetchone() is None:
             raise RegistryError("no device named %r" % name)
 
@@ -435,6 +506,7 @@ class Registry:
                     int(rec.encrypted),
                 ),
             )
+            self._notify("device", rec.name)
 
     @_timed
     def device(self, name: str) -> DeviceRecord | None:
@@ -460,7 +532,9 @@ class Registry:
                 "UPDATE devices SET encrypted = ? WHERE name = ? AND encrypted != ?",
                 (int(encrypted), name, int(encrypted)),
             )
-            return cur.rowcount == 1
+            if cur.rowcount == 1:
+                self._notify("device", name)
+            return bool(cur.rowcount == 1)
 
     @_timed
     def matrix_device(self, name: str) -> tuple[str, str] | None:
@@ -473,8 +547,9 @@ class Registry:
         with self._write() as db:
             self._require_device(db, name)
             db.execute(
-                "INSERT OR REPLACE INTO matrix_devices (device, device_id, access_token, created_ms) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO matrix_devices (device, device_id, access_token, created_ms) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET device_id = excluded.device_id, "
+                "access_token = excluded.access_token, created_ms = excluded.created_ms",
                 (name, device_id, access_token, now_ms()),
             )
 
@@ -503,17 +578,23 @@ class Registry:
             db.execute("DELETE FROM sessions WHERE device = ?", (name,))
             db.execute("DELETE FROM client_tokens WHERE device = ?", (name,))
             db.execute("DELETE FROM matrix_devices WHERE device = ?", (name,))
-            return cur.rowcount == 1
-
-    def _current_data_version(self) -> int:
-        version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
-        return version
+            if cur.rowcount == 1:
+                self._notify("device", name)
+            return bool(cur.rowcount == 1)
 
     @_timed
     def changed(self) -> bool:
-        """True if another connection (another process) committed since the last call."""
+        """True if another connection (another process) committed since the last call.
+
+        SQLite: ``PRAGMA data_version`` (microseconds). PostgreSQL: whether a
+        change was notified (and the notified changes are dropped: the caller
+        reloads everything; ``take_changes`` says what changed instead).
+        """
+        engine = self.engine
+        if not isinstance(engine, regdb.SqliteEngine):
+            return bool(self.take_changes())
         with self._lock:
-            version = self._current_data_version()
+            version = engine.data_version()
             moved = version != self._data_version
             self._data_version = version
             return moved
@@ -558,7 +639,7 @@ class Registry:
             return False, None
         with self._write() as db:
             row = db.execute(
-                "SELECT epoch, hs_floor, hs_announce FROM devices WHERE name = ?", (name,)
+                "SELECT epoch, hs_floor, hs_announce FROM devices WHERE name = ? /*FOR UPDATE*/", (name,)
             ).fetchone()
             if row is None:
                 raise RegistryError("no device named %r" % name)
@@ -619,7 +700,7 @@ class Registry:
         if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= MAX_EPOCH:
             raise RegistryError("a counter epoch is a 32-bit unsigned integer")
         with self._write() as db:
-            row = db.execute("SELECT epoch FROM devices WHERE name = ?", (name,)).fetchone()
+            row = db.execute("SELECT epoch FROM devices WHERE name = ? /*FOR UPDATE*/", (name,)).fetchone()
             if row is None:
                 raise RegistryError("no device named %r" % name)
             if int(row["epoch"]) == epoch:
@@ -657,12 +738,12 @@ class Registry:
         """
         try:
             with self._lock:
-                cur = self._db.execute(
+                cur = self.engine.execute(
                     "INSERT INTO sent_events (device, txn_id, event_id, sent_ms) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (device, txn_id) DO NOTHING",
                     (name, txn_id, event_id, now_ms()),
                 )
-        except sqlite3.IntegrityError:
+        except self.engine.integrity_errors:
             raise RegistryError("no device named %r" % name) from None
         if cur.rowcount == 1:
             return
@@ -676,12 +757,15 @@ class Registry:
         """Queue a command; its id, or None if this event was queued before (acked or not)."""
         with self._write() as db:
             self._require_device(db, name)
-            cur = db.execute(
+            row = db.execute(
                 "INSERT OR IGNORE INTO commands (device, event_id, sender, body, queued_ms) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (name, event_id, sender, body, now_ms()),
-            )
-            return cur.lastrowid if cur.rowcount == 1 else None
+            ).fetchone()
+            if row is None:
+                return None
+            self._notify("command", name)
+            return int(row[0])
 
     @_timed
     def pending_commands(self, name: str, limit: int = 1) -> list[tuple[int, str, str, str]]:
