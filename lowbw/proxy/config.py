@@ -8,7 +8,7 @@ of the config file (absolute paths are kept as they are)::
     port = 5683                 # 0 = any free port (tests)
     private_key = "proxy.key"   # 64 hex digits, mode 0600
     public_key = "proxy.pub"
-    registry = "registry.sqlite3"
+    registry = "registry.sqlite3"  # an SQLite file, or "postgresql://user@host/db" (docs/scale-out.md)
     link_bps = 100              # radio bit rate: the proxy derives its CoAP timers from it
     mtu = 0                     # largest datagram the radio carries; 0: 256 up to 2400 bit/s, else 1024
 
@@ -96,7 +96,8 @@ class ProxySection:
     port: int = DEFAULT_PORT
     private_key: Path = Path("proxy.key")
     public_key: Path = Path("proxy.pub")
-    registry: Path = Path("registry.sqlite3")
+    # An SQLite file, or a PostgreSQL URL (a str starting postgresql://).
+    registry: Path | str = Path("registry.sqlite3")
     link_bps: int = DEFAULT_LINK_BPS
     mtu: int = 0
 
@@ -330,6 +331,19 @@ class _Table:
             )
 
 
+def _registry_location(t: _Table) -> Path | str:
+    """``[proxy] registry``: a PostgreSQL URL as it is, a file relative to the config."""
+    from lowbw.proxy import regdb
+
+    raw = t.data.get("registry")
+    if isinstance(raw, str):
+        url = regdb.fix_url(raw)
+        if url is not None:
+            t.used.add("registry")
+            return url
+    return t.path("registry", "registry.sqlite3")
+
+
 def load(path: str | os.PathLike[str]) -> ProxyConfig:
     """Read and check ``proxy.toml``; ConfigError (naming the key) on anything wrong."""
     source = Path(os.path.abspath(path))
@@ -360,7 +374,7 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
         port=t.integer("port", DEFAULT_PORT, 0, 65535),
         private_key=t.path("private_key", "proxy.key"),
         public_key=t.path("public_key", "proxy.pub"),
-        registry=t.path("registry", "registry.sqlite3"),
+        registry=_registry_location(t),
         link_bps=t.integer("link_bps", DEFAULT_LINK_BPS, 1, 1_000_000_000),
         mtu=t.integer("mtu", 0, 0, 65507),
     )
@@ -513,7 +527,10 @@ def _to_toml(cfg: ProxyConfig) -> str:
         "port = %d" % p.port,
         "private_key = %s" % toml_string(_rel(p.private_key, base)),
         "public_key = %s" % toml_string(_rel(p.public_key, base)),
-        "registry = %s" % toml_string(_rel(p.registry, base)),
+        "# An SQLite file, or postgresql://USER@HOST/DB (several proxies on one fleet:",
+        "# docs/scale-out.md).",
+        "registry = %s"
+        % toml_string(p.registry if isinstance(p.registry, str) else _rel(p.registry, base)),
         "# Radio link bit rate; CoAP retransmission timers are derived from it.",
         "link_bps = %d" % p.link_bps,
         "# Largest datagram the radio carries (sizes block-wise transfers); 0: 256 B up to",
@@ -596,6 +613,19 @@ def appservice_registration_yaml(cfg: ProxyConfig) -> str:
     )
 
 
+def _init_registry(registry: str | None, target: Path) -> Path | str:
+    """``lowbw proxy init --registry``: a PostgreSQL URL, a file, or registry.sqlite3 in DIR."""
+    from lowbw.proxy import regdb
+
+    if not registry:
+        return target / "registry.sqlite3"
+    url = regdb.fix_url(registry)
+    if url is not None:
+        return url
+    path = Path(registry)
+    return path if path.is_absolute() else Path(os.path.abspath(path))
+
+
 @dataclass
 class InitResult:
     config: ProxyConfig
@@ -624,6 +654,7 @@ def write_default(
     registration_shared_secret: str = "",
     metrics_listen: str | None = None,
     metrics_token: str | None = None,
+    registry: str | None = None,
     force: bool = False,
 ) -> InitResult:
     """``lowbw proxy init``: directory, key pair, proxy.toml and the appservice registration.
@@ -666,7 +697,7 @@ def write_default(
             port=port,
             private_key=target / "proxy.key",
             public_key=target / "proxy.pub",
-            registry=target / "registry.sqlite3",
+            registry=_init_registry(registry, target),
             link_bps=link_bps,
             mtu=mtu,
         ),
@@ -723,5 +754,8 @@ def write_default(
     keyfile.write_secret_text(cfg.path, cfg.to_toml(), overwrite=force)
     written.append((cfg.path, keyfile.PRIVATE_MODE))
     return InitResult(
-        config=cfg, written=written, created_dir=created_dir, kept_registry=cfg.proxy.registry.exists()
+        config=cfg,
+        written=written,
+        created_dir=created_dir,
+        kept_registry=isinstance(cfg.proxy.registry, Path) and cfg.proxy.registry.exists(),
     )

@@ -69,7 +69,7 @@ class ProxySettings:
     """Everything the proxy needs to run (``from_config`` reads ``proxy.toml``)."""
 
     private_key: bytes
-    registry_path: Path
+    registry_path: Path | str
     homeserver_url: str
     mode: str = "appservice"
     bind: str = "127.0.0.1"

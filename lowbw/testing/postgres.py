@@ -121,8 +121,7 @@ class PostgresServer:
         options = (
             "-c listen_addresses=127.0.0.1 -c port=%d -c unix_socket_directories='%s' "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=%d -c shared_buffers=32MB"
-            % (self.port, self.dir, self.max_connections)
+            "-c max_connections=%d -c shared_buffers=32MB" % (self.port, self.dir, self.max_connections)
         )
         start = subprocess.run(
             self._cmd(
@@ -191,7 +190,9 @@ class PostgresServer:
 
 def main() -> int:
     with PostgresServer() as server:
-        print("postgresql at %s (started in %.2f s); Ctrl-C stops it" % (server.url, server.start_seconds or 0))
+        print(
+            "postgresql at %s (started in %.2f s); Ctrl-C stops it" % (server.url, server.start_seconds or 0)
+        )
         try:
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         except KeyboardInterrupt:
