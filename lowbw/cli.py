@@ -210,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run the proxy", description="Serve devices over UDP until SIGTERM/SIGINT."
     )
     run.add_argument("--config", required=True, metavar="FILE", help="proxy.toml")
+    run.add_argument(
+        "--node",
+        type=int,
+        metavar="N",
+        help="this process's node number of [cluster] nodes (overrides [cluster] node; docs/scale-out.md)",
+    )
     run.set_defaults(func=cmd_proxy_run)
 
     ec = proxy_sub.add_parser(
@@ -464,6 +470,8 @@ def cmd_proxy_migrate_registry(args: argparse.Namespace) -> int:
 def cmd_proxy_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     server_main = _import_runner("lowbw.proxy.server", "main", "the proxy server")
+    if args.node is not None:
+        return int(server_main(str(cfg.path), node=args.node))
     return int(server_main(str(cfg.path)))
 
 

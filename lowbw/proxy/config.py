@@ -159,6 +159,44 @@ class MetricsSection:
 
 
 @dataclass
+class ClusterSection:
+    """``[cluster]``: several proxies on one fleet (``lowbw.proxy.cluster``, docs/scale-out.md).
+
+    ``nodes`` 1 (the default) is a single proxy. With more, every node runs
+    with the same key and PostgreSQL registry, ``node`` is its number
+    (``lowbw proxy run --node N`` overrides it), ``forward`` is where the other
+    nodes send it frames of its sessions, ``node_timeout`` how long a node may
+    miss heartbeats before its sessions count as lost.
+    """
+
+    node: int = 0
+    nodes: int = 1
+    forward: str = "127.0.0.1:0"
+    node_timeout: float = 3.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.nodes > 1
+
+    @property
+    def node_bits(self) -> int:
+        return (self.nodes - 1).bit_length() if self.nodes > 1 else 0
+
+    def check(self) -> None:
+        if not 1 <= self.nodes <= 16:
+            raise ConfigError("[cluster] nodes must be 1..16")
+        if not 0 <= self.node < self.nodes:
+            raise ConfigError(
+                "[cluster] node must be 0..%d (nodes - 1), got %d" % (self.nodes - 1, self.node)
+            )
+        if self.node_timeout < 2.0:
+            raise ConfigError("[cluster] node_timeout must be at least 2 s")
+        host, sep, port = self.forward.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError("[cluster] forward must be HOST:PORT")
+
+
+@dataclass
 class ProxyConfig:
     """A loaded ``proxy.toml``; paths are absolute, resolved against the file's directory."""
 
@@ -168,6 +206,7 @@ class ProxyConfig:
     appservice: AppserviceSection | None = None
     limits: Limits = field(default_factory=Limits)
     metrics: MetricsSection | None = None
+    cluster: ClusterSection = field(default_factory=ClusterSection)
 
     @property
     def dir(self) -> Path:
@@ -362,7 +401,7 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
     except OSError as exc:
         raise ConfigError("cannot read config file %s: %s" % (source, exc.strerror or type(exc).__name__))
 
-    unknown = sorted(set(data) - {"proxy", "homeserver", "appservice", "limits", "metrics"})
+    unknown = sorted(set(data) - {"proxy", "homeserver", "appservice", "limits", "metrics", "cluster"})
     if unknown:
         raise ConfigError("%s: unknown table(s): %s" % (source, ", ".join(unknown)))
     if "homeserver" not in data:
@@ -431,6 +470,9 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
         log.warning(
             "%s holds the metrics token but others may read it (mode %04o)", source, stat.S_IMODE(st.st_mode)
         )
+    cluster = _load_cluster(_Table(source, "cluster", data.get("cluster", {})))
+    if cluster.enabled and isinstance(proxy.registry, Path):
+        raise ConfigError("%s: [cluster] nodes > 1 needs [proxy] registry = \"postgresql://...\"" % source)
     return ProxyConfig(
         path=source,
         proxy=proxy,
@@ -438,7 +480,27 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
         appservice=appservice,
         limits=limits,
         metrics=metrics,
+        cluster=cluster,
     )
+
+
+def _load_cluster(t: _Table) -> ClusterSection:
+    timeout = t.data.get("node_timeout", 3.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise t._fail("node_timeout", "must be a number")
+    t.used.add("node_timeout")
+    c = ClusterSection(
+        node=t.integer("node", 0, 0, 15),
+        nodes=t.integer("nodes", 1, 1, 16),
+        forward=t.string("forward", "127.0.0.1:0"),
+        node_timeout=float(timeout),
+    )
+    t.check()
+    try:
+        c.check()
+    except ConfigError as exc:
+        raise ConfigError("%s: %s" % (t.source, exc.message or exc)) from None
+    return c
 
 
 def _load_metrics(t: _Table) -> MetricsSection:
@@ -577,6 +639,17 @@ def _to_toml(cfg: ProxyConfig) -> str:
             "token = %s" % toml_string(m.token),
             "# Per-device series (last seen, bytes, airtime, readings, authentication failures).",
             "per_device = %s" % ("true" if m.per_device else "false"),
+        ]
+    c = cfg.cluster
+    if c.enabled:
+        lines += [
+            "",
+            "[cluster]",
+            "# Several proxies on one fleet (docs/scale-out.md); `lowbw proxy run --node N` sets node.",
+            "node = %d" % c.node,
+            "nodes = %d" % c.nodes,
+            "forward = %s" % toml_string(c.forward),
+            "node_timeout = %s" % repr(float(c.node_timeout)),
         ]
     return "\n".join(lines) + "\n"
 

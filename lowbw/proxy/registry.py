@@ -783,6 +783,14 @@ class Registry:
         return int(rows[0]["n"])
 
     @_timed
+    def pending_counts(self) -> dict[str, int]:
+        """Unacknowledged commands per device (only devices that have some), in one query."""
+        rows = self._read(
+            "SELECT device, count(*) AS n FROM commands WHERE acked_ms IS NULL GROUP BY device"
+        )
+        return {str(r["device"]): int(r["n"]) for r in rows}
+
+    @_timed
     def ack_command(self, name: str, command_id: int) -> bool:
         """Mark the device's command delivered; False if unknown, another device's, or acked already."""
         with self._write() as db:

@@ -230,6 +230,13 @@ class SessionTable:
         self.on_summary: Callable[[], None] | None = None
         # Called with each session that closes.
         self.on_close: Callable[[SessionAddress], None] | None = None
+        # Several proxies on one fleet (lowbw.proxy.cluster): session ids begin
+        # with this node's number (sid_node_bits bits); on_add hears of each new
+        # session; on_changes takes the registry's notices (PostgreSQL).
+        self.sid_node = 0
+        self.sid_node_bits = 0
+        self.on_add: Callable[[SessionAddress], None] | None = None
+        self.on_changes: Callable[[list[tuple[str, str]]], None] | None = None
         self.reload()
 
     # -- devices ----------------------------------------------------------------
@@ -254,11 +261,8 @@ class SessionTable:
                 if name not in current:
                     self.e2ee.forget(name)
             self.e2ee.start_all(list(current.values()))
-        self._commands = {}
-        for name in current:
-            n = self.registry.count_pending(name)
-            if n:
-                self._commands[name] = n
+        counts = self.registry.pending_counts()
+        self._commands = {name: n for name, n in counts.items() if name in current and n}
 
     def room_encrypted(self, room_id: str) -> None:
         """``room_id`` got an ``m.room.encryption`` state event: its devices are
@@ -277,8 +281,14 @@ class SessionTable:
         """Called for every datagram (a revocation takes effect on the very next
         one) and by the timer of ``start_timers`` (so it takes effect within
         ``registry_poll_interval`` even when the device stays silent, for
-        example a parked sync). ``PRAGMA data_version`` costs microseconds."""
-        if self.registry.changed():
+        example a parked sync). ``PRAGMA data_version`` costs microseconds; on
+        PostgreSQL nothing is asked: the notices are already here (LISTEN)."""
+        registry = self.registry
+        if registry.notifies and self.on_changes is not None:
+            changes = registry.take_changes()
+            if changes:
+                self.on_changes(changes)
+        elif registry.changed():
             self.reload()
 
     def start_timers(self) -> None:
@@ -392,10 +402,12 @@ class SessionTable:
         return self.by_sid.get(sid)
 
     def _new_sid(self) -> int:
-        if len(self.by_sid) + len(self._pending_xx) >= 0x10000:
+        space = 1 << (16 - self.sid_node_bits)
+        base = self.sid_node << (16 - self.sid_node_bits)
+        if len(self.by_sid) + len(self._pending_xx) >= space:
             raise LowbwError("session table full")
         while True:
-            sid = secrets.randbelow(0x10000)
+            sid = base | secrets.randbelow(space)
             if sid not in self.by_sid and sid not in self._pending_xx:
                 return sid
 
@@ -406,6 +418,8 @@ class SessionTable:
             self.close(old)
         self.by_sid[addr.sid] = addr
         self.by_device[addr.device] = addr
+        if self.on_add is not None and old is not addr:
+            self.on_add(addr)
 
     def close(self, addr: SessionAddress) -> None:
         self._floors.pop(addr.sid, None)
