@@ -22,6 +22,7 @@ from lowbw.proxy import cluster as cluster_mod
 from lowbw.proxy.config import ClusterSection
 from lowbw.proxy.registry import Registry
 from lowbw.wire import coap
+from lowbw.wire.errors import DecodeError
 
 from .conftest import (
     SERVER_NAME,
@@ -205,5 +206,5 @@ def test_forward_encoding_round_trip() -> None:
     data = os.urandom(40)
     packet = cluster_mod.encode_forward(data, ("10.1.2.3", 40000))
     assert cluster_mod.decode_forward(packet) == (data, ("10.1.2.3", 40000))
-    with pytest.raises(Exception):
+    with pytest.raises(DecodeError):
         cluster_mod.decode_forward(b"\xfeLF1\x00")
