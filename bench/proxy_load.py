@@ -717,6 +717,22 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _main_nodes(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    """``--nodes N`` (issue 17): bench/proxy_nodes.py, one JSON line with ``--json``."""
+    try:
+        from bench.proxy_nodes import bench_nodes, summary
+    except ImportError:
+        from proxy_nodes import bench_nodes, summary  # type: ignore[no-redef]
+
+    with tempfile.TemporaryDirectory(prefix="lowbw-bench-") as tmp:
+        result["nodes"] = bench_nodes(args, Path(tmp))
+    result["summary"] = summary(result["nodes"])
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"]) if args.json else json.dumps(result["nodes"], indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small and short (for a smoke run)")
@@ -737,6 +753,12 @@ def main(argv: list[str] | None = None) -> int:
         "--compare",
         action="store_true",
         help="also run the proxy as before issue 13 (LOWBW_PROXY_FAST_PATHS=0), side by side",
+    )
+    p.add_argument(
+        "--nodes",
+        type=int,
+        help="several proxy processes on one fleet (PostgreSQL registry, SO_REUSEPORT): saturated "
+        "readings/s of N processes against one (bench/proxy_nodes.py)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON line of headline figures, no table")
     p.add_argument("--out", help="also write the whole result as JSON here")
@@ -760,6 +782,8 @@ def main(argv: list[str] | None = None) -> int:
             "idle_session_bytes": 2048,
         },
     }
+    if args.nodes:
+        return _main_nodes(args, result)
     with tempfile.TemporaryDirectory(prefix="lowbw-bench-") as tmp:
         work = Path(tmp)
         if args.compare:

@@ -183,14 +183,14 @@ class SqliteEngine(Engine):
             path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
         )
         self.db.row_factory = sqlite3.Row
-        try:
-            self.db.execute("PRAGMA busy_timeout = %d" % busy_timeout_ms)
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = NORMAL")
-            self.db.execute("PRAGMA foreign_keys = ON")
-        except BaseException:
-            self.db.close()
-            raise
+        self.busy_timeout_ms = busy_timeout_ms
+
+    def configure(self) -> None:
+        """WAL, synchronous NORMAL, foreign keys (sqlite3.DatabaseError: not a database)."""
+        self.db.execute("PRAGMA busy_timeout = %d" % self.busy_timeout_ms)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("PRAGMA foreign_keys = ON")
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self.db.execute(sql, tuple(args))

@@ -300,6 +300,7 @@ class Registry:
             raise RegistryError("cannot open registry %s: %s" % (path, exc))
         self.engine = sqlite
         try:
+            sqlite.configure()
             self._init_schema()
             self._data_version = sqlite.data_version()
         except sqlite3.DatabaseError as exc:
