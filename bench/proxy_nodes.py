@@ -2,9 +2,10 @@
 
 One PostgreSQL (``lowbw.testing.postgres``), the sink homeserver of
 bench/proxy_load.py, one ``proxy.toml`` with ``registry = "postgresql://..."``
-and ``[cluster] nodes = N``. Two saturated runs with the same simulated warm
+and ``[cluster] nodes = N``. Three saturated runs with the same simulated warm
 devices (closed loop, one UDP socket each, this process):
 
+0. one proxy process on an SQLite registry (a single proxy as before);
 1. one proxy process (``[cluster]`` off, the same PostgreSQL registry);
 2. N processes (``lowbw proxy run --node K``) bound to the same UDP port with
    ``SO_REUSEPORT``: the kernel spreads the devices' source addresses over
@@ -66,14 +67,14 @@ class NodeProcess:
         return out
 
 
-def _config(work: Path, sink_url: str, pg_url: str, nodes: int, port: int) -> Any:
+def _config(work: Path, sink_url: str, registry: str, nodes: int, port: int) -> Any:
     cfg = pl.write_default(
         work,
         sink_url,
         server_name="sink.test",
         port=port,
         appservice_listen="127.0.0.1:%d" % pl.free_port(),
-        registry=pg_url,
+        registry=registry,
     ).config
     pl.bench_limits(cfg)
     if nodes > 1:
@@ -110,60 +111,88 @@ def bench_nodes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sink = pl.Sink()
     try:
         with PostgresServer() as pg:
-            url = pg.new_database()
+            url = pg.new_database(unix_socket=True)
             port = pl.free_port(socket.SOCK_DGRAM)
             keys = pl.new_keys(args.devices)
-            with Registry(url) as reg:
-                for i, (_, pub) in enumerate(keys):
-                    name = "d%d" % i
-                    reg.add_device(
-                        DeviceRecord(
-                            name=name,
-                            public_key=pub,
-                            user_id="@lowbw_%s:sink.test" % name,
-                            rooms=[pl.ROOM],
-                            slots=pl.SLOTS,
+            sqlite_path = work / "sqlite" / "registry.sqlite3"
+            sqlite_path.parent.mkdir(parents=True)
+            for where in (url, str(sqlite_path)):
+                with Registry(where) as reg:
+                    for i, (_, pub) in enumerate(keys):
+                        name = "d%d" % i
+                        reg.add_device(
+                            DeviceRecord(
+                                name=name,
+                                public_key=pub,
+                                user_id="@lowbw_%s:sink.test" % name,
+                                rooms=[pl.ROOM],
+                                slots=pl.SLOTS,
+                            )
                         )
-                    )
             runs: dict[str, Any] = {}
-            for count in (1, nodes):
-                cfg = _config(work / ("n%d" % count), sink.url, url, count, port)
+            # (label, registry, processes): a single proxy on SQLite as before,
+            # one on PostgreSQL, N on PostgreSQL.
+            for label, where, count in (
+                ("sqlite_1", str(sqlite_path), 1),
+                ("pg_1", url, 1),
+                ("pg_n", url, nodes),
+            ):
+                cfg = _config(work / label, sink.url, where, count, port)
                 procs = [NodeProcess(cfg.path, k if count > 1 else None) for k in range(count)]
+                outputs: list[str] = []
                 try:
                     time.sleep(0.5)
-                    runs[str(count)] = _saturate(
+                    runs[label] = _saturate(
                         procs, (cfg.proxy.bind, cfg.proxy.port), cfg.read_public_key(), keys, args.duration
                     )
                 finally:
                     for p in procs:
-                        p.stop()
+                        outputs.append(p.stop())
+                stalls = [pl.longest_registry_call(out) for out in outputs]
+                known = [st for st in stalls if st[0] is not None]
+                worst = max(known) if known else (None, None)
+                runs[label]["max_loop_stall_ms"], runs[label]["max_loop_stall_op"] = worst
                 sink.reset()
-            one, many = runs["1"], runs[str(nodes)]
+            base, one, many = runs["sqlite_1"], runs["pg_1"], runs["pg_n"]
+
+            def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+                return round(a["readings_per_s"] / b["readings_per_s"], 2) if b["readings_per_s"] else None
+
             return {
                 "nodes": nodes,
                 "devices": args.devices,
-                "registry": "postgresql",
+                "sqlite_one_process": base,
                 "one_process": one,
                 "n_processes": many,
-                "speedup": round(many["readings_per_s"] / one["readings_per_s"], 2)
-                if one["readings_per_s"]
-                else None,
+                "speedup": ratio(many, one),
+                "speedup_vs_sqlite": ratio(many, base),
             }
     finally:
         sink.stop()
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
-    one, many = result["one_process"], result["n_processes"]
+    base, one, many = result["sqlite_one_process"], result["one_process"], result["n_processes"]
     return {
         "nodes": result["nodes"],
+        "readings_per_s_sqlite_1": base["readings_per_s"],
         "readings_per_s_1": one["readings_per_s"],
         "readings_per_s_n": many["readings_per_s"],
         "speedup": result["speedup"],
+        "speedup_vs_sqlite_1": result["speedup_vs_sqlite"],
+        "cpu_us_per_reading_sqlite_1": base["proxy_cpu_us_per_reading"],
         "cpu_us_per_reading_1": one["proxy_cpu_us_per_reading"],
         "cpu_us_per_reading_n": many["proxy_cpu_us_per_reading"],
-        "machine_busy_cores_1": one["machine_busy_cores"],
-        "machine_busy_cores_n": many["machine_busy_cores"],
-        "devices_cpu_share_1": one["devices_cpu_share_of_one_core"],
-        "devices_cpu_share_n": many["devices_cpu_share_of_one_core"],
+        "machine_busy_cores": [
+            base["machine_busy_cores"],
+            one["machine_busy_cores"],
+            many["machine_busy_cores"],
+        ],
+        "devices_cpu_share": [
+            base["devices_cpu_share_of_one_core"],
+            one["devices_cpu_share_of_one_core"],
+            many["devices_cpu_share_of_one_core"],
+        ],
+        "max_loop_stall_ms": [base["max_loop_stall_ms"], one["max_loop_stall_ms"], many["max_loop_stall_ms"]],
+        "max_loop_stall_op": [base["max_loop_stall_op"], one["max_loop_stall_op"], many["max_loop_stall_op"]],
     }

@@ -102,8 +102,17 @@ class Row(tuple):  # type: ignore[type-arg]
         return tuple.__getitem__(self, key)
 
 
+_ROW_CLASSES: dict[tuple[str, ...], type[Row]] = {}
+
+
 def _row_class(names: Sequence[str]) -> type[Row]:
-    return type("Row", (Row,), {"__slots__": (), "_names": {n: i for i, n in enumerate(names)}})
+    key = tuple(names)
+    cls = _ROW_CLASSES.get(key)
+    if cls is None:
+        cls = type("Row", (Row,), {"__slots__": (), "_names": {n: i for i, n in enumerate(names)}})
+        if len(_ROW_CLASSES) < 1024:
+            _ROW_CLASSES[key] = cls
+    return cls
 
 
 _PG_RULES: list[tuple[re.Pattern[str], str]] = [

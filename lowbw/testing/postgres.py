@@ -76,7 +76,10 @@ class PostgresServer:
     def url(self) -> str:
         return "postgresql://%s@127.0.0.1:%d/postgres" % (self.user, self.port)
 
-    def database_url(self, name: str) -> str:
+    def database_url(self, name: str, *, unix_socket: bool = False) -> str:
+        """URL of database ``name`` (over TCP, or over the server's Unix socket)."""
+        if unix_socket and self.dir is not None:
+            return "postgresql://%s@/%s?host=%s&port=%d" % (self.user, name, self.dir, self.port)
         return "postgresql://%s@127.0.0.1:%d/%s" % (self.user, self.port, name)
 
     def _cmd(self, args: list[str]) -> list[str]:
@@ -154,14 +157,14 @@ class PostgresServer:
         self.start_seconds = time.monotonic() - started
         return self
 
-    def new_database(self, prefix: str = "lowbw") -> str:
-        """Create an empty database; its URL."""
+    def new_database(self, prefix: str = "lowbw", *, unix_socket: bool = False) -> str:
+        """Create an empty database; its URL (TCP, or the Unix socket)."""
         import psycopg
 
         name = "%s_%s" % (prefix, secrets.token_hex(6))
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute('CREATE DATABASE "%s"' % name)
-        return self.database_url(name)
+        return self.database_url(name, unix_socket=unix_socket)
 
     def stop(self) -> None:
         if self.dir is None:
