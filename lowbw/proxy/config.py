@@ -35,6 +35,12 @@ of the config file (absolute paths are kept as they are)::
     history_interval = 300      # seconds per point of the status page's charts
     history_points = 288        # points kept per device (24 h at 300 s)
 
+    [cluster]                   # optional: several proxies on one fleet (docs/scale-out.md)
+    nodes = 1                   # > 1 needs registry = "postgresql://..."
+    node = 0                    # this process (`lowbw proxy run --node N` overrides it)
+    forward = "127.0.0.1:0"     # where other nodes forward this node's frames
+    node_timeout = 3.0          # seconds without a heartbeat: the node is dead
+
 Only ``[homeserver] url`` (and, in appservice mode, both tokens) must be given;
 every other key has the default shown.  An unknown table or key is an error,
 so a typo never silently falls back to a default.  Errors name the file and the
