@@ -63,6 +63,7 @@ from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
 
 from lowbw.proxy.config import ClusterSection
+from lowbw.proxy.regdb import NOTIFY_CHANNEL
 from lowbw.proxy.registry import Registry, RegistryError, now_ms
 from lowbw.proxy.transport import (
     RECEIVE_BUFFER,
@@ -185,16 +186,19 @@ class ClusterStore:
             )
 
     def claim(self, device: str, node: int, sid: int) -> None:
-        """The device's session is now (node, sid); the other nodes hear of it."""
+        """The device's session is now (node, sid); the other nodes hear of it.
+
+        One statement (one round trip, its own transaction): the upsert and the
+        notice commit together."""
         reg = self.registry
-        with reg._write() as db:
-            db.execute(
-                "INSERT INTO cluster_sessions (device, node, sid, since_ms) VALUES (?, ?, ?, ?) "
+        with reg._lock:
+            reg.engine.execute(
+                "WITH up AS (INSERT INTO cluster_sessions (device, node, sid, since_ms) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (device) DO UPDATE SET node = excluded.node, sid = excluded.sid, "
-                "since_ms = excluded.since_ms",
-                (device, node, sid, now_ms()),
+                "since_ms = excluded.since_ms RETURNING 1) "
+                "SELECT pg_notify(?, ?) FROM up",
+                (device, node, sid, now_ms(), NOTIFY_CHANNEL, "session %s %d %d" % (device, node, sid)),
             )
-            reg._notify("session", "%s %d %d" % (device, node, sid))
 
     def owner(self, device: str) -> tuple[int, int] | None:
         rows = self.registry._read("SELECT node, sid FROM cluster_sessions WHERE device = ?", (device,))

@@ -55,6 +55,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lowbw.wire.errors import LowbwError
+
 log = logging.getLogger("lowbw.proxy.registry")
 
 NOTIFY_CHANNEL = "lowbw_registry"
@@ -62,6 +64,15 @@ NOTIFY_CHANNEL = "lowbw_registry"
 PG_VERSION_TABLE = "lowbw_schema"
 # Any constant: the advisory lock that serialises schema creation between proxies.
 PG_SCHEMA_LOCK = 0x6C6F7762
+
+
+class DatabaseUnavailable(LowbwError):
+    """The database cannot be reached (PostgreSQL down or the connection lost).
+
+    A LowbwError, so the proxy's datagram handling and timers treat it like any
+    refused operation (the datagram is dropped or answered 5.xx, the timer runs
+    again) instead of ending with a traceback.
+    """
 
 
 def is_url(target: object) -> bool:
@@ -260,14 +271,22 @@ class PostgresEngine(Engine):
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         query = self._sql(sql)
+        psycopg = self._psycopg
         try:
             return self.conn.execute(query, tuple(args) if args else None)
-        except self._psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
             if self._in_tx or not self.conn.broken:
+                if self.conn.broken:
+                    raise DatabaseUnavailable(
+                        "registry database unreachable: %s" % type(exc).__name__
+                    ) from exc
                 raise
-            log.warning("registry: connection to PostgreSQL lost; connecting again")
+        log.warning("registry: connection to PostgreSQL lost; connecting again")
+        try:
             self.conn = self._connect()
             return self.conn.execute(query, tuple(args) if args else None)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable("registry database unreachable: %s" % type(exc).__name__) from exc
 
     def begin(self) -> None:
         self.execute("BEGIN")
@@ -275,12 +294,18 @@ class PostgresEngine(Engine):
 
     def commit(self) -> None:
         self._in_tx = False
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("COMMIT")
+        except self._psycopg.OperationalError as exc:
+            raise DatabaseUnavailable("registry database unreachable at commit") from exc
 
     def rollback(self) -> None:
         self._in_tx = False
         if not self.conn.broken:
-            self.conn.execute("ROLLBACK")
+            try:
+                self.conn.execute("ROLLBACK")
+            except self._psycopg.OperationalError:
+                pass
 
     def lock_schema(self) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock(%d)" % PG_SCHEMA_LOCK)

@@ -250,3 +250,43 @@ def test_migrate_registry_command(tmp_path: Path, postgres_url: str) -> None:
     assert "copied" in out.stdout and "1 device(s)" in out.stdout
     with Registry(postgres_url) as r:
         assert [d.name for d in r.devices()] == ["sensor1"]
+
+
+def test_a_lost_connection_is_opened_again(postgres_url: str) -> None:
+    with Registry(postgres_url) as r:
+        r.add_device(record("sensor1"))
+        pid = r.engine.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.2)
+        # The next statement outside a transaction connects again and runs.
+        assert r.device("sensor1") is not None
+        assert r.engine.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+        # A write transaction starting on a lost connection starts on a new one.
+        pid = r.engine.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.2)
+        assert r.accept_handshake("sensor1", os.urandom(32), 1, None) == (True, None)
+
+
+def test_an_unreachable_database_is_a_lowbw_error(postgres_url: str) -> None:
+    """Lost inside a transaction, or unreachable when connecting again: DatabaseUnavailable
+    (a LowbwError the proxy's datagram handling and timers already survive)."""
+    from lowbw.wire.errors import LowbwError
+
+    with Registry(postgres_url) as r:
+        r.add_device(record("sensor1"))
+        engine = r.engine
+        assert isinstance(engine, regdb.PostgresEngine)
+        engine.url = "postgresql://nobody@127.0.0.1:1/none"
+        engine.connect_timeout = 1
+        pid = engine.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.2)
+        with pytest.raises(regdb.DatabaseUnavailable) as err:
+            r.device("sensor1")
+        assert isinstance(err.value, LowbwError)
+        engine.url = postgres_url
+        assert r.device("sensor1") is not None
