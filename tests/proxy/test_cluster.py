@@ -208,3 +208,24 @@ def test_forward_encoding_round_trip() -> None:
     assert cluster_mod.decode_forward(packet) == (data, ("10.1.2.3", 40000))
     with pytest.raises(DecodeError):
         cluster_mod.decode_forward(b"\xfeLF1\x00")
+
+
+def test_a_handshake_replayed_to_the_other_node_is_silent(nodes, pg_config_path, synapse, matrix_user):  # type: ignore[no-untyped-def]
+    dev = enroll_device(pg_config_path, matrix_user, synapse)
+    n0 = nodes(0)
+    n1 = nodes(1)
+    wire = dev.wire()
+    wire.proxy_addr = ("127.0.0.1", n0.port)
+    assert wire.exchange(wire.reading([7])).code == coap.CHANGED
+    ik1 = wire.sent[0]
+    # An attacker replays the captured IK message 1 to the other node: no answer,
+    # no session there, no second event, and the device's session on node 0 stays.
+    attacker = dev.wire()
+    attacker.proxy_addr = ("127.0.0.1", n1.port)
+    attacker.send(ik1)
+    attacker.expect_silence()
+    assert dev.name not in n1.server.table.by_device
+    assert n1.server.table.handshake_counts.get(("ik", "replay")) == 1
+    assert wire.exchange(wire.reading([8])).code == coap.CHANGED
+    events = room_events(synapse.url, matrix_user.access_token, dev.room_id, dev.user_id)
+    assert [e["content"]["body"] for e in events] == ["temperature 0.7 °C", "temperature 0.8 °C"]
