@@ -1,7 +1,11 @@
 """The enrollment registry: devices, their message counters, sent events, commands, sessions.
 
 One SQLite file (WAL mode) shared by the running proxy and the ``lowbw device``
-commands of the operator.  A device is its Noise static public key; the record
+commands of the operator, or a PostgreSQL database (``Registry("postgresql://...")``)
+shared by several proxies on one fleet (docs/scale-out.md). The SQL below is
+written once, in SQLite's dialect; ``lowbw.proxy.regdb`` runs it on either
+engine (translating it for PostgreSQL), so a new column or migration is written
+once too.  A device is its Noise static public key; the record
 says which Matrix user it acts as, which rooms and event types it may use and
 how its readings are rendered (``slots``, as in the device config).
 
@@ -35,7 +39,9 @@ Tables (schema version 5, kept in ``PRAGMA user_version``):
                  token never crosses the radio (``lowbw.proxy.clients``).
 
 Revocation across processes: the proxy calls ``changed()`` (``PRAGMA
-data_version``, which moves when another connection commits) on each datagram;
+data_version``, which moves when another connection commits) on each datagram
+(on PostgreSQL the writers of devices and commands ``NOTIFY`` instead, and
+``listen``/``take_changes`` say what changed: nothing is polled);
 ``device_by_key`` never returns a revoked device, and ``revoke`` deletes the
 device's saved sessions.  ``load_sessions`` hands the saved states out once and
 deletes them: restoring the same Noise state twice (after a crash that followed
