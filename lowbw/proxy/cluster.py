@@ -502,7 +502,10 @@ class ChangeHandler:
             elif kind == "device":
                 self._device(arg)
             elif kind == "command":
-                if arg in table.devices:
+                if self.cluster is not None and arg not in table.by_device:
+                    # Counted again when the device makes a session here (session_added).
+                    table._commands.pop(arg, None)
+                elif arg in table.devices:
                     table.refresh_commands(arg, notify=True)
             elif kind == "session" and self.cluster is not None:
                 name, _, rest = arg.partition(" ")
