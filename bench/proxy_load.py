@@ -760,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         help="several proxy processes on one fleet (PostgreSQL registry, SO_REUSEPORT): saturated "
         "readings/s of N processes against one (bench/proxy_nodes.py)",
     )
+    p.add_argument("--rounds", type=int, help="with --nodes: repeat the runs, interleaved (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON line of headline figures, no table")
     p.add_argument("--out", help="also write the whole result as JSON here")
     args = p.parse_args(argv)
