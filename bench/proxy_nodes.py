@@ -111,12 +111,18 @@ def bench_nodes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sink = pl.Sink()
     try:
         with PostgresServer() as pg:
-            url = pg.new_database(unix_socket=True)
             port = pl.free_port(socket.SOCK_DGRAM)
             keys = pl.new_keys(args.devices)
-            sqlite_path = work / "sqlite" / "registry.sqlite3"
-            sqlite_path.parent.mkdir(parents=True)
-            for where in (url, str(sqlite_path)):
+
+            def fresh_registry(label: str) -> str:
+                """A new registry with the devices enrolled: every run starts with an
+                empty sent table (a reading of an earlier run with the same message
+                number would be skipped as a retry, without the HTTP request)."""
+                if label.startswith("pg"):
+                    where = pg.new_database(unix_socket=True)
+                else:
+                    path = work / ("%s.sqlite3" % label)
+                    where = str(path)
                 with Registry(where) as reg:
                     for i, (_, pub) in enumerate(keys):
                         name = "d%d" % i
@@ -129,18 +135,18 @@ def bench_nodes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                 slots=pl.SLOTS,
                             )
                         )
+                return where
+
             rounds = max(1, int(getattr(args, "rounds", None) or 1))
             all_runs: dict[str, list[dict[str, Any]]] = {"sqlite_1": [], "pg_1": [], "pg_n": []}
             # (label, registry, processes): a single proxy on SQLite as before,
             # one on PostgreSQL, N on PostgreSQL; interleaved ``rounds`` times, so
             # a neighbour's load on a shared machine falls on all three alike.
             for r in range(rounds):
-                for label, where, count in (
-                    ("sqlite_1", str(sqlite_path), 1),
-                    ("pg_1", url, 1),
-                    ("pg_n", url, nodes),
-                ):
-                    cfg = _config(work / ("%s-%d" % (label, r)), sink.url, where, count, port)
+                for label, count in (("sqlite_1", 1), ("pg_1", 1), ("pg_n", nodes)):
+                    run_name = "%s-%d" % (label, r)
+                    where = fresh_registry(run_name)
+                    cfg = _config(work / run_name, sink.url, where, count, port)
                     procs = [NodeProcess(cfg.path, k if count > 1 else None) for k in range(count)]
                     outputs: list[str] = []
                     try:
