@@ -406,7 +406,12 @@ class Cluster:
             self.store.claim(addr.device, self.node, addr.sid)
         except (LowbwError, Exception) as exc:  # noqa: BLE001 - the session works; the rule waits
             log.warning("%s: session claim not recorded: %s", addr.device, exc)
+            fresh = self.table.registry.fresh
+            if fresh is not None:
+                fresh.forget(addr.device)
+            return
         self.table.refresh_commands(addr.device, notify=False)
+        start_fresh(self.table, addr.device)
 
     def session_moved(self, device: str) -> None:
         """A ``session`` notice: close ours if the registry says the device is elsewhere."""
@@ -462,6 +467,19 @@ class Cluster:
         return n
 
 
+def start_fresh(table: Any, device: str) -> None:
+    """The device's session is here: its unsent transaction ids need no lookup
+    (``lowbw.proxy.freshtxn``), from its message top in the registry on."""
+    fresh = table.registry.fresh
+    if fresh is None:
+        return
+    try:
+        top = max(table.registry.msg_top(device), table._tops.get(device, -1))
+        fresh.start(device, table.epoch(device), top)
+    except LowbwError:
+        fresh.forget(device)
+
+
 def forget_counters(table: Any, device: str) -> None:
     """Drop the node's cached message top and epoch of ``device`` (another node
     serves it now and moves them on in the registry; they are read again when
@@ -476,6 +494,8 @@ def forget_counters(table: Any, device: str) -> None:
     table._tops.pop(device, None)
     table._persisted_tops.pop(device, None)
     table._epochs.pop(device, None)
+    if table.registry.fresh is not None:
+        table.registry.fresh.forget(device)
 
 
 class ChangeHandler:
@@ -495,6 +515,8 @@ class ChangeHandler:
         table = self.table
         for kind, arg in changes:
             if kind == "all":
+                if table.registry.fresh is not None:
+                    table.registry.fresh.forget_all()
                 table.reload()
                 for name in list(table._tops):
                     if name not in table.by_device:

@@ -313,9 +313,14 @@ class ProxyServer:
         registry = self.registry
         if registry is None or not registry.notifies:
             return
-        from lowbw.proxy.cluster import ChangeHandler, wake_on_changes
+        from lowbw.proxy.cluster import ChangeHandler, start_fresh, wake_on_changes
+        from lowbw.proxy.freshtxn import FreshTxns
 
         table.on_changes = ChangeHandler(table, None)
+        # One round trip per warm reading instead of two (lowbw.proxy.freshtxn);
+        # a cluster node replaces this hook with Cluster.session_added.
+        registry.fresh = FreshTxns()
+        table.on_add = lambda addr: start_fresh(table, addr.device)
         registry.on_change = wake_on_changes(registry, table, asyncio.get_running_loop())
         registry.listen()
 
@@ -413,6 +418,7 @@ class ProxyServer:
             self.cluster = None
         if self.registry is not None:
             self.registry.on_change = None
+            self.registry.fresh = None
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None

@@ -229,3 +229,31 @@ def test_a_handshake_replayed_to_the_other_node_is_silent(nodes, pg_config_path,
     assert wire.exchange(wire.reading([8])).code == coap.CHANGED
     events = room_events(synapse.url, matrix_user.access_token, dev.room_id, dev.user_id)
     assert [e["content"]["body"] for e in events] == ["temperature 0.7 °C", "temperature 0.8 °C"]
+
+
+def test_a_reading_recorded_by_one_node_is_not_posted_again_by_the_other(
+    nodes, pg_config_path, synapse, matrix_user
+):  # type: ignore[no-untyped-def]
+    """Node 0 posts a reading but its answer is lost; the device sends the same message in a
+    new handshake to node 1: one event. Then numbers far above the registry's top are new to
+    everyone, and node 1 answers their lookups itself (lowbw.proxy.freshtxn)."""
+    dev = enroll_device(pg_config_path, matrix_user, synapse)
+    n0 = nodes(0)
+    n1 = nodes(1)
+    first = dev.wire()
+    first.proxy_addr = ("127.0.0.1", n0.port)
+    msg = first.reading([31])
+    assert first.exchange(msg).code == coap.CHANGED
+    again = dev.wire()
+    again.proxy_addr = ("127.0.0.1", n1.port)
+    assert again.exchange(again.reading([31], mid=msg.mid)).code == coap.CHANGED
+    again.next_mid = 1000
+    assert again.exchange(again.reading([32])).code == coap.CHANGED
+    fresh = n1.server.registry.fresh
+    assert fresh is not None and any(fresh._mine.values())
+    # The same message again in yet another handshake, on the same node: still one event.
+    third = dev.wire()
+    third.proxy_addr = ("127.0.0.1", n1.port)
+    assert third.exchange(third.reading([32], mid=1000)).code == coap.CHANGED
+    events = room_events(synapse.url, matrix_user.access_token, dev.room_id, dev.user_id)
+    assert [e["content"]["body"] for e in events] == ["temperature 3.1 °C", "temperature 3.2 °C"]
