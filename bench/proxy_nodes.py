@@ -12,6 +12,11 @@ devices (closed loop, one UDP socket each, this process):
    them, every handshake lands where the kernel sends it, and the session id
    says which node owns it (frames that land elsewhere are forwarded).
 
+The devices continue at message number 1000 after their handshake (a device
+whose session has run a while: its numbers are above the registry's top + 64,
+so on PostgreSQL a reading makes one round trip, ``lowbw.proxy.freshtxn``; the
+first 64 readings after a handshake make two). Each run gets a fresh registry.
+
 ``speedup`` = readings/s of run 2 / readings/s of run 1. Also reported: the
 proxies' CPU per reading, how busy the whole machine was (all cores: the
 simulated devices, the sink and PostgreSQL share them with the proxies), and
@@ -38,6 +43,9 @@ if __package__ in (None, ""):
 from bench import proxy_load as pl  # noqa: E402
 from lowbw.proxy.registry import DeviceRecord, Registry  # noqa: E402
 from lowbw.testing.postgres import PostgresServer  # noqa: E402
+
+# Message number the simulated devices continue from after their handshake.
+STEADY_MID = 1000
 
 
 class NodeProcess:
@@ -90,6 +98,10 @@ def _saturate(
 
     async def run() -> dict[str, Any]:
         await pl.warm_up(devices, addr, proxy_pub)
+        for dev in devices:
+            # Steady state: a device whose session has run a while sends numbers
+            # above its registry top + 64 (lowbw.proxy.freshtxn).
+            dev.mid = STEADY_MID
         cpu0 = sum(pl.cpu_seconds(p.pid) for p in procs)
         load = await pl.run_load(devices, addr, duration, procs[0].pid)
         cpu = sum(pl.cpu_seconds(p.pid) for p in procs) - cpu0

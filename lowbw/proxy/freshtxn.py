@@ -29,9 +29,12 @@ asks the registry as before.
 
 from __future__ import annotations
 
-# A proxy persists a device's message top when it moved this far (sessions.MSG_TOP_PERSIST_EVERY
-# is 64); twice that, so a later change there has room.
-MARGIN = 128
+from lowbw.proxy.sessions import MSG_TOP_PERSIST_EVERY
+
+# A proxy writes a device's top before it is MSG_TOP_PERSIST_EVERY above the
+# stored one, and before it posts the reading: everything recorded is at most
+# the stored top + MSG_TOP_PERSIST_EVERY - 1.
+MARGIN = MSG_TOP_PERSIST_EVERY
 KEEP = 256
 
 
