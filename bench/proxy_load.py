@@ -768,6 +768,22 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _main_nodes(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    """``--nodes N`` (issue 17): bench/proxy_nodes.py, one JSON line with ``--json``."""
+    try:
+        from bench.proxy_nodes import bench_nodes, summary
+    except ImportError:
+        from proxy_nodes import bench_nodes, summary  # type: ignore[no-redef]
+
+    with tempfile.TemporaryDirectory(prefix="lowbw-bench-") as tmp:
+        result["nodes"] = bench_nodes(args, Path(tmp))
+    result["summary"] = summary(result["nodes"])
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"]) if args.json else json.dumps(result["nodes"], indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small and short (for a smoke run)")
@@ -800,6 +816,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["DEBUG", "INFO", "WARNING"],
         help="the proxy's log level (default WARNING; INFO shows what its per-interval summaries cost)",
     )
+    p.add_argument(
+        "--nodes",
+        type=int,
+        help="several proxy processes on one fleet (PostgreSQL registry, SO_REUSEPORT): saturated "
+        "readings/s of N processes against one (bench/proxy_nodes.py)",
+    )
+    p.add_argument("--rounds", type=int, help="with --nodes: repeat the runs, interleaved (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON line of headline figures, no table")
     p.add_argument("--out", help="also write the whole result as JSON here")
     args = p.parse_args(argv)
@@ -822,6 +845,8 @@ def main(argv: list[str] | None = None) -> int:
             "idle_session_bytes": 2048,
         },
     }
+    if args.nodes:
+        return _main_nodes(args, result)
     with tempfile.TemporaryDirectory(prefix="lowbw-bench-") as tmp:
         work = Path(tmp)
         if args.compare:

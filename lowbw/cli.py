@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- proxy ------------------------------------------------------------------
     proxy = top.add_parser("proxy", help="set up and run the proxy", description="Set up and run the proxy.")
-    proxy_sub = proxy.add_subparsers(dest="command", metavar="{init,run,enroll-client}", required=True)
+    proxy_sub = proxy.add_subparsers(
+        dest="command", metavar="{init,run,enroll-client,migrate-registry}", required=True
+    )
 
     init = proxy_sub.add_parser(
         "init",
@@ -182,13 +184,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus /metrics and the status page there ([metrics] listen; a bare port means "
         "127.0.0.1; off by default; off loopback a random token is written too)",
     )
+    init.add_argument(
+        "--registry",
+        metavar="FILE|URL",
+        help="the registry: an SQLite file (default DIR/registry.sqlite3) or postgresql://USER@HOST/DB "
+        "(several proxies on one fleet: docs/scale-out.md)",
+    )
     init.add_argument("--force", action="store_true", help="overwrite existing files (the registry is kept)")
     init.set_defaults(func=cmd_proxy_init)
+
+    mig = proxy_sub.add_parser(
+        "migrate-registry",
+        help="copy an SQLite registry into PostgreSQL",
+        description=(
+            "Copy every device, counter, sent event, queued command and saved session of an SQLite "
+            "registry into an empty PostgreSQL registry (schema created). Stop the proxies first; "
+            "then set [proxy] registry to the URL."
+        ),
+    )
+    mig.add_argument("--from", dest="source", required=True, metavar="FILE", help="the SQLite registry")
+    mig.add_argument("--to", dest="target", required=True, metavar="URL", help="postgresql://USER@HOST/DB")
+    mig.set_defaults(func=cmd_proxy_migrate_registry)
 
     run = proxy_sub.add_parser(
         "run", help="run the proxy", description="Serve devices over UDP until SIGTERM/SIGINT."
     )
     run.add_argument("--config", required=True, metavar="FILE", help="proxy.toml")
+    run.add_argument(
+        "--node",
+        type=int,
+        metavar="N",
+        help="this process's node number of [cluster] nodes (overrides [cluster] node; docs/scale-out.md)",
+    )
     run.set_defaults(func=cmd_proxy_run)
 
     ec = proxy_sub.add_parser(
@@ -373,6 +400,7 @@ def cmd_proxy_init(args: argparse.Namespace) -> int:
         mode=args.mode,
         appservice_listen=args.appservice_listen,
         metrics_listen=args.metrics_listen,
+        registry=args.registry,
         force=args.force,
     )
     cfg = result.config
@@ -434,9 +462,23 @@ def _import_runner(module: str, attribute: str, what: str) -> Any:
     return func
 
 
+def cmd_proxy_migrate_registry(args: argparse.Namespace) -> int:
+    from lowbw.proxy import regdb
+    from lowbw.proxy.regmigrate import migrate
+
+    counts = migrate(args.source, args.target, progress=lambda t, n: print("  %-16s %d row(s)" % (t, n)))
+    print(
+        "copied %s into %s (%d device(s))"
+        % (args.source, regdb.redact(args.target), counts.get("devices", 0))
+    )
+    return EXIT_OK
+
+
 def cmd_proxy_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     server_main = _import_runner("lowbw.proxy.server", "main", "the proxy server")
+    if args.node is not None:
+        return int(server_main(str(cfg.path), node=args.node))
     return int(server_main(str(cfg.path)))
 
 

@@ -46,6 +46,20 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   fi
 fi
 
+# PostgreSQL for the registry tests on both engines (lowbw.testing.postgres runs
+# initdb/pg_ctl on a temporary directory); Debian keeps the binaries off PATH.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian package postgresql" >&2
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }) ||
+      echo "warning: could not install postgresql; the PostgreSQL registry tests are skipped" >&2
+  else
+    echo "note: postgresql missing and not root; the PostgreSQL registry tests are skipped" >&2
+  fi
+fi
+
 # nginx terminates TLS in front of Synapse for bench/chat_session.py's HTTPS baseline.
 # Debian puts it in /usr/sbin, which is not on every PATH.
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then

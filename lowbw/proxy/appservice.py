@@ -115,6 +115,8 @@ class AppserviceListener:
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
+        # SO_REUSEPORT: several proxies of one fleet on this machine share the port.
+        self.reuse_port = False
         self.transactions = 0
         self.queued = 0
 
@@ -131,7 +133,7 @@ class AppserviceListener:
     async def start(self) -> int:
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, reuse_port=self.reuse_port or None)
         await site.start()
         self._runner = runner
         server = getattr(site, "_server", None)

@@ -8,7 +8,7 @@ of the config file (absolute paths are kept as they are)::
     port = 5683                 # 0 = any free port (tests)
     private_key = "proxy.key"   # 64 hex digits, mode 0600
     public_key = "proxy.pub"
-    registry = "registry.sqlite3"
+    registry = "registry.sqlite3"  # an SQLite file, or "postgresql://user@host/db" (docs/scale-out.md)
     link_bps = 100              # radio bit rate: the proxy derives its CoAP timers from it
     mtu = 0                     # largest datagram the radio carries; 0: 256 up to 2400 bit/s, else 1024
 
@@ -34,6 +34,12 @@ of the config file (absolute paths are kept as they are)::
     per_device = true           # per-device series (false for large fleets)
     history_interval = 300      # seconds per point of the status page's charts
     history_points = 288        # points kept per device (24 h at 300 s)
+
+    [cluster]                   # optional: several proxies on one fleet (docs/scale-out.md)
+    nodes = 1                   # > 1 needs registry = "postgresql://..."
+    node = 0                    # this process (`lowbw proxy run --node N` overrides it)
+    forward = "127.0.0.1:0"     # where other nodes forward this node's frames
+    node_timeout = 3.0          # seconds without a heartbeat: the node is dead
 
 Only ``[homeserver] url`` (and, in appservice mode, both tokens) must be given;
 every other key has the default shown.  An unknown table or key is an error,
@@ -96,7 +102,8 @@ class ProxySection:
     port: int = DEFAULT_PORT
     private_key: Path = Path("proxy.key")
     public_key: Path = Path("proxy.pub")
-    registry: Path = Path("registry.sqlite3")
+    # An SQLite file, or a PostgreSQL URL (a str starting postgresql://).
+    registry: Path | str = Path("registry.sqlite3")
     link_bps: int = DEFAULT_LINK_BPS
     mtu: int = 0
 
@@ -158,6 +165,44 @@ class MetricsSection:
 
 
 @dataclass
+class ClusterSection:
+    """``[cluster]``: several proxies on one fleet (``lowbw.proxy.cluster``, docs/scale-out.md).
+
+    ``nodes`` 1 (the default) is a single proxy. With more, every node runs
+    with the same key and PostgreSQL registry, ``node`` is its number
+    (``lowbw proxy run --node N`` overrides it), ``forward`` is where the other
+    nodes send it frames of its sessions, ``node_timeout`` how long a node may
+    miss heartbeats before its sessions count as lost.
+    """
+
+    node: int = 0
+    nodes: int = 1
+    forward: str = "127.0.0.1:0"
+    node_timeout: float = 3.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.nodes > 1
+
+    @property
+    def node_bits(self) -> int:
+        return (self.nodes - 1).bit_length() if self.nodes > 1 else 0
+
+    def check(self) -> None:
+        if not 1 <= self.nodes <= 16:
+            raise ConfigError("[cluster] nodes must be 1..16")
+        if not 0 <= self.node < self.nodes:
+            raise ConfigError(
+                "[cluster] node must be 0..%d (nodes - 1), got %d" % (self.nodes - 1, self.node)
+            )
+        if self.node_timeout < 2.0:
+            raise ConfigError("[cluster] node_timeout must be at least 2 s")
+        host, sep, port = self.forward.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError("[cluster] forward must be HOST:PORT")
+
+
+@dataclass
 class ProxyConfig:
     """A loaded ``proxy.toml``; paths are absolute, resolved against the file's directory."""
 
@@ -167,6 +212,7 @@ class ProxyConfig:
     appservice: AppserviceSection | None = None
     limits: Limits = field(default_factory=Limits)
     metrics: MetricsSection | None = None
+    cluster: ClusterSection = field(default_factory=ClusterSection)
 
     @property
     def dir(self) -> Path:
@@ -330,6 +376,19 @@ class _Table:
             )
 
 
+def _registry_location(t: _Table) -> Path | str:
+    """``[proxy] registry``: a PostgreSQL URL as it is, a file relative to the config."""
+    from lowbw.proxy import regdb
+
+    raw = t.data.get("registry")
+    if isinstance(raw, str):
+        url = regdb.fix_url(raw)
+        if url is not None:
+            t.used.add("registry")
+            return url
+    return t.path("registry", "registry.sqlite3")
+
+
 def load(path: str | os.PathLike[str]) -> ProxyConfig:
     """Read and check ``proxy.toml``; ConfigError (naming the key) on anything wrong."""
     source = Path(os.path.abspath(path))
@@ -348,7 +407,7 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
     except OSError as exc:
         raise ConfigError("cannot read config file %s: %s" % (source, exc.strerror or type(exc).__name__))
 
-    unknown = sorted(set(data) - {"proxy", "homeserver", "appservice", "limits", "metrics"})
+    unknown = sorted(set(data) - {"proxy", "homeserver", "appservice", "limits", "metrics", "cluster"})
     if unknown:
         raise ConfigError("%s: unknown table(s): %s" % (source, ", ".join(unknown)))
     if "homeserver" not in data:
@@ -360,7 +419,7 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
         port=t.integer("port", DEFAULT_PORT, 0, 65535),
         private_key=t.path("private_key", "proxy.key"),
         public_key=t.path("public_key", "proxy.pub"),
-        registry=t.path("registry", "registry.sqlite3"),
+        registry=_registry_location(t),
         link_bps=t.integer("link_bps", DEFAULT_LINK_BPS, 1, 1_000_000_000),
         mtu=t.integer("mtu", 0, 0, 65507),
     )
@@ -417,6 +476,9 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
         log.warning(
             "%s holds the metrics token but others may read it (mode %04o)", source, stat.S_IMODE(st.st_mode)
         )
+    cluster = _load_cluster(_Table(source, "cluster", data.get("cluster", {})))
+    if cluster.enabled and isinstance(proxy.registry, Path):
+        raise ConfigError("%s: [cluster] nodes > 1 needs [proxy] registry = \"postgresql://...\"" % source)
     return ProxyConfig(
         path=source,
         proxy=proxy,
@@ -424,7 +486,27 @@ def load(path: str | os.PathLike[str]) -> ProxyConfig:
         appservice=appservice,
         limits=limits,
         metrics=metrics,
+        cluster=cluster,
     )
+
+
+def _load_cluster(t: _Table) -> ClusterSection:
+    timeout = t.data.get("node_timeout", 3.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise t._fail("node_timeout", "must be a number")
+    t.used.add("node_timeout")
+    c = ClusterSection(
+        node=t.integer("node", 0, 0, 15),
+        nodes=t.integer("nodes", 1, 1, 16),
+        forward=t.string("forward", "127.0.0.1:0"),
+        node_timeout=float(timeout),
+    )
+    t.check()
+    try:
+        c.check()
+    except ConfigError as exc:
+        raise ConfigError("%s: %s" % (t.source, exc.message or exc)) from None
+    return c
 
 
 def _load_metrics(t: _Table) -> MetricsSection:
@@ -513,7 +595,10 @@ def _to_toml(cfg: ProxyConfig) -> str:
         "port = %d" % p.port,
         "private_key = %s" % toml_string(_rel(p.private_key, base)),
         "public_key = %s" % toml_string(_rel(p.public_key, base)),
-        "registry = %s" % toml_string(_rel(p.registry, base)),
+        "# An SQLite file, or postgresql://USER@HOST/DB (several proxies on one fleet:",
+        "# docs/scale-out.md).",
+        "registry = %s"
+        % toml_string(p.registry if isinstance(p.registry, str) else _rel(p.registry, base)),
         "# Radio link bit rate; CoAP retransmission timers are derived from it.",
         "link_bps = %d" % p.link_bps,
         "# Largest datagram the radio carries (sizes block-wise transfers); 0: 256 B up to",
@@ -561,6 +646,17 @@ def _to_toml(cfg: ProxyConfig) -> str:
             "# Per-device series (last seen, bytes, airtime, readings, authentication failures).",
             "per_device = %s" % ("true" if m.per_device else "false"),
         ]
+    c = cfg.cluster
+    if c.enabled:
+        lines += [
+            "",
+            "[cluster]",
+            "# Several proxies on one fleet (docs/scale-out.md); `lowbw proxy run --node N` sets node.",
+            "node = %d" % c.node,
+            "nodes = %d" % c.nodes,
+            "forward = %s" % toml_string(c.forward),
+            "node_timeout = %s" % repr(float(c.node_timeout)),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -596,6 +692,19 @@ def appservice_registration_yaml(cfg: ProxyConfig) -> str:
     )
 
 
+def _init_registry(registry: str | None, target: Path) -> Path | str:
+    """``lowbw proxy init --registry``: a PostgreSQL URL, a file, or registry.sqlite3 in DIR."""
+    from lowbw.proxy import regdb
+
+    if not registry:
+        return target / "registry.sqlite3"
+    url = regdb.fix_url(registry)
+    if url is not None:
+        return url
+    path = Path(registry)
+    return path if path.is_absolute() else Path(os.path.abspath(path))
+
+
 @dataclass
 class InitResult:
     config: ProxyConfig
@@ -624,6 +733,7 @@ def write_default(
     registration_shared_secret: str = "",
     metrics_listen: str | None = None,
     metrics_token: str | None = None,
+    registry: str | None = None,
     force: bool = False,
 ) -> InitResult:
     """``lowbw proxy init``: directory, key pair, proxy.toml and the appservice registration.
@@ -666,7 +776,7 @@ def write_default(
             port=port,
             private_key=target / "proxy.key",
             public_key=target / "proxy.pub",
-            registry=target / "registry.sqlite3",
+            registry=_init_registry(registry, target),
             link_bps=link_bps,
             mtu=mtu,
         ),
@@ -723,5 +833,8 @@ def write_default(
     keyfile.write_secret_text(cfg.path, cfg.to_toml(), overwrite=force)
     written.append((cfg.path, keyfile.PRIVATE_MODE))
     return InitResult(
-        config=cfg, written=written, created_dir=created_dir, kept_registry=cfg.proxy.registry.exists()
+        config=cfg,
+        written=written,
+        created_dir=created_dir,
+        kept_registry=isinstance(cfg.proxy.registry, Path) and cfg.proxy.registry.exists(),
     )

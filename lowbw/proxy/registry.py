@@ -1,7 +1,11 @@
 """The enrollment registry: devices, their message counters, sent events, commands, sessions.
 
 One SQLite file (WAL mode) shared by the running proxy and the ``lowbw device``
-commands of the operator.  A device is its Noise static public key; the record
+commands of the operator, or a PostgreSQL database (``Registry("postgresql://...")``)
+shared by several proxies on one fleet (docs/scale-out.md). The SQL below is
+written once, in SQLite's dialect; ``lowbw.proxy.regdb`` runs it on either
+engine (translating it for PostgreSQL), so a new column or migration is written
+once too.  A device is its Noise static public key; the record
 says which Matrix user it acts as, which rooms and event types it may use and
 how its readings are rendered (``slots``, as in the device config).
 
@@ -39,7 +43,9 @@ Tables (schema version 6, kept in ``PRAGMA user_version``):
 
 Revocation across processes: the proxy calls ``changed()`` (``PRAGMA
 data_version``, which moves when another connection commits, then the change
-counter that only enrolment, revocation, commands and tokens move) on each datagram;
+counter that only enrolment, revocation, commands and tokens move) on each datagram
+(on PostgreSQL the writers of devices and commands ``NOTIFY`` instead, and
+``listen``/``take_changes`` say what changed: nothing is polled);
 ``device_by_key`` never returns a revoked device, and ``revoke`` deletes the
 device's saved sessions.  ``load_sessions`` hands the saved states out once and
 deletes them: restoring the same Noise state twice (after a crash that followed
@@ -82,6 +88,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from lowbw.proxy import regdb
 from lowbw.wire.errors import LowbwError
 
 _P = ParamSpec("_P")
@@ -267,7 +274,8 @@ _MIGRATIONS = {
         "CREATE TABLE matrix_devices (device TEXT PRIMARY KEY NOT NULL REFERENCES devices(name), "
         "device_id TEXT NOT NULL, access_token TEXT NOT NULL, created_ms INTEGER NOT NULL)",
     ),
-    5: ("ALTER TABLE devices ADD COLUMN profile TEXT NOT NULL DEFAULT 'standard'", *_CHANGE_COUNTER),
+    # (On SQLite, _init_schema adds the change counter as well: triggers are SQLite's.)
+    5: ("ALTER TABLE devices ADD COLUMN profile TEXT NOT NULL DEFAULT 'standard'",),
 }
 
 
@@ -299,7 +307,7 @@ class DeviceRecord:
     profile: str = "standard"
 
 
-def _device_from_row(row: sqlite3.Row) -> DeviceRecord:
+def _device_from_row(row: Any) -> DeviceRecord:
     return DeviceRecord(
         name=row["name"],
         public_key=bytes(row["public_key"]),
@@ -323,78 +331,118 @@ _DEVICE_COLUMNS = (
 
 
 class Registry:
-    """The registry file at ``path`` (created with its schema if missing)."""
+    """The registry file at ``path`` (created with its schema if missing), or the
+    PostgreSQL database at a ``postgresql://`` URL (``lowbw.proxy.regdb``)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.url = regdb.fix_url(path)
+        self.path = Path(path) if self.url is None else Path("postgresql")
+        # Changes other proxies or the CLI made ("kind name"), from PostgreSQL's
+        # LISTEN/NOTIFY (``listen``); drained by ``take_changes``.
+        self._changes: list[str] = []
+        self._changes_lock = threading.Lock()
+        self.on_change: Callable[[], None] | None = None
+        # lowbw.proxy.freshtxn.FreshTxns when the proxy runs on PostgreSQL:
+        # transaction ids it knows are unsent, answered without a round trip.
+        self.fresh: Any = None
         # Called with (operation, seconds) after each public operation, when set (metrics).
         self.on_timing: Callable[[str, float], None] | None = None
         # The longest public operation so far: (seconds, operation name) (``_timed``).
         self.longest: tuple[float, str] = (0.0, "")
         self._checkpointer: threading.Thread | None = None
         self._checkpoints_stop = threading.Event()
+        self._lock = threading.RLock()
+        # write_behind's own connection (SQLite; opened on first use, by its one thread).
+        self._writer_db: sqlite3.Connection | None = None
+        # The change counter as this connection last saw it (SQLite; changed());
+        # kept by _write once the schema is known to have it.
+        self._change_seen = 0
+        self._counting = False
+        if self.url is not None:
+            try:
+                self.engine: regdb.Engine = regdb.PostgresEngine(self.url)
+            except Exception as exc:  # psycopg's errors, a bad URL
+                raise RegistryError("cannot open registry %s: %s" % (regdb.redact(self.url), exc)) from None
+            try:
+                self._init_schema()
+            except self.engine.errors as exc:
+                self.engine.close()
+                raise RegistryError("%s is not a usable lowbw registry: %s" % (regdb.redact(self.url), exc))
+            except RegistryError:
+                self.engine.close()
+                raise
+            self._data_version = 0
+            return
         if str(path) != ":memory:" and not self.path.exists():
             # Created here, not by sqlite3, so it never exists with a looser mode.
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
-        self._lock = threading.RLock()
-        # write_behind's own connection (opened on first use, by its one thread).
-        self._writer_db: sqlite3.Connection | None = None
-        # The change counter as this connection last saw it (changed()); kept
-        # by _write once the schema is known to have it.
-        self._changes = 0
-        self._counting = False
         try:
-            # isolation_level=None: autocommit; transactions are explicit (_write).
-            self._db = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-            )
+            sqlite = regdb.SqliteEngine(str(path), BUSY_TIMEOUT_MS)
         except sqlite3.Error as exc:
             raise RegistryError("cannot open registry %s: %s" % (path, exc))
-        self._db.row_factory = sqlite3.Row
+        self.engine = sqlite
         try:
-            self._db.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
+            sqlite.configure()
             self._init_schema()
-            self._data_version = self._current_data_version()
-            self._changes = self._change_count()
+            self._data_version = sqlite.data_version()
+            self._change_seen = self._change_count()
             self._counting = True
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            sqlite.close()
             raise RegistryError("%s is not a usable lowbw registry: %s" % (path, exc))
         except RegistryError:
-            self._db.close()
+            sqlite.close()
             raise
 
+    @property
+    def location(self) -> str:
+        """The file, or the URL without its password (for messages)."""
+        return regdb.redact(self.url) if self.url is not None else str(self.path)
+
+    @property
+    def notifies(self) -> bool:
+        """True on PostgreSQL: changes arrive by ``listen`` and ``take_changes``, nothing is polled."""
+        return self.engine.notifies
+
     def _init_schema(self) -> None:
+        """Create or migrate the schema (``_SCHEMA``, ``_MIGRATIONS``: SQLite's dialect,
+        translated for PostgreSQL by ``regdb``), in one transaction."""
+        engine = self.engine
+        where = self.location
         with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            engine.lock_schema()
+            version = engine.schema_version()
             if version == SCHEMA_VERSION:
                 return
             if version > SCHEMA_VERSION:
                 raise RegistryError(
                     "registry %s has schema version %d; this lowbw knows up to %d"
-                    % (self.path, version, SCHEMA_VERSION)
+                    % (where, version, SCHEMA_VERSION)
                 )
-            tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-            if version == 0 and tables:
-                raise RegistryError("%s is an SQLite file but not a lowbw registry" % self.path)
+            if version == 0 and engine.table_count():
+                if engine.kind == "sqlite":
+                    raise RegistryError("%s is an SQLite file but not a lowbw registry" % where)
+                raise RegistryError("%s is a database with tables but not a lowbw registry" % where)
             if version > 0:
+                counter = engine.kind == "sqlite" and version < 6
                 while version < SCHEMA_VERSION:
                     for statement in _MIGRATIONS[version]:
                         db.execute(statement)
                     version += 1
-                db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+                if counter:  # once every table its triggers watch exists
+                    for statement in _CHANGE_COUNTER:
+                        db.execute(statement)
+                engine.set_schema_version(SCHEMA_VERSION)
                 return
             # executescript would COMMIT our transaction first; run statement by statement.
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            for statement in _CHANGE_COUNTER:
-                db.execute(statement)
-            db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+            if engine.kind == "sqlite":
+                for statement in _CHANGE_COUNTER:
+                    db.execute(statement)
+            engine.set_schema_version(SCHEMA_VERSION)
 
     def close(self) -> None:
         self.stop_checkpoints()
@@ -402,7 +450,43 @@ class Registry:
             if self._writer_db is not None:
                 self._writer_db.close()
                 self._writer_db = None
-            self._db.close()
+            self.engine.close()
+
+    # -- change notification (PostgreSQL) -----------------------------------------
+
+    def listen(self) -> None:
+        """PostgreSQL: start receiving other writers' changes (``take_changes``).
+        SQLite: nothing (``changed`` polls ``PRAGMA data_version``)."""
+        engine = self.engine
+        if isinstance(engine, regdb.PostgresEngine):
+            engine.listen(self._on_notify)
+
+    def _on_notify(self, payload: str) -> None:
+        # On the listener thread.
+        with self._changes_lock:
+            self._changes.append(payload)
+        hook = self.on_change
+        if hook is not None:
+            hook()
+
+    def take_changes(self) -> list[tuple[str, str]]:
+        """The changes notified since the last call, oldest first: (kind, argument)
+        with kind ``device`` (enrolled, revoked, changed), ``command`` (queued),
+        ``session`` (argument ``name node sid``: the device's session is now
+        there) or ``all`` (reload everything)."""
+        if not self._changes:
+            return []
+        with self._changes_lock:
+            changes, self._changes = self._changes, []
+        out = []
+        for payload in changes:
+            kind, _, arg = payload.partition(" ")
+            out.append((kind, arg))
+        return out
+
+    def _notify(self, kind: str, arg: str) -> None:
+        """Inside a write transaction: tell the listening proxies at commit (PostgreSQL)."""
+        self.engine.notify("%s %s" % (kind, arg))
 
     # -- WAL checkpoints off the caller's thread ------------------------------------
 
@@ -419,10 +503,10 @@ class Registry:
         same (every commit is in the WAL before it returns). ``close`` stops
         the thread; closing the last connection checkpoints once more.
         """
-        if self._checkpointer is not None or str(self.path) == ":memory:":
+        if self._checkpointer is not None or str(self.path) == ":memory:" or self.url is not None:
             return
         with self._lock:
-            self._db.execute("PRAGMA wal_autocheckpoint = 0")
+            self.engine.execute("PRAGMA wal_autocheckpoint = 0")
         self._checkpoints_stop.clear()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, args=(interval,), name="lowbw-registry-checkpoint", daemon=True
@@ -436,7 +520,7 @@ class Registry:
         self._checkpoints_stop.set()
         thread.join()
         with self._lock:
-            self._db.execute("PRAGMA wal_autocheckpoint = 1000")
+            self.engine.execute("PRAGMA wal_autocheckpoint = 1000")
 
     def _checkpoint_loop(self, interval: float) -> None:
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -457,27 +541,30 @@ class Registry:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front so two processes never deadlock upgrading."""
+    def _write(self) -> Iterator[regdb.Engine]:
+        """One write transaction, taken up front so two processes never deadlock upgrading
+        (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``BEGIN`` and row locks)."""
+        engine = self.engine
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            engine.begin()
             try:
                 # This connection's own bumps of the change counter are not
                 # changes to it (changed()); another's, before our BEGIN, still are.
                 before = self._change_count() if self._counting else 0
-                yield self._db
+                yield engine
                 if self._counting:
-                    self._changes += self._change_count() - before
+                    self._change_seen += self._change_count() - before
             except BaseException:
-                self._db.execute("ROLLBACK")
+                engine.rollback()
                 raise
-            self._db.execute("COMMIT")
+            engine.commit()
 
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            rows: list[Any] = self.engine.execute(sql, args).fetchall()
+            return rows
 
-    def _require_device(self, db: sqlite3.Connection, name: str) -> None:
+    def _require_device(self, db: regdb.Engine, name: str) -> None:
         if db.execute("SELECT 1 FROM devices WHERE name = ?", (name,)).fetchone() is None:
             raise RegistryError("no device named %r" % name)
 
@@ -523,6 +610,7 @@ class Registry:
                     rec.profile,
                 ),
             )
+            self._notify("device", rec.name)
 
     @_timed
     def device(self, name: str) -> DeviceRecord | None:
@@ -548,7 +636,9 @@ class Registry:
                 "UPDATE devices SET encrypted = ? WHERE name = ? AND encrypted != ?",
                 (int(encrypted), name, int(encrypted)),
             )
-            return cur.rowcount == 1
+            if cur.rowcount == 1:
+                self._notify("device", name)
+            return bool(cur.rowcount == 1)
 
     @_timed
     def matrix_device(self, name: str) -> tuple[str, str] | None:
@@ -561,8 +651,9 @@ class Registry:
         with self._write() as db:
             self._require_device(db, name)
             db.execute(
-                "INSERT OR REPLACE INTO matrix_devices (device, device_id, access_token, created_ms) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO matrix_devices (device, device_id, access_token, created_ms) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET device_id = excluded.device_id, "
+                "access_token = excluded.access_token, created_ms = excluded.created_ms",
                 (name, device_id, access_token, now_ms()),
             )
 
@@ -591,32 +682,40 @@ class Registry:
             db.execute("DELETE FROM sessions WHERE device = ?", (name,))
             db.execute("DELETE FROM client_tokens WHERE device = ?", (name,))
             db.execute("DELETE FROM matrix_devices WHERE device = ?", (name,))
-            return cur.rowcount == 1
-
-    def _current_data_version(self) -> int:
-        version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
-        return version
+            if cur.rowcount == 1:
+                self._notify("device", name)
+            return bool(cur.rowcount == 1)
 
     def _change_count(self) -> int:
-        count: int = self._db.execute("SELECT n FROM changes").fetchone()[0]
+        """SQLite's change counter (schema 6); 0 on PostgreSQL, which notifies instead."""
+        if self.engine.kind != "sqlite":
+            return 0
+        count: int = self.engine.execute("SELECT n FROM changes").fetchone()[0]
         return count
 
     @_timed
     def changed(self) -> bool:
         """True if another connection (another process) committed a change that
-        matters (the change counter, schema 6) since the last call.
+        matters since the last call.
 
-        ``PRAGMA data_version`` first (microseconds, no read of the database):
-        it moves on every commit of another connection, the proxy's own
-        write-behind thread included, so only then is the counter read."""
+        SQLite: ``PRAGMA data_version`` first (microseconds, no read of the
+        database): it moves on every commit of another connection, the proxy's
+        own write-behind thread included, so only then is the change counter
+        (schema 6) read. PostgreSQL: whether a change was notified (and the
+        notified changes are dropped: the caller reloads everything;
+        ``take_changes`` says what changed instead).
+        """
+        engine = self.engine
+        if not isinstance(engine, regdb.SqliteEngine):
+            return bool(self.take_changes())
         with self._lock:
-            version = self._current_data_version()
+            version = engine.data_version()
             if version == self._data_version:
                 return False
             self._data_version = version
             count = self._change_count()
-            moved = count != self._changes
-            self._changes = count
+            moved = count != self._change_seen
+            self._change_seen = count
             return moved
 
     # -- replay and message counters ---------------------------------------------
@@ -659,7 +758,7 @@ class Registry:
             return False, None
         with self._write() as db:
             row = db.execute(
-                "SELECT epoch, hs_floor, hs_announce FROM devices WHERE name = ?", (name,)
+                "SELECT epoch, hs_floor, hs_announce FROM devices WHERE name = ? /*FOR UPDATE*/", (name,)
             ).fetchone()
             if row is None:
                 raise RegistryError("no device named %r" % name)
@@ -720,7 +819,7 @@ class Registry:
         if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= MAX_EPOCH:
             raise RegistryError("a counter epoch is a 32-bit unsigned integer")
         with self._write() as db:
-            row = db.execute("SELECT epoch FROM devices WHERE name = ?", (name,)).fetchone()
+            row = db.execute("SELECT epoch FROM devices WHERE name = ? /*FOR UPDATE*/", (name,)).fetchone()
             if row is None:
                 raise RegistryError("no device named %r" % name)
             if int(row["epoch"]) == epoch:
@@ -746,6 +845,11 @@ class Registry:
 
     @_timed
     def sent_event(self, name: str, txn_id: str) -> str | None:
+        fresh = self.fresh
+        if fresh is not None:
+            known, event_id = fresh.lookup(name, txn_id)
+            if known:
+                return event_id  # type: ignore[no-any-return]
         rows = self._read("SELECT event_id FROM sent_events WHERE device = ? AND txn_id = ?", (name, txn_id))
         return str(rows[0]["event_id"]) if rows else None
 
@@ -758,10 +862,12 @@ class Registry:
         """
         try:
             with self._lock:
-                cur = self._db.execute(_INSERT_SENT, (name, txn_id, event_id, now_ms()))
-        except sqlite3.IntegrityError:
+                cur = self.engine.execute(_INSERT_SENT, (name, txn_id, event_id, now_ms()))
+        except self.engine.integrity_errors:
             raise RegistryError("no device named %r" % name) from None
         if cur.rowcount == 1:
+            if self.fresh is not None:
+                self.fresh.recorded(name, txn_id, event_id)
             return
         if self.sent_event(name, txn_id) != event_id:
             raise RegistryError("transaction %r of %r already made another event" % (txn_id, name))
@@ -788,9 +894,14 @@ class Registry:
         if tops:
             db.execute(_ADVANCE_TOPS_JSON, (json.dumps(tops),))
 
+    @property
+    def writes_behind(self) -> bool:
+        """Whether ``write_behind`` can run (an SQLite file: a second connection to it)."""
+        return self.engine.kind == "sqlite" and str(self.path) != ":memory:"
+
     def _writer(self) -> sqlite3.Connection:
-        if str(self.path) == ":memory:":
-            raise RegistryError("an in-memory registry has no second connection to write behind on")
+        if not self.writes_behind:
+            raise RegistryError("this registry has no second connection to write behind on")
         with self._lock:
             if self._writer_db is None:
                 db = sqlite3.connect(
@@ -812,12 +923,15 @@ class Registry:
         """Queue a command; its id, or None if this event was queued before (acked or not)."""
         with self._write() as db:
             self._require_device(db, name)
-            cur = db.execute(
+            row = db.execute(
                 "INSERT OR IGNORE INTO commands (device, event_id, sender, body, queued_ms) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (name, event_id, sender, body, now_ms()),
-            )
-            return cur.lastrowid if cur.rowcount == 1 else None
+            ).fetchone()
+            if row is None:
+                return None
+            self._notify("command", name)
+            return int(row[0])
 
     @_timed
     def pending_commands(self, name: str, limit: int = 1) -> list[tuple[int, str, str, str]]:
@@ -833,6 +947,14 @@ class Registry:
     def count_pending(self, name: str) -> int:
         rows = self._read("SELECT count(*) AS n FROM commands WHERE device = ? AND acked_ms IS NULL", (name,))
         return int(rows[0]["n"])
+
+    @_timed
+    def pending_counts(self) -> dict[str, int]:
+        """Unacknowledged commands per device (only devices that have some), in one query."""
+        rows = self._read(
+            "SELECT device, count(*) AS n FROM commands WHERE acked_ms IS NULL GROUP BY device"
+        )
+        return {str(r["device"]): int(r["n"]) for r in rows}
 
     @_timed
     def ack_command(self, name: str, command_id: int) -> bool:

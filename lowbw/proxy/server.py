@@ -73,7 +73,7 @@ class ProxySettings:
     """Everything the proxy needs to run (``from_config`` reads ``proxy.toml``)."""
 
     private_key: bytes
-    registry_path: Path
+    registry_path: Path | str
     homeserver_url: str
     mode: str = "appservice"
     bind: str = "127.0.0.1"
@@ -97,6 +97,8 @@ class ProxySettings:
     fast_paths: bool = True
     # [metrics]: /metrics and the status page (None or listen "": off).
     metrics: proxy_config.MetricsSection | None = None
+    # [cluster]: several proxies on one fleet (lowbw.proxy.cluster; nodes 1: off).
+    cluster: proxy_config.ClusterSection = field(default_factory=proxy_config.ClusterSection)
 
     def __repr__(self) -> str:
         # Never the key or tokens.
@@ -130,6 +132,7 @@ class ProxySettings:
             appservice_id=a.id if a is not None else None,
             limits=cfg.limits,
             metrics=cfg.metrics,
+            cluster=cfg.cluster,
         )
 
 
@@ -171,6 +174,8 @@ class ProxyServer:
         # Prometheus metrics and the status page ([metrics]); None when off.
         self.metrics: ProxyMetrics | None = None
         self.metrics_server: MetricsServer | None = None
+        # This node of several on one fleet ([cluster]); None for a single proxy.
+        self.cluster: Any = None
 
     async def __aenter__(self) -> ProxyServer:
         await self.start()
@@ -224,6 +229,7 @@ class ProxyServer:
             # The reading path's registry writes, off the loop (lowbw.proxy.writebehind).
             writes = WriteBehind(self.registry, WRITE_DELAY if s.fast_paths else None)
             table.persist_top = writes.advance_top
+            self._listen_registry(table)
             self.homeserver = Homeserver(
                 s.homeserver_url,
                 verify_tls=s.verify_tls,
@@ -247,7 +253,13 @@ class ProxyServer:
             self._ctx = LowbwContext(
                 loop=asyncio.get_running_loop(), serversite=site, loggername="lowbw.proxy.coap"
             )
-            self.transport = await add_lowbw_transport(self._ctx, (s.bind, s.port), table)
+            if s.cluster.enabled:
+                from lowbw.proxy.cluster import Cluster
+
+                self.cluster = Cluster(s.cluster, self.registry, table)
+                self.transport = await self.cluster.create_transport(self._ctx, (s.bind, s.port), table)
+            else:
+                self.transport = await add_lowbw_transport(self._ctx, (s.bind, s.port), table)
             table.transport = self.transport
             self.transport.on_answer = self._log_answer
             self.transport.tuning_for = site.clients.tuning_for
@@ -255,7 +267,12 @@ class ProxyServer:
                 self.transport.fast_path = site
             table.on_commands_changed = site.notify_commands
             table.on_close = site.session_closed
-            self.restored = table.restore()
+            if self.cluster is not None:
+                self.restored = self.cluster.restore()
+                table.on_add = self.cluster.session_added
+                self.cluster.start_timers()
+            else:
+                self.restored = table.restore()
             table.on_summary = self.log_answers
             table.start_timers()
             # Devices in encrypted rooms: their Matrix devices come up in the background
@@ -276,6 +293,8 @@ class ProxyServer:
             if s.mode == "appservice" and s.appservice_listen is not None and s.hs_token:
                 host, port = s.appservice_listen
                 self.appservice = AppserviceListener(s.hs_token, table, host, port)
+                # Every node on this machine takes the homeserver's pushes on one port.
+                self.appservice.reuse_port = self.cluster is not None
                 await self.appservice.start()
                 await self._ping_homeserver()
         except BaseException:
@@ -299,6 +318,23 @@ class ProxyServer:
                 " (token required)" if s.metrics is not None and s.metrics.token else " (loopback only)",
             )
 
+    def _listen_registry(self, table: SessionTable) -> None:
+        """PostgreSQL: the registry's notices (LISTEN) reach the table at once,
+        instead of a check per datagram (``lowbw.proxy.cluster.ChangeHandler``)."""
+        registry = self.registry
+        if registry is None or not registry.notifies:
+            return
+        from lowbw.proxy.cluster import ChangeHandler, start_fresh, wake_on_changes
+        from lowbw.proxy.freshtxn import FreshTxns
+
+        table.on_changes = ChangeHandler(table, None)
+        # One round trip per warm reading instead of two (lowbw.proxy.freshtxn);
+        # a cluster node replaces this hook with Cluster.session_added.
+        registry.fresh = FreshTxns()
+        table.on_add = lambda addr: start_fresh(table, addr.device)
+        registry.on_change = wake_on_changes(registry, table, asyncio.get_running_loop())
+        registry.listen()
+
     async def _start_metrics(self, cfg: proxy_config.MetricsSection) -> None:
         """``[metrics]``: the per-proxy registry, its hooks, and the HTTP listener."""
         from lowbw import __version__ as version
@@ -314,7 +350,11 @@ class ProxyServer:
         )
         metrics.attach(self)
         self.metrics = metrics
-        server = MetricsServer(metrics.registry, cfg.host, cfg.port, token=cfg.token, realm="lowbw proxy")
+        port = cfg.port
+        if self.settings.cluster.enabled and port:
+            # One proxy.toml for every node on a machine: node N serves metrics on port + N.
+            port += self.settings.cluster.node
+        server = MetricsServer(metrics.registry, cfg.host, port, token=cfg.token, realm="lowbw proxy")
         StatusPages(self, metrics).install(server)
         await server.start()
         self.metrics_server = server
@@ -366,7 +406,7 @@ class ProxyServer:
             self.site.s.sent.close()
         if save_sessions and self.table is not None:
             try:
-                saved = self.table.save()
+                saved = self.cluster.save() if self.cluster is not None else self.table.save()
             except LowbwError as exc:
                 log.error("sessions not saved: %s", exc.message)
         if self.table is not None:
@@ -386,6 +426,12 @@ class ProxyServer:
             log.error("%s: encrypted command not queued (%s)", device, exc.message)
 
     async def _close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+        if self.registry is not None:
+            self.registry.on_change = None
+            self.registry.fresh = None
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
@@ -635,13 +681,16 @@ def loop_factory(fast_paths: bool) -> Callable[[], asyncio.AbstractEventLoop] | 
     return factory
 
 
-def main(config_path: str | Path) -> int:
-    """``lowbw proxy run --config PATH``: 0 after a graceful stop, 1 on failure."""
+def main(config_path: str | Path, node: int | None = None) -> int:
+    """``lowbw proxy run --config PATH [--node N]``: 0 after a graceful stop, 1 on failure."""
     # aiocoap logs every duplicate and retransmission at INFO; ours says what matters.
     # matrix-nio (encrypted rooms) logs every room event at INFO.
     setup_logging(quiet=("lowbw.proxy.coap", "nio"))
     try:
         cfg = proxy_config.load(config_path)
+        if node is not None:
+            cfg.cluster.node = node
+            cfg.cluster.check()
         settings = ProxySettings.from_config(cfg)
     except LowbwError as exc:
         print("lowbw proxy run: error: %s" % (exc.message or exc), file=sys.stderr)

@@ -252,6 +252,13 @@ class SessionTable:
         self.on_summary: Callable[[], None] | None = None
         # Called with each session that closes.
         self.on_close: Callable[[SessionAddress], None] | None = None
+        # Several proxies on one fleet (lowbw.proxy.cluster): session ids begin
+        # with this node's number (sid_node_bits bits); on_add hears of each new
+        # session; on_changes takes the registry's notices (PostgreSQL).
+        self.sid_node = 0
+        self.sid_node_bits = 0
+        self.on_add: Callable[[SessionAddress], None] | None = None
+        self.on_changes: Callable[[list[tuple[str, str]]], None] | None = None
         self.reload()
 
     # -- devices ----------------------------------------------------------------
@@ -281,11 +288,8 @@ class SessionTable:
                 if name not in current:
                     self.e2ee.forget(name)
             self.e2ee.start_all(list(current.values()))
-        self._commands = {}
-        for name in current:
-            n = self.registry.count_pending(name)
-            if n:
-                self._commands[name] = n
+        counts = self.registry.pending_counts()
+        self._commands = {name: n for name, n in counts.items() if name in current and n}
 
     def room_encrypted(self, room_id: str) -> None:
         """``room_id`` got an ``m.room.encryption`` state event: its devices are
@@ -304,8 +308,14 @@ class SessionTable:
         """Called for every datagram (a revocation takes effect on the very next
         one) and by the timer of ``start_timers`` (so it takes effect within
         ``registry_poll_interval`` even when the device stays silent, for
-        example a parked sync). ``PRAGMA data_version`` costs microseconds."""
-        if self.registry.changed():
+        example a parked sync). ``PRAGMA data_version`` costs microseconds; on
+        PostgreSQL nothing is asked: the notices are already here (LISTEN)."""
+        registry = self.registry
+        if registry.notifies and self.on_changes is not None:
+            changes = registry.take_changes()
+            if changes:
+                self.on_changes(changes)
+        elif registry.changed():
             self.reload()
 
     def start_timers(self) -> None:
@@ -422,21 +432,29 @@ class SessionTable:
         return self.by_sid.get(sid)
 
     def _new_sid(self, compact: bool = False) -> int:
-        if len(self.by_sid) + len(self._pending_xx) >= 0x10000:
+        """A free session id carrying this node's number in its top bits (``[cluster]``;
+        ``lowbw.proxy.cluster.sid_owner``). A compact session's id is one byte on
+        the air below 0x80 (``frames.sid_bytes``), else two (0x80..0x7FFF): the
+        node's number tops its 7 or 15 bits; one byte while that space has room."""
+        if len(self.by_sid) + len(self._pending_xx) >= 0x10000 >> self.sid_node_bits:
             raise LowbwError("session table full")
-        if compact:
-            # One byte on the air below 0x80 (frames.sid_bytes), two below 0x8000.
-            free = [sid for sid in range(0x80) if sid not in self.by_sid and sid not in self._pending_xx]
+        widths = (7, 15) if compact else (16,)
+        for width in widths:
+            space = 1 << (width - self.sid_node_bits)
+            base = self.sid_node << (width - self.sid_node_bits)
+            low = 0x80 if width == 15 else 0  # two-byte compact ids are at least 0x80
+            for _ in range(64):  # random probes: cheap while the space has room
+                sid = base | secrets.randbelow(space)
+                if sid >= low and sid not in self.by_sid and sid not in self._pending_xx:
+                    return sid
+            free = [
+                sid
+                for sid in range(max(base, low), base + space)
+                if sid not in self.by_sid and sid not in self._pending_xx
+            ]
             if free:
                 return free[secrets.randbelow(len(free))]
-            free = [sid for sid in range(0x8000) if sid not in self.by_sid and sid not in self._pending_xx]
-            if not free:
-                raise LowbwError("compact session ids exhausted")
-            return free[secrets.randbelow(len(free))]
-        while True:
-            sid = secrets.randbelow(0x10000)
-            if sid not in self.by_sid and sid not in self._pending_xx:
-                return sid
+        raise LowbwError("session ids exhausted")
 
     def _add(self, addr: SessionAddress) -> None:
         old = self.by_device.get(addr.device)
@@ -445,6 +463,8 @@ class SessionTable:
             self.close(old)
         self.by_sid[addr.sid] = addr
         self.by_device[addr.device] = addr
+        if self.on_add is not None and old is not addr:
+            self.on_add(addr)
 
     def close(self, addr: SessionAddress) -> None:
         self._floors.pop(addr.sid, None)

@@ -44,12 +44,13 @@ class WriteBehind:
     """``lookup``/``record``/``advance_top`` in front of the registry.
 
     ``delay`` None writes every row at once on the caller's thread, as before
-    (``LOWBW_PROXY_FAST_PATHS=0``, and registries in memory).
+    (``LOWBW_PROXY_FAST_PATHS=0``, registries in memory, and PostgreSQL, whose
+    warm readings skip the lookup instead: ``lowbw.proxy.freshtxn``).
     """
 
     def __init__(self, registry: Registry, delay: float | None = WRITE_DELAY) -> None:
         self.registry = registry
-        self.delay = None if str(registry.path) == ":memory:" else delay
+        self.delay = delay if registry.writes_behind else None
         self._events: dict[tuple[str, str], str] = {}
         self._tops: dict[tuple[str, int], int] = {}  # (device, epoch) -> top
         self._timer: asyncio.TimerHandle | None = None

@@ -29,9 +29,13 @@ def record(name: str = "sensor1", key: bytes | None = None, **kw: object) -> Dev
     return DeviceRecord(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def reg(tmp_path: Path) -> Iterator[Registry]:
-    registry = Registry(tmp_path / "registry.sqlite3")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def reg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    """Every test taking ``reg`` runs on both engines."""
+    if request.param == "sqlite":
+        registry = Registry(tmp_path / "registry.sqlite3")
+    else:
+        registry = Registry(request.getfixturevalue("postgres_url"))
     yield registry
     registry.close()
 
