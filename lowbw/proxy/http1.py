@@ -104,8 +104,9 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._headers_done and not self._delimited:
-            # An answer delimited by the end of the connection (RFC 9112 §6.3 item 8).
+        if exc is None and self._headers_done and not self._delimited:
+            # An answer delimited by the end of the connection (RFC 9112 §6.3 item 8);
+            # a reset is no end of it.
             self._complete(keep=False)
             return
         self._fail(_broken("connection closed by the homeserver"))
@@ -133,7 +134,16 @@ class _Connection(asyncio.Protocol):
             self._too_large = AnswerTooLarge(len(self._body))
             raise self._too_large
 
+    def on_message_begin(self) -> None:
+        # Each answer afresh: an interim 1xx answer's headers are not the final one's.
+        self._headers = []
+        self._body = bytearray()
+        self._headers_done = False
+        self._delimited = False
+
     def on_message_complete(self) -> None:
+        if self._parser.get_status_code() < 200:
+            return  # interim (100 Continue, 103 Early Hints): the final answer follows
         self._complete(keep=self._parser.should_keep_alive())
 
     # -- the exchange ---------------------------------------------------------------
@@ -200,7 +210,7 @@ class Http1Pool:
         self._fixed = "Host: %s\r\nUser-Agent: %s\r\n" % (host_header or host, user_agent)
         self._idle: list[_Connection] = []
         self._open = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self._closed = False
 
     @property
@@ -230,47 +240,76 @@ class Http1Pool:
     ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         data = self.encode(method, target, headers, body)
         async with asyncio.timeout(timeout):
-            for _ in range(2):
-                conn = await self._acquire()
-                try:
-                    answer = await conn.exchange(data)
-                except ConnectionError:
-                    self._release(conn)
-                    if conn.reused and conn.answered_nothing:
-                        continue  # closed while idle: once more on a fresh connection
+            conn = await self._acquire()
+            try:
+                return await self._exchange(conn, data)
+            except ConnectionError:
+                if not (conn.reused and conn.answered_nothing):
                     raise
-                except BaseException:
-                    conn.close()  # cancelled or failed mid-exchange: out of step
-                    self._release(conn)
-                    raise
-                self._release(conn)
-                return answer
-        raise _broken("connection closed by the homeserver")  # pragma: no cover - loop returns or raises
+            # Closed while idle (the server's idle timeout, a restart): once more, on a
+            # new connection (not another idle one, which may be as stale).
+            conn = await self._acquire(fresh=True)
+            return await self._exchange(conn, data)
 
-    async def _acquire(self) -> _Connection:
+    async def _exchange(self, conn: _Connection, data: bytes) -> tuple[int, CIMultiDictProxy[str], bytes]:
+        try:
+            answer = await conn.exchange(data)
+        except BaseException:
+            conn.close()  # failed, cancelled or timed out mid-exchange: out of step
+            self._release(conn)
+            raise
+        self._release(conn)
+        return answer
+
+    async def _acquire(self, fresh: bool = False) -> _Connection:
+        """A kept-alive connection, or a new one while under ``limit``, else the
+        next one released (in order of asking). ``fresh``: a new connection."""
         if self._closed:
             raise _broken("pool closed")
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed:
-                conn.reused = True
-                return conn
+        if not self._waiters:
+            while self._idle and not fresh:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    conn.reused = True
+                    return conn
+                self._open -= 1
+            if fresh and self.limit and self._open >= self.limit and self._idle:
+                self._idle.pop(0).close()  # make room for the new one
+                self._open -= 1
+            if not self.limit or self._open < self.limit:
+                self._open += 1
+                return await self._connect()
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            given = await waiter
+        except BaseException:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():
+                # Handed over as we were cancelled: give it to the next one.
+                late = waiter.result()
+                if late is not None:
+                    self._release(late)
+                else:
+                    self._open -= 1
+                    self._hand_on(None)
+            raise
+        if self._closed:
+            if given is not None:
+                given.close()
             self._open -= 1
-        while self.limit and self._open >= self.limit:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                if not waiter.cancelled() and waiter.done():
-                    self._wake()  # our turn, not taken: pass it on
-                raise
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            if self._idle:
-                return await self._acquire()
-        self._open += 1
+            raise _broken("pool closed")
+        if given is None:  # a free slot, already counted for us
+            return await self._connect()
+        if fresh:
+            given.close()
+            return await self._connect()
+        given.reused = True
+        return given
+
+    async def _connect(self) -> _Connection:
+        """A new connection in a slot already counted in ``_open``."""
         try:
             _, conn = await asyncio.get_running_loop().create_connection(
                 lambda: _Connection(self.max_body),
@@ -281,11 +320,11 @@ class Http1Pool:
             )
         except OSError as exc:
             self._open -= 1
-            self._wake()
+            self._hand_on(None)
             raise ConnectFailed(self.host, self.port, exc) from None
         except BaseException:
             self._open -= 1
-            self._wake()
+            self._hand_on(None)
             raise
         return conn
 
@@ -293,16 +332,25 @@ class Http1Pool:
         if conn.closed or self._closed:
             conn.close()
             self._open -= 1
+            self._hand_on(None)
         else:
-            self._idle.append(conn)
-        self._wake()
+            self._hand_on(conn)
 
-    def _wake(self) -> None:
+    def _hand_on(self, conn: _Connection | None) -> None:
+        """``conn`` (or, None, a free slot) to the first waiter; else ``conn`` goes idle."""
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+            if waiter.done():
+                continue
+            if conn is None:
+                if self.limit and self._open >= self.limit:
+                    self._waiters.appendleft(waiter)  # no slot after all
+                    return
+                self._open += 1  # counted for the waiter, which connects
+            waiter.set_result(conn)
+            return
+        if conn is not None:
+            self._idle.append(conn)
 
     async def close(self) -> None:
         self._closed = True
@@ -310,3 +358,7 @@ class Http1Pool:
         for conn in idle:
             conn.close()
             self._open -= 1
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(_broken("pool closed"))

@@ -236,15 +236,30 @@ CREATE TABLE client_tokens (
 # a revocation from the proxy's own writes. Statements one by one: a trigger's
 # body has semicolons of its own.
 _BUMP = "BEGIN UPDATE changes SET n = n + 1; END"
+_RECORD_COLUMNS = (
+    "name",
+    "public_key",
+    "user_id",
+    "access_token",
+    "rooms",
+    "event_types",
+    "slots",
+    "permissions",
+    "revoked",
+    "encrypted",
+    "profile",
+)
 _CHANGE_COUNTER: tuple[str, ...] = (
     "CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL)",
     "INSERT INTO changes (id, n) VALUES (1, 0)",
     "CREATE TRIGGER devices_added AFTER INSERT ON devices " + _BUMP,
     "CREATE TRIGGER devices_removed AFTER DELETE ON devices " + _BUMP,
-    # Any update but one that moves only bookkeeping (those statements touch
-    # msg_top, epoch or the handshake numbers and nothing an operator changes).
-    "CREATE TRIGGER devices_changed AFTER UPDATE ON devices WHEN NEW.msg_top IS OLD.msg_top "
-    "AND NEW.epoch IS OLD.epoch AND NEW.hs_floor IS OLD.hs_floor AND NEW.hs_announce IS OLD.hs_announce "
+    # An update of what the proxy reloads (DeviceRecord's columns), not of its
+    # bookkeeping (msg_top, epoch, handshake numbers), no-op updates included. A
+    # column added to DeviceRecord is added here too (test_registry checks).
+    "CREATE TRIGGER devices_changed AFTER UPDATE ON devices WHEN "
+    + " OR ".join("NEW.%s IS NOT OLD.%s" % (c, c) for c in _RECORD_COLUMNS)
+    + " "
     + _BUMP,
 )
 for _table in ("commands", "client_tokens", "matrix_devices"):
@@ -358,6 +373,7 @@ class Registry:
         # kept by _write once the schema is known to have it.
         self._change_seen = 0
         self._counting = False
+        self._closed = False
         if self.url is not None:
             try:
                 self.engine: regdb.Engine = regdb.PostgresEngine(self.url)
@@ -445,6 +461,7 @@ class Registry:
             engine.set_schema_version(SCHEMA_VERSION)
 
     def close(self) -> None:
+        self._closed = True
         self.stop_checkpoints()
         with self._lock:
             if self._writer_db is not None:
@@ -549,15 +566,16 @@ class Registry:
             engine.begin()
             try:
                 # This connection's own bumps of the change counter are not
-                # changes to it (changed()); another's, before our BEGIN, still are.
+                # changes to it (changed()); another's, before our BEGIN, still
+                # are. Counted once the commit has succeeded.
                 before = self._change_count() if self._counting else 0
                 yield engine
-                if self._counting:
-                    self._change_seen += self._change_count() - before
+                own = self._change_count() - before if self._counting else 0
             except BaseException:
                 engine.rollback()
                 raise
             engine.commit()
+            self._change_seen += own
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
@@ -712,8 +730,8 @@ class Registry:
             version = engine.data_version()
             if version == self._data_version:
                 return False
+            count = self._change_count()  # may raise: then the next call reads it again
             self._data_version = version
-            count = self._change_count()
             moved = count != self._change_seen
             self._change_seen = count
             return moved
@@ -795,13 +813,23 @@ class Registry:
         return int(rows[0]["msg_top"]) if rows else -1
 
     @_timed
-    def advance_msg_top(self, name: str, n: int) -> None:
+    def advance_msg_top(self, name: str, n: int, epoch: int | None = None) -> bool:
+        """Raise the device's message top to ``n``. With ``epoch``: only while the
+        device is still in that counter epoch (one statement, so a new epoch
+        announced meanwhile by another proxy is never overwritten); False if not."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise RegistryError("a message number is a non-negative integer")
         with self._write() as db:
+            if epoch is not None:
+                cur = db.execute(
+                    "UPDATE devices SET msg_top = max(msg_top, ?) WHERE name = ? AND epoch = ?",
+                    (n, name, epoch),
+                )
+                return bool(cur.rowcount)
             cur = db.execute("UPDATE devices SET msg_top = max(msg_top, ?) WHERE name = ?", (n, name))
             if cur.rowcount == 0:
                 raise RegistryError("no device named %r" % name)
+            return True
 
     @_timed
     def device_epoch(self, name: str) -> int:
@@ -902,6 +930,8 @@ class Registry:
     def _writer(self) -> sqlite3.Connection:
         if not self.writes_behind:
             raise RegistryError("this registry has no second connection to write behind on")
+        if self._closed:
+            raise RegistryError("registry %s is closed" % self.location)
         with self._lock:
             if self._writer_db is None:
                 db = sqlite3.connect(
@@ -951,9 +981,7 @@ class Registry:
     @_timed
     def pending_counts(self) -> dict[str, int]:
         """Unacknowledged commands per device (only devices that have some), in one query."""
-        rows = self._read(
-            "SELECT device, count(*) AS n FROM commands WHERE acked_ms IS NULL GROUP BY device"
-        )
+        rows = self._read("SELECT device, count(*) AS n FROM commands WHERE acked_ms IS NULL GROUP BY device")
         return {str(r["device"]): int(r["n"]) for r in rows}
 
     @_timed

@@ -57,6 +57,7 @@ class WriteBehind:
         self._writing: asyncio.Future[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.written = 0  # event rows written so far (tests, metrics)
+        self._closed = False
 
     # -- sent events -----------------------------------------------------------------
 
@@ -68,7 +69,8 @@ class WriteBehind:
         return self.registry.sent_event(device, txn_id)
 
     def record(self, device: str, txn_id: str, event_id: str) -> None:
-        if self.delay is None:
+        if self.delay is None or self._closed:
+            # (After close: a reading answered during the stop is written at once.)
             self.registry.record_event(device, txn_id, event_id)
             self.written += 1
             return
@@ -83,9 +85,8 @@ class WriteBehind:
         It only grows, and only while the device is still in that epoch: a top
         written late must not land on the new count of a device that announced
         a new epoch meanwhile (``Registry.set_device_epoch`` reset it)."""
-        if self.delay is None:
-            if self.registry.device_epoch(device) == epoch:
-                self.registry.advance_msg_top(device, n)
+        if self.delay is None or self._closed:
+            self.registry.advance_msg_top(device, n, epoch)
             return
         if n > self._tops.get((device, epoch), -1):
             self._tops[(device, epoch)] = n
@@ -103,7 +104,7 @@ class WriteBehind:
 
     def _write(self) -> None:
         self._timer = None
-        if self._writing is not None or not (self._events or self._tops):
+        if self._closed or self._writing is not None or not (self._events or self._tops):
             return
         events = [(d, t, e) for (d, t), e in self._events.items()]
         tops = [(d, n, e) for (d, e), n in self._tops.items()]
@@ -115,6 +116,8 @@ class WriteBehind:
         writing.add_done_callback(lambda done: self._written(events, tops, done))
 
     def _written(self, events: _Events, tops: _Tops, done: asyncio.Future[None]) -> None:
+        if self._closed:
+            return  # close() wrote what was left
         self._writing = None
         if done.cancelled():
             return
@@ -145,12 +148,15 @@ class WriteBehind:
             writing = self._writing
             if writing is None:
                 return
-            await asyncio.shield(writing)
-            if writing.exception() is not None:
-                return
+            try:
+                await asyncio.shield(writing)
+            except Exception:
+                return  # said by _written; the rows stay for the next batch
 
     def close(self) -> None:
-        """Write what is pending, on this thread, and stop the writer (at stop)."""
+        """Write what is pending, on this thread, and stop the writer (at stop); rows
+        recorded after this are written at once."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -382,5 +384,102 @@ def test_homeserver_readings_pool_maps_outcomes() -> None:
             assert outcomes == [("readings", "200"), ("readings", "429"), ("readings", "too_large")]
             assert hs.pool_in_use(POOL_READINGS) == 0
             await hs.close()
+
+    run(main())
+
+
+def test_retry_after_stale_connections_takes_a_new_one() -> None:
+    """Two kept-alive connections go stale together (the server restarted): the
+    retry does not pick the other stale one."""
+    stale = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            if stale.is_set():
+                return  # closes without an answer: as a server that dropped it
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await asyncio.sleep(0.05)  # both requests overlap: two connections
+
+    async def main() -> None:
+        async with RawServer(script) as srv:
+            pool = Http1Pool("127.0.0.1", srv.port)
+            await asyncio.gather(*(pool.request("GET", "/a", [], None, 5.0) for _ in range(2)))
+            assert srv.connections == 2 and len(pool._idle) == 2
+            stale.set()
+
+            async def fresh_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnew")
+                await writer.drain()
+
+            srv.script = fresh_ok  # new connections answer
+            assert (await pool.request("GET", "/b", [], None, 5.0))[2] == b"new"
+            await pool.close()
+
+    run(main())
+
+
+def test_waiting_requests_are_served_in_order() -> None:
+    order: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        order.append(int(request.path.rsplit("/", 1)[1]))
+        await asyncio.sleep(0.01)
+        return web.json_response({})
+
+    async def main() -> None:
+        async with AiohttpServer(handler) as srv:
+            pool = Http1Pool("127.0.0.1", srv.port, limit=1)
+            tasks = []
+            for i in range(12):
+                tasks.append(asyncio.create_task(pool.request("GET", "/x/%d" % i, [], None, 5.0)))
+                await asyncio.sleep(0)  # asked in this order
+            await asyncio.gather(*tasks)
+            assert order == list(range(12))
+            assert srv.connections == 1 and pool.in_use == 0
+            await pool.close()
+
+    run(main())
+
+
+def test_interim_answers_are_skipped() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Final: 1\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo")
+        await writer.drain()
+
+    async def main() -> None:
+        async with RawServer(script) as srv:
+            pool = Http1Pool("127.0.0.1", srv.port)
+            status, headers, body = await pool.request("PUT", "/x", [], b"{}", 5.0)
+            assert (status, body, headers.get("X-Final"), headers.get("Link")) == (200, b"ok", "1", None)
+            assert (await pool.request("PUT", "/y", [], b"{}", 5.0))[2] == b"two"  # same connection
+            assert srv.connections == 1
+            await pool.close()
+
+    run(main())
+
+
+def test_a_reset_is_no_end_of_a_close_delimited_answer() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"partial\":")
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN (linger 0)
+
+    async def main() -> None:
+        async with RawServer(script) as srv:
+            pool = Http1Pool("127.0.0.1", srv.port)
+            with pytest.raises(ConnectionError):
+                await pool.request("GET", "/x", [], None, 5.0)
+            await pool.close()
 
     run(main())

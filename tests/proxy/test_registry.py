@@ -523,3 +523,22 @@ def test_changed_sees_other_processes_changes_not_bookkeeping(tmp_path: Path) ->
         assert proxy.changed() is True
         other.ack_command("a", other.pending_commands("a")[0][0])
         assert proxy.changed() is True
+
+
+def test_change_counter_watches_every_record_column_and_no_bookkeeping(tmp_path: Path) -> None:
+    import dataclasses
+
+    from lowbw.proxy import registry as registry_module
+
+    watched = set(registry_module._RECORD_COLUMNS)
+    assert {f.name for f in dataclasses.fields(DeviceRecord)} - {"created_ms"} <= watched
+    path = tmp_path / "registry.sqlite3"
+    with Registry(path) as proxy, Registry(path) as other:
+        proxy.add_device(record("a"))
+        proxy.write_behind([], [("a", 20, 0)])
+        proxy.write_behind([], [("a", 20, 0)])  # no higher: an update that changes nothing
+        other.advance_msg_top("a", 5)
+        assert proxy.changed() is False
+        other.advance_msg_top("a", 40, epoch=0)
+        assert other.advance_msg_top("a", 80, epoch=9) is False  # another epoch: untouched
+        assert proxy.msg_top("a") == 40 and proxy.changed() is False

@@ -177,3 +177,16 @@ def test_without_delay_every_row_is_written_at_once(registry: Registry) -> None:
     writes.advance_top("a", 64, 0)
     assert registry.sent_event("a", "t0") == "$a" and registry.msg_top("a") == 64
     assert "record_event" in ops and "advance_msg_top" in ops
+
+
+def test_rows_after_close_are_written_at_once(registry: Registry) -> None:
+    async def main() -> None:
+        writes = WriteBehind(registry, delay=0.01)
+        writes.record("a", "t0", "$a")
+        writes.close()
+        writes.record("a", "t1", "$b")  # a reading answered while the proxy stops
+        writes.advance_top("a", 64, 0)
+        assert writes.pending == 0
+
+    run(main())
+    assert registry.sent_event("a", "t1") == "$b" and registry.msg_top("a") == 64
