@@ -95,10 +95,13 @@ class ProxyProcess:
     (``LOWBW_PROXY_FAST_PATHS=0``: asyncio's loop, every request through aiocoap,
     WAL checkpoints inside the commits)."""
 
-    def __init__(self, config_path: Path, fast_paths: bool = True) -> None:
+    def __init__(
+        self, config_path: Path, fast_paths: bool = True, log_level: str = "WARNING", uvloop: bool = True
+    ) -> None:
         env = {
             **os.environ,
-            "LOWBW_LOG_LEVEL": "WARNING",
+            "LOWBW_LOG_LEVEL": log_level,
+            "LOWBW_PROXY_UVLOOP": "1" if uvloop else "0",
             "PYTHONUNBUFFERED": "1",
             "LOWBW_PROXY_FAST_PATHS": "1" if fast_paths else "0",
         }
@@ -110,10 +113,16 @@ class ProxyProcess:
             env=env,
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("lowbw proxy listening"):
-            self.proc.kill()
-            raise RuntimeError("proxy did not start: %s%s" % (line, self.proc.stdout.read()))
+        # Log lines may come first (--proxy-log DEBUG): up to the ready line.
+        seen = []
+        while True:
+            line = self.proc.stdout.readline()
+            if line.startswith("lowbw proxy listening"):
+                break
+            seen.append(line)
+            if not line or len(seen) > 10000:
+                self.proc.kill()
+                raise RuntimeError("proxy did not start: %s%s" % ("".join(seen), self.proc.stdout.read()))
 
     @property
     def pid(self) -> int:
@@ -125,10 +134,18 @@ class ProxyProcess:
         return out
 
 
-def longest_registry_call(proxy_output: str) -> tuple[float | None, str | None]:
-    """(ms, operation) from the proxy's last line: "... longest registry call X ms: op)"."""
-    m = re.search(r"longest registry call ([0-9.]+) ms: ([^)]*)\)", proxy_output)
-    return (float(m.group(1)), m.group(2)) if m else (None, None)
+def longest_registry_calls(proxy_output: str) -> list[tuple[float, str]]:
+    """(ms, operation) per phase: one per SIGUSR1 report ("longest registry call X ms:
+    op (since the last report)"), then the one of the proxy's stop line."""
+    return [
+        (float(m.group(1)), m.group(2).strip())
+        for m in re.finditer(r"longest registry call ([0-9.]+) ms: ([^()\n]*)", proxy_output)
+    ]
+
+
+def mark_phase(pid: int) -> None:
+    """Ask the proxy for its longest registry call since the last mark (SIGUSR1)."""
+    os.kill(pid, signal.SIGUSR1)
 
 
 # ---- the sink homeserver (its own process) -------------------------------------------
@@ -199,9 +216,7 @@ class Sink:
     def _call(self, method: str, path: str) -> Any:
         import urllib.request
 
-        req = urllib.request.Request(
-            self.url + path, method=method, data=b"" if method == "POST" else None
-        )
+        req = urllib.request.Request(self.url + path, method=method, data=b"" if method == "POST" else None)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(req, timeout=60) as resp:
             return json.loads(resp.read())
@@ -265,9 +280,7 @@ async def roundtrip(dev: SimDevice, proxy: tuple[str, int], dgram: bytes, timeou
     return await asyncio.wait_for(dev.waiter, timeout)
 
 
-async def handshake_device(
-    dev: SimDevice, proxy: tuple[str, int], proxy_pub: bytes, request: bytes
-) -> bool:
+async def handshake_device(dev: SimDevice, proxy: tuple[str, int], proxy_pub: bytes, request: bytes) -> bool:
     for _ in range(5):
         init = handshake.Initiator(dev.priv, proxy_pub)
         try:
@@ -315,6 +328,18 @@ async def device_loop(
         dev.rtts.append((mid, t0, time.monotonic()))
         if answer.code != coap.CHANGED:
             raise RuntimeError("%s: reading answered %s" % (dev.name, coap.code_str(answer.code)))
+
+
+def run_devices(coro: Any) -> Any:
+    """Run the simulated devices on uvloop where installed (the same for every
+    proxy column): their own event loop's delays are part of each measured round
+    trip, and uvloop's are smaller than asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -417,9 +442,7 @@ async def idle_sessions(
         "sessions": done,
         "rss_before_mb": round(before / 1e6, 1),
         "rss_after_mb": round(after / 1e6, 1),
-        "rss_growth_kb_per_1000_sessions": round((after - before) / done * 1000 / 1024, 1)
-        if done
-        else None,
+        "rss_growth_kb_per_1000_sessions": round((after - before) / done * 1000 / 1024, 1) if done else None,
         "bytes_per_session": round((after - before) / done) if done else None,
     }
 
@@ -473,7 +496,7 @@ def bench_sink(args: argparse.Namespace, work: Path, fast_paths: bool = True) ->
                     DeviceRecord(name=name, public_key=pub, user_id=user, rooms=[ROOM], slots=SLOTS)
                 )
         proxy_pub = cfg.read_public_key()
-        proc = ProxyProcess(cfg.path, fast_paths)
+        proc = ProxyProcess(cfg.path, fast_paths, args.proxy_log, not args.no_uvloop)
         addr = (cfg.proxy.bind, cfg.proxy.port)
         devices = [SimDevice("d%d" % i, priv, pub) for i, (priv, pub) in enumerate(keys[: args.devices])]
 
@@ -499,6 +522,8 @@ def bench_sink(args: argparse.Namespace, work: Path, fast_paths: bool = True) ->
 
         async def runs() -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
             warm = await warm_up(devices, addr, proxy_pub)
+            await asyncio.sleep(0.2)  # the last handshakes' answers are out
+            mark_phase(proc.pid)  # phase 1: the devices' handshakes
             sink.reset()
             load = await run_load(devices, addr, args.duration, proc.pid)
             added_latency(load)
@@ -510,11 +535,13 @@ def bench_sink(args: argparse.Namespace, work: Path, fast_paths: bool = True) ->
                 paced.append(run)
             for dev in devices:
                 dev.transport.close()
+            mark_phase(proc.pid)  # phase 2: readings
+            await asyncio.sleep(0.2)
             return warm, load, paced
 
         try:
             rss_start = rss_bytes(proc.pid)
-            warm, load, paced = asyncio.run(runs())
+            warm, load, paced = run_devices(runs())
             load["handshake_seconds"] = round(warm, 2)
             load["rss_mb_at_start"] = round(rss_start / 1e6, 1)
             load["rss_mb_after_load"] = round(rss_bytes(proc.pid) / 1e6, 1)
@@ -522,16 +549,20 @@ def bench_sink(args: argparse.Namespace, work: Path, fast_paths: bool = True) ->
                 idle_sessions(args.idle_sessions, keys[args.devices :], addr, proxy_pub, proc.pid)
             )
         finally:
-            stall_ms, stall_op = longest_registry_call(proc.stop())
+            phases = longest_registry_calls(proc.stop())
+        # The longest the proxy's event loop waited for one registry call: while
+        # 100 devices handshake at once, under the reading load, while the idle
+        # sessions handshake (a burst of --idle-sessions), and over all of it.
+        named = dict(zip(("handshakes", "readings", "idle_handshakes"), phases, strict=False))
+        worst = max(phases) if phases else (None, None)
         return {
             "fast_paths": fast_paths,
             "saturation": load,
             "paced": paced,
             "idle": idle,
-            # The longest the proxy's event loop waited for one registry call
-            # (over the whole run: handshakes, load, idle sessions).
-            "max_loop_stall_ms": stall_ms,
-            "max_loop_stall_op": stall_op,
+            "max_loop_stall_ms": worst[0],
+            "max_loop_stall_op": worst[1],
+            "loop_stall_by_phase": {k: {"ms": v[0], "op": v[1]} for k, v in named.items()},
         }
     finally:
         sink.stop()
@@ -619,7 +650,7 @@ def bench_synapse(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         slots=SLOTS,
                     )
                 )
-        proc = ProxyProcess(cfg.path)
+        proc = ProxyProcess(cfg.path, log_level=args.proxy_log)
         addr = (cfg.proxy.bind, cfg.proxy.port)
         devices = [SimDevice(n, priv, pub) for n, (priv, pub) in zip(names, keys, strict=True)]
 
@@ -670,6 +701,7 @@ def figures(sink: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": at.get("added_ms_p50"),
         "p99_ms": at.get("added_ms_p99"),
         "max_loop_stall_ms": sink["max_loop_stall_ms"],
+        "max_loop_stall_readings_ms": sink["loop_stall_by_phase"].get("readings", {}).get("ms"),
         "idle_session_bytes": sink["idle"]["bytes_per_session"],
     }
 
@@ -686,19 +718,38 @@ def table(result: dict[str, Any]) -> str:
 
     row(
         "saturated: readings/s (CPU per reading)",
-        lambda k: "%.0f (%.0f µs)"
-        % (k["saturation"]["readings_per_s"], k["saturation"]["proxy_cpu_us_per_reading"]),
+        lambda k: (
+            "%.0f (%.0f µs)"
+            % (k["saturation"]["readings_per_s"], k["saturation"]["proxy_cpu_us_per_reading"])
+        ),
     )
     for i, rate in enumerate(r["offered_per_s"] for r in runs[0][1]["paced"]):
         row(
             "paced %.0f/s: readings/s, added p50 / p99" % rate,
-            lambda k, i=i: "%.0f, %.2f / %.2f ms"
-            % (k["paced"][i]["readings_per_s"], k["paced"][i]["added_ms_p50"], k["paced"][i]["added_ms_p99"]),
+            lambda k, i=i: (
+                "%.0f, %.2f / %.2f ms"
+                % (
+                    k["paced"][i]["readings_per_s"],
+                    k["paced"][i]["added_ms_p50"],
+                    k["paced"][i]["added_ms_p99"],
+                )
+            ),
         )
-    row(
-        "longest registry call on the loop",
-        lambda k: "%s ms (%s)" % (k["max_loop_stall_ms"], k["max_loop_stall_op"]),
-    )
+    for phase, label in (
+        ("readings", "longest registry call on the loop: under the reading load"),
+        ("handshakes", "... while %d devices handshake at once" % runs[0][1]["saturation"]["devices"]),
+        ("idle_handshakes", "... while %d idle sessions handshake" % runs[0][1]["idle"]["sessions"]),
+    ):
+        row(
+            label,
+            lambda k, phase=phase: (
+                "%s ms (%s)"
+                % (
+                    k["loop_stall_by_phase"].get(phase, {}).get("ms"),
+                    k["loop_stall_by_phase"].get(phase, {}).get("op"),
+                )
+            ),
+        )
     row(
         "idle session (%d sessions)" % runs[0][1]["idle"]["sessions"],
         lambda k: "%s B" % k["idle"]["bytes_per_session"],
@@ -753,6 +804,17 @@ def main(argv: list[str] | None = None) -> int:
         "--compare",
         action="store_true",
         help="also run the proxy as before issue 13 (LOWBW_PROXY_FAST_PATHS=0), side by side",
+    )
+    p.add_argument(
+        "--no-uvloop",
+        action="store_true",
+        help="run the proxy on asyncio's loop (LOWBW_PROXY_UVLOOP=0), to measure what uvloop saves",
+    )
+    p.add_argument(
+        "--proxy-log",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING"],
+        help="the proxy's log level (default WARNING; INFO shows what its per-interval summaries cost)",
     )
     p.add_argument(
         "--nodes",

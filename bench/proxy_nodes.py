@@ -173,9 +173,8 @@ def bench_nodes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     finally:
                         for p in procs:
                             outputs.append(p.stop())
-                    stalls = [pl.longest_registry_call(out) for out in outputs]
-                    known = [st for st in stalls if st[0] is not None]
-                    worst = max(known) if known else (None, None)
+                    known = [st for out in outputs for st in pl.longest_registry_calls(out)]
+                    worst: tuple[float | None, str | None] = max(known) if known else (None, None)
                     run["max_loop_stall_ms"], run["max_loop_stall_op"] = worst
                     all_runs[label].append(run)
                     sink.reset()

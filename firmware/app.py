@@ -160,13 +160,7 @@ def rebase(store, shift):
     the old clock would be now, and this moves the queued readings (and the
     store's own timestamp) onto the new clock, so their ages stay true.
     """
-    entries = list(store.queue)
-    inf = store.inflight
-    if inf is not None and inf[1] == "v":
-        entries += inf[2]
-    for e in entries:
-        if not e[4]:  # absolute (wall-clock) times need no shift
-            e[3] += shift
+    store.rebase(shift)  # absolute (wall-clock) times need no shift
     store.mono += shift
 
 

@@ -316,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument(
         "--proxy-port", type=_port, metavar="N", help="port devices reach the proxy at (default: port)"
     )
+    enroll.add_argument(
+        "--profile",
+        choices=("compact", "standard"),
+        help="link profile (docs/PROTOCOL.md): compact (Noise KK, 8-byte tags, compressed CoAP "
+        "headers) or standard (Noise IK, 16-byte tags); default compact when the proxy's "
+        "link_bps is below 10000, else standard",
+    )
     enroll.set_defaults(func=cmd_device_enroll)
 
     lst = device_sub.add_parser("list", help="list enrolled devices", description="List enrolled devices.")
@@ -514,6 +521,7 @@ def cmd_device_enroll(args: argparse.Namespace) -> int:
             proxy_host=args.proxy_host,
             proxy_port=args.proxy_port,
             encrypted=not args.unencrypted,
+            profile=args.profile,
         )
     )
     rec = result.record
@@ -533,6 +541,7 @@ def cmd_device_enroll(args: argparse.Namespace) -> int:
         )
     )
     print("  public key   %s" % rec.public_key.hex())
+    print("  link profile %s" % rec.profile)
     print(
         "  slots        %s" % (", ".join("%d=%s" % (i, s["name"]) for i, s in enumerate(rec.slots)) or "none")
     )
@@ -570,6 +579,7 @@ def cmd_device_list(args: argparse.Namespace) -> int:
                 "revoked": d.revoked,
                 "created_ms": d.created_ms,
                 "encrypted": d.encrypted,
+                "profile": d.profile,
             }
             for d in devices
         ]

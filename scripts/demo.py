@@ -368,11 +368,15 @@ def enroll(
     schema: Sequence[str],
     invite: Sequence[str] = (),
     encrypted: bool = False,
+    profile: str | None = None,
 ) -> dict[str, Any]:
-    """``lowbw device enroll NAME --room new [--unencrypted]``; returns the device config it wrote."""
+    """``lowbw device enroll NAME --room new [--unencrypted] [--profile P]``; returns the device
+    config it wrote (without ``profile`` the link profile follows the proxy's link_bps)."""
     args = ["device", "enroll", "--config", str(config_path), name, "--room", "new"]
     if not encrypted:
         args.append("--unencrypted")
+    if profile is not None:
+        args += ["--profile", profile]
     for s in schema:
         args += ["--schema", s]
     for user in invite:

@@ -26,7 +26,8 @@ def table_hex() -> str:
 def test_worked_example_bytes_are_in_the_document() -> None:
     text = DOC.read_text(encoding="utf-8")
     flat = table_hex()
-    for name, data in wire_bytes.exchange(deterministic=True).items():
+    # Both link profiles: the compact one's example and the standard one's.
+    for name, data in wire_bytes.examples().items():
         assert data.hex() in flat, "%s (%d bytes) in PROTOCOL.md is out of date" % (name, len(data))
         assert "(%d bytes)" % len(data) in text, name
 
@@ -36,6 +37,19 @@ def test_budget_figures_in_the_document_match_the_code() -> None:
     text = DOC.read_text(encoding="utf-8")
     assert "%d + %d = %d bytes" % (f["warm_request"], f["warm_response"], f["warm_total"]) in text
     assert "%d + %d = %d" % (f["cold_request"], f["cold_response"], f["cold_total"]) in text
+    for k in ("standard_warm", "standard_cold"):
+        assert "%d + %d = %d" % (f[k + "_request"], f[k + "_response"], f[k + "_total"]) in text
+
+
+def test_byte_budgets_hold() -> None:
+    """Issue 14's targets for the default (compact) profile of a 100 bit/s link, and
+    DESIGN.md's for the standard one: this fails as soon as a budget is exceeded."""
+    f = wire_bytes.figures()
+    assert f["warm_total"] <= 28 and f["budget_warm_total"] == 28
+    assert f["cold_total"] <= 120 and f["budget_cold_total"] == 120
+    assert f["cold_fresh_total"] <= 120
+    assert f["standard_warm_total"] <= 52 and f["standard_cold_total"] <= 170
+    assert f["within_budget"] is True
 
 
 def test_commands_pending_example_matches_the_codec() -> None:
@@ -84,3 +98,74 @@ def test_client_session_example_is_what_the_code_sends() -> None:
     for name, data in client_send_example().items():
         assert data.hex() in flat, "%s (%d bytes) in PROTOCOL.md is out of date" % (name, len(data))
         assert "(%d bytes)" % len(data) in text, name
+
+
+def test_unconfirmed_receipt_example_is_what_the_client_proxy_sends() -> None:
+    """*Receipts, read markers and typing*: the NON request with No-Response, built
+    by the client-proxy's own request code (``ClientProxy._message``)."""
+    from aiocoap.numbers.types import NON
+
+    from lowbw.clientproxy.app import NO_RESPONSE_ALL, ClientProxy, _SessionState
+    from lowbw.compact.refs import ClientRefs
+    from lowbw.wire import coap, handshake, keys
+
+    class Link:
+        remote = None
+        caps = keys.TABLE_LOWBW_V1 | handshake.CAP_DICT_V1
+
+    refs = ClientRefs()
+    for i in range(16):  # identifier 3: the room, 15: the event
+        refs._learn(i, {3: "!R", 15: "$E"}.get(i, "@u%d:x" % i))
+    st = _SessionState(refs=refs, slots={"tok": 0}, confirmed={"tok"})
+    st.refs.reported = st.refs.known  # nothing new to report
+    cp = ClientProxy.__new__(ClientProxy)
+    cp.config = type("C", (), {"identifier_refs": True, "byte_strings": False, "dictionary": True})()
+    cp.link = Link()  # type: ignore[assignment]
+    cp._sessions = {"session": st}
+    msg, report = cp._message(
+        coap.POST,  # type: ignore[arg-type]
+        "/_matrix/client/v3/rooms/!R/receipt/m.read/$E",
+        [],
+        {"thread_id": "main"},
+        "tok",
+        "session",
+        st,
+        unconfirmed=True,
+    )
+    assert report is None
+    msg.mtype = NON
+    msg.mid = 0x1234
+    msg.opt.no_response = NO_RESPONSE_ALL
+    data = msg.encode()
+    assert data.hex() in table_hex(), "the receipt example (%d bytes) in PROTOCOL.md is out of date" % len(
+        data
+    )
+    assert "Client request (%d bytes)" % len(data) in DOC.read_text(encoding="utf-8")
+
+
+def test_parked_sync_example_is_what_the_options_make() -> None:
+    """*Syncs*: a parked sync with Query-Same, Echo-Hold and Park-Ack, in the
+    option numbers and values the client-proxy uses."""
+    from aiocoap.message import Message
+    from aiocoap.numbers.codes import Code
+    from aiocoap.numbers.types import CON
+    from aiocoap.optiontypes import OpaqueOption, UintOption
+
+    from lowbw.clientproxy.app import PARK_ACK_ASKED
+    from lowbw.clientproxy.config import DEFAULT_ECHO_HOLD
+    from lowbw.proxy.clients import (
+        BEARER_SLOT_OPTION,
+        ECHO_HOLD_OPTION,
+        PARK_ACK_OPTION,
+        QUERY_SAME_OPTION,
+    )
+
+    msg = Message(code=Code.GET, uri_path=["~"], uri_query=["since=\x0141"])
+    msg.mtype, msg.mid, msg.token = CON, 0x1235, b"\x07"
+    msg.opt.add_option(UintOption(BEARER_SLOT_OPTION, 0))
+    msg.opt.add_option(UintOption(ECHO_HOLD_OPTION, int(DEFAULT_ECHO_HOLD)))
+    msg.opt.add_option(OpaqueOption(QUERY_SAME_OPTION, b""))
+    msg.opt.add_option(UintOption(PARK_ACK_OPTION, PARK_ACK_ASKED))
+    data = msg.encode()
+    assert data.hex() in table_hex()
+    assert "parked sync, %d bytes" % len(data) in DOC.read_text(encoding="utf-8")

@@ -56,6 +56,7 @@ from urllib.parse import urlsplit
 from aiocoap import error as coap_error
 from aiocoap.message import Message
 from aiocoap.numbers.codes import Code
+from aiocoap.numbers.types import NON
 from aiocoap.optiontypes import OpaqueOption, UintOption
 from aiocoap.protocol import Context
 from aiohttp import web
@@ -63,7 +64,7 @@ from aiohttp import web
 from lowbw.clientproxy.config import ClientProxyConfig
 from lowbw.clientproxy.link import CLIENT_CAPS, ClientLink, open_link
 from lowbw.clientproxy.metrics import HttpCounts, route_class
-from lowbw.clientproxy.retransmit import ClientTuning, LinkDead
+from lowbw.clientproxy.retransmit import ClientTuning, LinkDead, ParkTuning
 from lowbw.clientproxy.txnids import TxnIds
 from lowbw.compact.codec import CF_CBOR, BodyCodec
 from lowbw.compact.refs import ClientRefs
@@ -73,9 +74,12 @@ from lowbw.proxy.clients import (
     BIND_REQUIRED_OPTION,
     BYTE_STRINGS_OPTION,
     CF_OCTETS,
+    ECHO_HOLD_OPTION,
     FORM_BLOBS,
     MAX_SLOTS,
+    PARK_ACK_OPTION,
     PARK_MAX,
+    QUERY_SAME_OPTION,
     REFS_KNOWN_OPTION,
     SESSION_END_OPTION,
     SYNC_SECTIONS,
@@ -96,6 +100,14 @@ SESSIONS_KEPT = 3
 # Bearer-Bind slot meaning "this request only": no slot of the session is touched.
 TRANSIENT_SLOT = 0xFF
 REF_PREFIXES = ("\x01", "\x02")
+# How long the proxy may hold back the ACK of a parked sync (Park-Ack): news within
+# that time is answered piggybacked, one datagram instead of a separate answer and
+# its ACK, and the empty ACK of a park that found news is never sent.
+PARK_ACK_ASKED = 45
+# A newly parked sync: how long a poll waits for an error the proxy's first look may
+# bring (a bad since) before it answers "nothing new": the park's frame up and a
+# small answer down, plus this margin.
+PARK_LOOK_MARGIN = 2.0
 # A parked sync may wait this long at the proxy (lowbw.proxy.clients.PARK_MAX), plus a margin.
 PARK_WAIT = PARK_MAX + 120.0
 # Sync query parameters that are not part of what a sync stream is (its filter etc.).
@@ -105,6 +117,14 @@ MAX_PARKS = 16
 MEDIA_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/")
 # Largest JSON body a client may send (Synapse's own limit is 50 MB; this is a radio).
 MAX_REQUEST_BODY = 1024 * 1024
+# Ephemeral, idempotent updates answered here ({} as the homeserver answers them) and
+# carried unconfirmed: (method, the path's segments after rooms/{roomId}/, how many).
+EPHEMERAL_ROUTES = (("POST", "receipt", 3), ("POST", "read_markers", 1), ("PUT", "typing", 2))
+# How long an ephemeral update waits for a newer one of the same kind to replace it.
+COALESCE_S = 0.3
+# No-Response (RFC 7967): no answer of class 2, 4 or 5 wanted.
+NO_RESPONSE_ALL = 2 | 8 | 16
+MAX_PENDING_EPHEMERAL = 64
 
 
 # Host names that always mean this machine. IP literals are accepted too: DNS
@@ -168,6 +188,8 @@ class _Park:
     # Set when the proxy acknowledged the parked request: it has asked the
     # homeserver and found nothing yet (news would have been the answer).
     acked: asyncio.Event = field(default_factory=asyncio.Event)
+    # A poll has waited for the proxy's first look (PARK_LOOK_MARGIN) already.
+    looked: bool = False
 
 
 @dataclass
@@ -184,6 +206,10 @@ class _SessionState:
     confirmed: set[str] = field(default_factory=set)  # tokens the proxy holds in their slot
     # The proxy echoed Byte-Strings: requests may carry base64 as blobs (lowbw.compact.blobs).
     blobs: bool = False
+    # token -> the sync queries (but since, timeout) sent in this session, and the one
+    # the proxy last answered: a park may then say Query-Same instead of its filter.
+    sync_queries: dict[str | None, set[tuple[tuple[str, str], ...]]] = field(default_factory=dict)
+    sync_answered: dict[str | None, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
 
 class _Stale(Exception):
@@ -207,6 +233,11 @@ class ClientProxy:
         self._versions: Answer | None = None
         self.txnids = TxnIds()
         self.counts = HttpCounts()  # lowbw.clientproxy.metrics
+        # Receipts, read markers and typing waiting to go (key: _ephemeral_key).
+        self._pending_ephemeral: dict[
+            tuple[Any, ...], tuple[Code, str, list[tuple[str, str]], Any, str | None]
+        ] = {}
+        self._ephemeral_task: asyncio.Future[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -221,12 +252,15 @@ class ClientProxy:
             CLIENT_CAPS if self.config.dictionary else CLIENT_CAPS & ~handshake.CAP_DICT_V1,
             self.config.radio_mtu,
             self.tuning.dead_link_timeout,
+            ParkTuning(self.tuning, PARK_ACK_ASKED),
         )
 
     async def close(self) -> None:
         for park in self._parks.values():
             park.task.cancel()
         self._parks.clear()
+        if self._ephemeral_task is not None:
+            self._ephemeral_task.cancel()
         if self.ctx is not None:
             await self.ctx.shutdown()
             self.ctx = None
@@ -349,12 +383,16 @@ class ClientProxy:
                 answer = await self._cached_versions(path)
             elif get and path.endswith("/sync") and _parkable(query):
                 answer = await self._sync(path, query, token)
+            elif self.config.local_receipts and _ephemeral_key(request.method, path, body) is not None:
+                answer = self._ephemeral(method, path, query, body, token)
             else:
                 shorten = request.method == "PUT" and self.config.short_txn
                 sent_path = self.txnids.shorten_path(path) if shorten else path
                 answer = await self.carry(method, sent_path, query, body, token)
                 if get and path.endswith("/sync"):
                     self._after_sync(path, query, token, answer)
+                elif answer.status == 200 and path.endswith(("/logout", "/logout/all")):
+                    self._forget_parks(token)
         except LinkFailed as exc:
             if exc.reason == "invalid":
                 counts.answered_locally("invalid")
@@ -365,6 +403,55 @@ class ClientProxy:
             log.warning("%s %s: %s", request.method, _loggable(path), exc.message)
             return matrix_error(exc.http_status, "M_UNKNOWN", "lowbw: " + exc.message)
         return _rewrite_well_known(answer, self.base_url(request)).response()
+
+    # -- receipts, read markers, typing ----------------------------------------------
+
+    def _ephemeral(
+        self, method: Code, path: str, query: list[tuple[str, str]], body: Any, token: str | None
+    ) -> Answer:
+        """A receipt, read marker or typing update: answered ``{}`` at once, as the
+        homeserver answers it, and carried unconfirmed (NON with No-Response: no
+        answer crosses back) after ``COALESCE_S``; a newer update of the same
+        kind (room, receipt type and thread; typing user) waiting by then
+        replaces it. A lost one is not repeated: each is idempotent and the
+        next one supersedes it (docs/client-proxy.md)."""
+        kind = _ephemeral_key(request_method(method), path, body)
+        assert kind is not None
+        key = (token, *kind)
+        pending = self._pending_ephemeral
+        if key not in pending and len(pending) >= MAX_PENDING_EPHEMERAL:
+            self.counts.answered_locally("ephemeral_dropped")
+            return Answer(200, {})
+        else:
+            pending[key] = (method, path, query, body, token)
+            if self._ephemeral_task is None or self._ephemeral_task.done():
+                self._ephemeral_task = asyncio.ensure_future(self._send_ephemeral())
+        self.counts.answered_locally("ephemeral")
+        return Answer(200, {})
+
+    async def _send_ephemeral(self) -> None:
+        await asyncio.sleep(COALESCE_S)
+        pending, self._pending_ephemeral = self._pending_ephemeral, {}
+        for method, path, query, body, token in pending.values():
+            try:
+                self.send_unconfirmed(method, path, query, body, token)
+            except LinkFailed as exc:
+                log.info("ephemeral update not carried: %s", exc.message)
+
+    def send_unconfirmed(
+        self, method: Code, path: str, query: list[tuple[str, str]], body: Any, token: str | None
+    ) -> None:
+        """One request as NON with No-Response: sent once, no answer, no retransmission."""
+        link = self.link
+        if link is None or link.message_manager is None:
+            raise LinkFailed(502, "client-proxy not started", reason="not_started")
+        session = link.session
+        st = self._state_for(session)
+        msg, _ = self._message(method, path, query, body, token, session, st, unconfirmed=True)
+        msg.mtype = NON
+        msg.opt.no_response = NO_RESPONSE_ALL
+        self.counts.carried += 1
+        link.message_manager.send_message(msg, None)
 
     async def _cached_versions(self, path: str) -> Answer:
         if self._versions is None:
@@ -400,17 +487,18 @@ class ClientProxy:
                 self._after_sync(path, query, token, answer)
                 return answer
             park = self._park(path, query, token, since)
-        if not park.task.done() and not park.acked.is_set():
-            # Until the proxy acknowledges the parked request it has not looked
-            # yet: its answer may be an error (a bad since, an unknown token) that
-            # the homeserver would give on this very poll, or news. Wait for one
-            # or the other before answering "nothing new"; the acknowledgement
-            # comes within the proxy's park ACK delay (1 s) plus airtime.
+        if not park.task.done() and not park.acked.is_set() and not park.looked:
+            # The proxy's first look at a newly parked sync may bring an error
+            # (a bad since, an unknown token) that the homeserver would give on
+            # this very poll, or news. Wait for it (or the ACK, which a proxy
+            # that holds ACKs back sends only after PARK_ACK_ASKED) for the
+            # park's frame up and a small answer down plus PARK_LOOK_MARGIN,
+            # once per park, before answering "nothing new".
             ack = asyncio.ensure_future(park.acked.wait())
+            look = min(self.config.request_timeout, (100 + 128) * 8 / self.config.link_bps + PARK_LOOK_MARGIN)
+            park.looked = True  # once per park: later polls need not wait for the first look
             try:
-                await asyncio.wait(
-                    {park.task, ack}, timeout=self.config.request_timeout, return_when=asyncio.FIRST_COMPLETED
-                )
+                await asyncio.wait({park.task, ack}, timeout=look, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 ack.cancel()
         done, _ = await asyncio.wait({park.task}, timeout=wait_ms / 1000)
@@ -428,6 +516,13 @@ class ClientProxy:
             return self._empty_sync(token, since)
         self._after_sync(path, query, token, answer)
         return answer
+
+    def _forget_parks(self, token: str | None) -> None:
+        """The token was logged out: its parked syncs end here (the proxy ends
+        them without an answer: nothing crosses for them)."""
+        for key in [k for k in self._parks if k[0] == token]:
+            self._parks.pop(key).task.cancel()
+        self._templates.pop(token, None)
 
     def _empty_sync(self, token: str | None, since: str) -> Answer:
         self.counts.answered_locally("sync_no_news")
@@ -568,9 +663,26 @@ class ClientProxy:
         for attempt in range(1, 5):
             session = self.link.session if self.link is not None else None
             st = self._state_for(session)
-            msg, report = self._message(method, path, query, body, token, session, st)
+            sync_rest = None
+            sent_query = query
+            if method == Code.GET and path.endswith("/sync"):
+                sync_rest = tuple(sorted((k, v) for k, v in query if k not in NOT_STREAM))
+                queries = st.sync_queries.setdefault(token, set())
+                if len(queries) < 4:
+                    queries.add(sync_rest)
+                if acked is not None and queries == {sync_rest} and st.sync_answered.get(token) == sync_rest:
+                    # The proxy holds this very query from the last sync: only since goes.
+                    sent_query = [(k, v) for k, v in query if k in NOT_STREAM]
+            msg, report = self._message(method, path, sent_query, body, token, session, st)
+            if sent_query is not query:
+                msg.opt.add_option(OpaqueOption(QUERY_SAME_OPTION, b""))
             if acked is not None:
                 msg.lowbw_acked = acked  # type: ignore[attr-defined]
+                assert self.link is not None
+                msg.remote = self.link.park_remote
+                msg.opt.add_option(UintOption(PARK_ACK_OPTION, PARK_ACK_ASKED))
+                if self.config.echo_hold > 0:
+                    msg.opt.add_option(UintOption(ECHO_HOLD_OPTION, int(self.config.echo_hold)))
             counts = self.counts
             counts.carried += 1
             counts.carrying += 1
@@ -599,6 +711,8 @@ class ClientProxy:
                 st.confirmed.discard(token)
                 if attempt < 4:
                     continue
+            if sync_rest is not None and response.code.is_successful() and self._sessions.get(session) is st:
+                st.sync_answered[token] = sync_rest
             if _echoes_blobs(response) and self._sessions.get(session) is st and session is not None:
                 st.blobs = True
             if token is not None and token in st.slots and self._sessions.get(session) is st:
@@ -617,8 +731,12 @@ class ClientProxy:
         token: str | None,
         session: Any,
         st: _SessionState,
+        unconfirmed: bool = False,
     ) -> tuple[Message, int | None]:
-        """The CoAP request, and the Refs-Known value it reports (if any)."""
+        """The CoAP request, and the Refs-Known value it reports (if any).
+
+        ``unconfirmed`` (a NON that gets no answer): no Refs-Known report and no
+        Byte-Strings offer, which only an answer could confirm."""
         try:
             segments = routes.encode_path(path)
         except EncodeError as exc:
@@ -630,7 +748,7 @@ class ClientProxy:
             refs = st.refs
             segments = [refs.refer_text(seg) for seg in segments]
             query = [(k, refs.refer_text(v)) for k, v in query]
-            report = refs.to_report()
+            report = None if unconfirmed else refs.to_report()
         msg = Message(code=method, uri_path=segments, uri_query=["%s=%s" % kv for kv in query])
         if body is not None:
             try:
@@ -645,7 +763,7 @@ class ClientProxy:
             msg.opt.add_option(auth)
         if report is not None:
             msg.opt.add_option(UintOption(REFS_KNOWN_OPTION, report))
-        if session is not None and self.config.byte_strings and not st.blobs:
+        if session is not None and self.config.byte_strings and not st.blobs and not unconfirmed:
             # Offered until the proxy echoes it (concurrent requests all offer: harmless).
             msg.opt.add_option(UintOption(BYTE_STRINGS_OPTION, FORM_BLOBS))
         assert self.link is not None
@@ -754,6 +872,30 @@ def _echoes_blobs(response: Message) -> bool:
         if value & FORM_BLOBS:
             return True
     return False
+
+
+def request_method(code: Code) -> str:
+    return {v: k for k, v in METHODS.items()}[code]
+
+
+def _ephemeral_key(method: str, path: str, body: Any) -> tuple[Any, ...] | None:
+    """Which ephemeral update a request is (EPHEMERAL_ROUTES), as the key a newer
+    one replaces it under; None if it is not one. A receipt's key is its room,
+    type and thread (the newest receipt wins); read markers', its room; typing's,
+    its room and user."""
+    parts = path.split("/")
+    # "", "_matrix", "client", version, "rooms", room, kind, ...
+    if len(parts) < 7 or parts[1:3] != ["_matrix", "client"] or parts[4] != "rooms" or not parts[5]:
+        return None
+    if body is not None and not isinstance(body, dict):
+        return None
+    for m, kind, n in EPHEMERAL_ROUTES:
+        if method == m and parts[6] == kind and len(parts) == 6 + n and all(parts[6:]):
+            if kind == "receipt":
+                thread = body.get("thread_id") if isinstance(body, dict) else None
+                return (kind, parts[3], parts[5], parts[7], thread if isinstance(thread, str) else None)
+            return (kind, parts[3], parts[5], *parts[7:])
+    return None
 
 
 def _rewrite_well_known(answer: Answer, base_url: str) -> Answer:

@@ -53,6 +53,8 @@ KNOWN_KEYS = frozenset(
         "private_key",
         "link_bps",
         "request_timeout",
+        "echo_hold",
+        "local_receipts",
         "dead_link_timeout",
         "dictionary",
         "identifier_refs",
@@ -68,6 +70,10 @@ KNOWN_KEYS = frozenset(
 def default_mtu(link_bps: float) -> int:
     """256-byte frames on slow radios (LoRa, the 100 bit/s presets), 1024 above 2400 bit/s."""
     return 256 if link_bps <= 2400 else 1024
+
+
+DEFAULT_ECHO_HOLD = 120.0
+MAX_ECHO_HOLD = 600
 
 
 class ClientProxyConfigError(LowbwError):
@@ -99,6 +105,10 @@ class ClientProxyConfig:
     short_txn: bool = True
     byte_strings: bool = True
     mtu: int = 0  # 0: by link_bps (default_mtu)
+    # Seconds the proxy may hold a sync result holding only the client's own echoes (0: off).
+    echo_hold: float = DEFAULT_ECHO_HOLD
+    # Receipts, read markers and typing answered here, carried unconfirmed (NON, No-Response).
+    local_receipts: bool = True
     metrics_listen: str = ""  # "": no /metrics listener
     metrics_token: str = ""
 
@@ -194,6 +204,12 @@ def _number(data: dict[str, Any], key: str, default: float, zero_ok: bool = Fals
     return float(value)
 
 
+def echo_hold_seconds(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_ECHO_HOLD:
+        raise ClientProxyConfigError("%s must be a number of seconds 0..%d (0: off)" % (what, MAX_ECHO_HOLD))
+    return float(value)
+
+
 def _check_keys(p: Path, data: dict[str, Any]) -> None:
     """Refuse what the client-proxy would otherwise silently ignore (as the proxy's config does)."""
     tables = sorted(k for k, v in data.items() if isinstance(v, dict))
@@ -236,7 +252,7 @@ def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not (mtu == 0 or 64 <= mtu <= 65507):
         raise ClientProxyConfigError("mtu must be an integer 64..65507 (or 0: by link_bps)")
     switches = {}
-    for key in ("dictionary", "identifier_refs", "short_txn", "byte_strings"):
+    for key in ("dictionary", "identifier_refs", "short_txn", "byte_strings", "local_receipts"):
         switches[key] = data.get(key, True)
         if not isinstance(switches[key], bool):
             raise ClientProxyConfigError("%s must be true or false" % key)
@@ -258,6 +274,8 @@ def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
         identifier_refs=switches["identifier_refs"],
         short_txn=switches["short_txn"],
         byte_strings=switches["byte_strings"],
+        local_receipts=switches["local_receipts"],
+        echo_hold=echo_hold_seconds(data.get("echo_hold", DEFAULT_ECHO_HOLD), "echo_hold"),
         mtu=mtu,
         name=str(data.get("name", p.stem)),
         listen=listen,

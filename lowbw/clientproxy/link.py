@@ -55,11 +55,12 @@ from typing import Any, cast
 from aiocoap import error as coap_error
 from aiocoap import interfaces
 from aiocoap.message import Message
-from aiocoap.numbers.types import ACK, CON
+from aiocoap.numbers.types import ACK, CON, RST
 from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
 
 from lowbw.clientproxy.retransmit import ClientMessageManager, LinkDead
+from lowbw.proxy.clients import single_payload_max
 from lowbw.proxy.transport import LinkTuning
 from lowbw.wire import frames, handshake, keys
 from lowbw.wire.errors import AuthError, LowbwError, ReplayError
@@ -136,7 +137,7 @@ class ProxyRemote(interfaces.EndpointAddress):
 
     @property
     def maximum_payload_size(self) -> int:
-        return 1 << (self.tuning.block_szx + 4)
+        return single_payload_max(self.tuning)
 
 
 @dataclass
@@ -168,11 +169,19 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         caps: int = CLIENT_CAPS,
         mtu: int = 65507,
         dead_after: float = 0.0,
+        park_tuning: LinkTuning | None = None,
     ) -> None:
         self._mman: ClientMessageManager | None = mman
         self.private_key = private_key
         self.proxy_public_key = proxy_public_key
         self.remote = ProxyRemote(tuning)
+        # Parked syncs go to the same proxy as a remote of their own: aiocoap's
+        # NSTART=1 is per remote, so a park whose ACK the proxy holds back
+        # (Park-Ack) never holds up the other requests, and it arms no
+        # dead-link watchdog (it may rightly go unanswered for a long time).
+        self.park_remote = ProxyRemote(park_tuning if park_tuning is not None else tuning)
+        self._park_mids: dict[int, None] = {}
+        self._park_tokens: dict[bytes, None] = {}
         self.offered_caps = caps
         self.mtu = mtu
         self.stats = LinkStats()
@@ -236,7 +245,14 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             self.drops["coap_unparsable"] = self.drops.get("coap_unparsable", 0) + 1
             log.info("unparsable CoAP message from the proxy dropped")
             return
-        msg.transport_tuning = self.remote.tuning
+        # A parked sync's ACK (by message ID) or separate answer (by token) is the park remote's.
+        if msg.mtype in (ACK, RST):
+            parked = msg.mid in self._park_mids
+        else:
+            parked = bool(msg.token) and bytes(msg.token) in self._park_tokens
+        remote = self.park_remote if parked else self.remote
+        msg.remote = remote
+        msg.transport_tuning = remote.tuning
         if msg.mtype == ACK:
             acked = self._ack_events.pop(msg.mid, None)
             if acked is not None:
@@ -308,10 +324,11 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         mman = self._mman
         if mman is None:
             return
-        for key, message in list(mman.exchange_messages(self.remote)):
-            bound = getattr(message, "lowbw_bound", None)
-            if bound is not None and bound is not self.session:
-                mman.abandon(self.remote, key)
+        for remote in (self.remote, self.park_remote):
+            for key, message in list(mman.exchange_messages(remote)):
+                bound = getattr(message, "lowbw_bound", None)
+                if bound is not None and bound is not self.session:
+                    mman.abandon(remote, key)
 
     def session_changed(self) -> asyncio.Future[None]:
         """A future that completes at the next change of session (new, replaced or dropped)."""
@@ -372,6 +389,7 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self._set_session(None)  # also wakes everyone waiting for a change of session
         if self._mman is not None:
             self._mman.fail_remote(self.remote, LinkDead("no answer from the proxy"))
+            self._mman.fail_remote(self.park_remote, LinkDead("no answer from the proxy"))
 
     # -- sending ----------------------------------------------------------------------
 
@@ -433,9 +451,16 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             if self._mman is not None and message.mtype == CON and message.mid is not None:
                 # Its exchange would otherwise be retransmitted (and dropped here)
                 # until aiocoap gives up, holding back every later request (NSTART=1).
-                asyncio.get_running_loop().call_soon(self._mman.abandon, self.remote, message.mid)
+                asyncio.get_running_loop().call_soon(self._mman.abandon, message.remote, message.mid)
             return
-        if message.mtype == CON:
+        if message.remote is self.park_remote and message.code.is_request():
+            if message.mid is not None:
+                self._park_mids[message.mid] = None
+                _bounded(self._park_mids)
+            if message.token:
+                self._park_tokens[bytes(message.token)] = None
+                _bounded(self._park_tokens)
+        elif message.mtype == CON:
             self._awaiting()
         acked = getattr(message, "lowbw_acked", None)
         if acked is not None and message.mid is not None:
@@ -473,7 +498,7 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         return self.remote
 
     async def recognize_remote(self, remote: Any) -> bool:
-        return remote is self.remote
+        return remote is self.remote or remote is self.park_remote
 
     async def shutdown(self) -> None:
         self._mman = None
@@ -485,6 +510,14 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             self._transport = None
 
 
+PARK_IDS_KEPT = 256
+
+
+def _bounded(d: dict[Any, None]) -> None:
+    while len(d) > PARK_IDS_KEPT:
+        del d[next(iter(d))]
+
+
 async def open_link(
     ctx: Context,
     proxy: tuple[str, int],
@@ -494,6 +527,7 @@ async def open_link(
     caps: int = CLIENT_CAPS,
     mtu: int = 65507,
     dead_after: float = 0.0,
+    park_tuning: LinkTuning | None = None,
 ) -> ClientLink:
     """A ClientLink towards ``proxy``, attached to an aiocoap client Context."""
     loop = asyncio.get_running_loop()
@@ -502,7 +536,7 @@ async def open_link(
     # 255 requests carry 1-byte tokens (a byte each way per exchange on the air).
     tman._token = 0
     mman = ClientMessageManager(tman)
-    link = ClientLink(mman, private_key, proxy_public_key, tuning, caps, mtu, dead_after)
+    link = ClientLink(mman, private_key, proxy_public_key, tuning, caps, mtu, dead_after, park_tuning)
     family = socket.AF_INET6 if ":" in proxy[0] else socket.AF_INET
     await loop.create_datagram_endpoint(lambda: link, remote_addr=proxy, family=family)
     mman.message_interface = link

@@ -59,6 +59,18 @@ def parser() -> argparse.ArgumentParser:
         help="send base64 (keys, signatures, ciphertexts) as text, not byte strings (to measure)",
     )
     p.add_argument(
+        "--echo-hold",
+        type=float,
+        metavar="S",
+        help="how long the proxy may hold a sync result of only this client's own echoes "
+        "(sends, receipts) for the next news; 0: off (default: config, 120)",
+    )
+    p.add_argument(
+        "--no-local-receipts",
+        action="store_true",
+        help="carry receipts, read markers and typing as ordinary requests (to measure)",
+    )
+    p.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",
         help="serve Prometheus /metrics here (a bare port: 127.0.0.1; default: config, off)",
@@ -174,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg.short_txn = False
         if args.no_byte_strings:
             cfg.byte_strings = False
+        if args.echo_hold is not None:
+            cfg.echo_hold = cp_config.echo_hold_seconds(args.echo_hold, "--echo-hold")
+        if args.no_local_receipts:
+            cfg.local_receipts = False
         return asyncio.run(serve(cfg, args.public_url))
     except LowbwError as exc:
         # The rule of every lowbw command (lowbw.cli.main): one line, exit status 1.

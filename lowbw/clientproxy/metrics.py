@@ -73,6 +73,8 @@ LOCAL_ANSWERS = (
     "unrecognized",
     "invalid",
     "host_refused",
+    "ephemeral",
+    "ephemeral_dropped",
 )
 # Why a request got no usable answer from across the radio (LinkFailed.reason).
 FAILURE_REASONS = (

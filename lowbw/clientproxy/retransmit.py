@@ -86,6 +86,20 @@ class ClientTuning(LinkTuning):
         )
 
 
+class ParkTuning(ClientTuning):
+    """A parked sync's timings: the proxy may hold back its ACK ``ack_delay`` seconds
+    (Park-Ack), so that news within that time goes piggybacked (one datagram, no
+    separate answer to acknowledge); the request is repeated only after that."""
+
+    def __init__(self, base: ClientTuning, ack_delay: float) -> None:
+        super().__init__(base.link_bps, mtu=base.mtu, dead_link_timeout=base.dead_link_timeout)
+        self.ack_delay = ack_delay
+        self.ACK_TIMEOUT = base.ACK_TIMEOUT + ack_delay
+
+    def retransmit_timeout(self, frame_len: int, attempt: int) -> float:
+        return self.ack_delay + super().retransmit_timeout(frame_len, attempt)
+
+
 class ClientMessageManager(LowbwMessageManager):
     """The message layer of the client-proxy: ``ClientTuning``'s timers, and exchanges that can be ended."""
 

@@ -28,7 +28,11 @@ moment of each transmission (0 means "now"), so every copy is right even if it
 goes out minutes later.
 
 Transport: no session -> Noise IK with the request as 0-RTT payload (one
-round trip); a session -> ``Session.seal``. After 2 transmissions on a
+round trip), or Noise KK for a device of the compact link profile
+(``config.compact``; docs/PROTOCOL.md), whose session then uses compact
+frames: 8-byte tags and the CoAP header rules of ``lowbw.wire.frames``
+(requests go compressed while ``mid_block`` is below 128, so the proxy
+rebuilds every Message ID from its low byte); a session -> ``Session.seal``. After 2 transmissions on a
 session without any authenticated frame back, or when the session wants a
 rekey, the next transmission is a new IK carrying the same request. An IK is
 never retransmitted as is (the proxy refuses a repeated ephemeral as a
@@ -57,7 +61,7 @@ Shared with MicroPython.
 from lowbw.device import store as _store
 from lowbw.wire import cbor, coap, frames, handshake, reading
 from lowbw.wire._compat import const
-from lowbw.wire.errors import AuthError, DecodeError, EncodeError, LowbwError, RekeyRequired
+from lowbw.wire.errors import DecodeError, EncodeError, LowbwError, RekeyRequired
 
 # lowbw.wire.routes ROUTE_READING / ROUTE_COMMANDS / ROUTE_TIME. Not imported:
 # its route table costs ~90 KB of heap on the unix port for three letters.
@@ -184,7 +188,7 @@ class Device:
         kid = _store.keyid(config.private_key, config.proxy_public_key)
         if store.keyid != kid:
             if store.session is not None:
-                self._say("state was written for other keys: its session is not used")
+                self._say("state of other keys: its session is not used")
             store.session = None
             store.keyid = kid
             self._dirty = True
@@ -280,17 +284,25 @@ class Device:
         except DecodeError:
             self._say("dropped a datagram that is not a lowbw frame")
             return
-        if kind == frames.HS_IK2:
+        if kind == frames.HS_IK2 or kind == frames.HS_KK2:
             plaintext = self._finish_handshake(datagram)
         elif kind == frames.HS_COOKIE_REPLY:
             self._take_cookie(datagram, now)
             plaintext = None
-        elif kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
+        elif kind & 0x40 or not kind:  # transport: KIND_SHORT, KIND_LONG, KIND_COMPACT
             plaintext = None
-            if self.session is not None:
+            s = self.session
+            if s is not None:
+                # Compact rules 1 and 2 bind the Message ID they imply: that of
+                # the request in flight (an answer to none is dropped anyway).
+                mid = self._req.msgnum & 0xFFFF if self._req else 0xFFFF
                 try:
-                    plaintext = self.session.open(datagram)
-                except (AuthError, DecodeError) as exc:
+                    plaintext = s.open(datagram, bytes([mid >> 8, mid & 0xFF]))
+                    if s.compact:
+                        plaintext = frames.expand_down(s.rule, plaintext, mid)
+                except LowbwError as exc:
+                    # Also RekeyRequired (forgery limit): no answer gets through,
+                    # so the next transmissions end in a new handshake.
                     self._say("dropped a frame: %s" % exc.message)
         else:
             plaintext = None
@@ -367,15 +379,7 @@ class Device:
                 self._say("on_result callback raised %r" % (exc,))
 
     def _rebase(self, shift):
-        n = 0
-        entries = list(self.store.queue)
-        inf = self.store.inflight
-        if inf is not None and inf[1] == "v":
-            entries += inf[2]
-        for e in entries:
-            if not e[4]:
-                e[3] += shift
-                n += 1
+        n = self.store.rebase(shift)
         if n:
             self._say("clock restarted: ages of %d stored reading(s) are lower bounds" % n)
         self._dirty = True
@@ -390,7 +394,7 @@ class Device:
             if self._ctr_limit > nxt:
                 nxt = self._ctr_limit
             st.session = [s.sid, True, s.send_key, s.recv_key, nxt, s.window.top, s.window.mask,
-                          s.unheard]
+                          s.unheard, s.compact]
         st.mid_limit = max(st.mid_limit, self._next_msgnum)
         st.inflight = None if self._req is None else self._req.persisted()
         st.mono = now
@@ -499,31 +503,33 @@ class Device:
             s = None
         dgram = None
         if s is not None:
-            if s.next_send >= self._ctr_limit:
-                self._ctr_limit = s.next_send + cfg.counter_block
-                self._dirty = True
-            try:
-                dgram = s.seal(plaintext)
-            except RekeyRequired:
-                self._say("re-handshake: session counter exhausted")
-                self._drop_session()
-            else:
+            rule = 0
+            if s.compact and cfg.mid_block < 128:
+                # The compact header rules carry the Message ID's low byte: the
+                # proxy saw every number below this one but mid_block at most.
+                rule, plaintext = frames.compress_up(plaintext)
+            dgram = self._seal(plaintext, rule)
+            if dgram is not None:
                 self._unanswered += 1
                 answer = _DOWN_OVERHEAD
+                what = "frame"
         if dgram is None and self._cookie is not None:
             # The proxy is under load and answered our last IK message 1 with a
             # cookie: the same message again, with it (lowbw.wire.handshake).
             ini, dgram = self._cookie
             self._cookie = None
             answer = _IK2_OVERHEAD
+            what = ini.pattern + "+cookie"
         elif dgram is None:
             st = self.store
             hsn = st.hs_next
             # Saved (step() writes the store) before the message goes out.
             st.hs_next = hsn + 1
             ini = handshake.Initiator(cfg.private_key, cfg.proxy_public_key, caps=cfg.caps,
-                                      random=self.random, epoch=self._epoch_to_announce(), hsn=hsn)
+                                      random=self.random, epoch=self._epoch_to_announce(), hsn=hsn,
+                                      compact=cfg.compact)
             dgram = ini.start(plaintext)
+            what = ini.pattern
             ini.datagram = dgram
             self._hs.append(ini)
             if len(self._hs) > 2:
@@ -542,8 +548,7 @@ class Device:
         req.state = _WAIT_ANSWER
         req.deadline = now + req.rto
         self._say("-> %s #%d %s (%d B%s)" % (
-            "IK" if dgram[0] == frames.HS_IK1 else ("IK+cookie" if dgram[0] == frames.HS_COOKIED
-                                                      else "frame"), req.msgnum, req.kind, len(dgram),
+            what, req.msgnum, req.kind, len(dgram),
             ", try %d" % req.sends if req.sends > 1 else ""))
         out.append(dgram)
 
@@ -578,7 +583,7 @@ class Device:
             self._dirty = True
             self._say("session %d established (caps 0x%02x)" % (session.sid, caps))
             return response
-        self._say("dropped a handshake answer that matches no handshake of ours")
+        self._say("dropped an answer to no handshake of ours")
         return None
 
     def _take_cookie(self, datagram, now):
@@ -599,18 +604,25 @@ class Device:
         req.state = _WAIT_RETRY
         req.deadline = now
 
-    def _seal_control(self, msg):
-        # Empty ACKs and RSTs: only on a session, and never retransmitted.
+    def _seal(self, plaintext, rule=0):
+        """A transport frame on the session, or None (counter exhausted: the
+        session is dropped and the next transmission is a handshake)."""
         s = self.session
-        if s is None:
-            return
         if s.next_send >= self._ctr_limit:
             self._ctr_limit = s.next_send + self.config.counter_block
             self._dirty = True
         try:
-            self._out.append(s.seal(coap.encode(msg)))
+            return s.seal(plaintext, rule=rule)
         except RekeyRequired:
+            self._say("re-handshake: session counter exhausted")
             self._drop_session()
+
+    def _seal_control(self, msg):
+        # Empty ACKs and RSTs: only on a session, and never retransmitted.
+        if self.session is not None:
+            dgram = self._seal(coap.encode(msg))
+            if dgram is not None:
+                self._out.append(dgram)
 
     def _on_message(self, msg, now):
         req = self._req

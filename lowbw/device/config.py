@@ -5,7 +5,7 @@
     {"version": 1, "name": "sensor1",
      "proxy": {"host": "127.0.0.1", "port": 5683, "public_key": "<64 hex>"},
      "device_private_key": "<64 hex>",
-     "caps": 2, "link_bps": 100,
+     "caps": 2, "profile": "compact", "link_bps": 100,
      "room_id": "!abc:example.org", "user_id": "@lowbw_sensor1:example.org",
      "slots": [{"name": "temperature",
                 "fields": [{"name": "temperature", "unit": "°C", "scale": 0}]}],
@@ -34,7 +34,9 @@ counter_block       16         frame counters reserved per store write
 ConfigError naming the offending key, e.g. ``proxy.public_key: expected 64
 hex digits``. An unknown key is an error too (``device config link_bsp:
 unknown key (known: ...)``): a typo must not silently fall back to a default.
-A newer enroller that adds keys needs a client that knows them. Keys starting
+A newer enroller that adds keys needs a client that knows them. ``profile``
+is the link profile recorded at enrollment: ``compact`` (Noise KK, compact
+frames; docs/PROTOCOL.md) or ``standard`` (the default when absent). Keys starting
 with ``_`` are comments; ``board`` is the firmware's (firmware/app.py).
 
 Shared with MicroPython.
@@ -57,8 +59,8 @@ _HEX = "0123456789abcdefABCDEF"
 # Every key a config may hold, per object (anything else is refused: a typo).
 # "board" holds the firmware's settings (checked by firmware/app.py); a key
 # starting with "_" is a comment (firmware/config.example.json has "_comment").
-_TOP_KEYS = ("board", "caps", "client", "device_private_key", "link_bps", "name", "proxy", "room_id",
-             "slots", "user_id", "version")
+_TOP_KEYS = ("board", "caps", "client", "device_private_key", "link_bps", "name", "profile", "proxy",
+             "room_id", "slots", "user_id", "version")
 _PROXY_KEYS = ("host", "port", "public_key")
 _SLOT_KEYS = ("fields", "name")
 _FIELD_KEYS = ("name", "scale", "unit")
@@ -80,7 +82,7 @@ class DeviceConfig:
     """A validated device config. Attributes:
 
     ``name``, ``proxy_host``, ``proxy_port``, ``proxy_public_key`` (32 bytes),
-    ``private_key`` (32 bytes), ``caps``, ``link_bps``, ``room_id``,
+    ``private_key`` (32 bytes), ``caps``, ``compact`` (the link profile), ``link_bps``, ``room_id``,
     ``user_id``, ``slots`` (list of ``(name, [(field, unit, scale), ...])``),
     and one attribute per ``TUNING`` key.
     """
@@ -92,6 +94,7 @@ class DeviceConfig:
         self.proxy_public_key = b""
         self.private_key = b""
         self.caps = 2
+        self.compact = False
         self.link_bps = 100
         self.room_id = None
         self.user_id = None
@@ -175,6 +178,10 @@ def from_dict(obj, source=""):
     cfg.proxy_public_key = ck.key32(proxy, "public_key", "proxy.public_key")
     cfg.private_key = ck.key32(obj, "device_private_key", "device_private_key")
     cfg.caps = ck.integer(obj, "caps", "caps", 0, 255, False, 2)
+    if obj.get("profile", "standard") != "standard":
+        if obj["profile"] != "compact":
+            ck.fail("profile", "expected compact or standard")
+        cfg.compact = True
     bps = ck.get(obj, "link_bps", "link_bps", False)
     if bps is None:
         bps = 100

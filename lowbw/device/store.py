@@ -9,8 +9,10 @@ ID. The blob is one CBOR array (``lowbw.wire.cbor``)::
                    so a state file from other keys is not used with these
      session,      null, or Session.export_state() as an array:
                    [sid, initiator, send_key, recv_key, next_send, recv_top,
-                    recv_mask, unheard]; next_send is a counter RESERVED ahead
-                   (no frame was ever sealed with it or anything above it)
+                    recv_mask, unheard, compact]; next_send is a counter
+                   RESERVED ahead (no frame was ever sealed with it or anything
+                   above it); compact (the compact link profile's frames) may
+                   be missing: false
      mid_limit,    next message number to use after a restart (reserved ahead:
                    every number below it may have been used)
      queue,        [[rid, slot, [v1, ...], t, absolute], ...] readings waiting,
@@ -121,6 +123,20 @@ class Store:
         self.hs_next = 0
         self.saves = 0
 
+    def rebase(self, shift):
+        """Move the monotonic times of the queued and in-flight readings by
+        ``shift`` seconds (absolute ones stay); return how many moved."""
+        n = 0
+        entries = list(self.queue)
+        inf = self.inflight
+        if inf is not None and inf[1] == "v":
+            entries += inf[2]
+        for e in entries:
+            if not e[4]:
+                e[3] += shift
+                n += 1
+        return n
+
     # Subclasses: bytes or None (nothing stored yet), and the write.
     def _read(self):
         return None
@@ -174,10 +190,10 @@ def parse(blob):
     if kid is not None and (not isinstance(kid, bytes) or len(kid) != 8):
         raise DecodeError("state: bad key id")
     if session is not None:
-        if not isinstance(session, list) or len(session) != 8:
+        if not isinstance(session, list) or not 8 <= len(session) <= 9:
             raise DecodeError("state: bad session")
-        sid, initiator, sk, rk, nxt, top, mask, unheard = session
-        if not (_is_int(sid) and 0 <= sid <= 0xFFFF and initiator is True):
+        sid, initiator, sk, rk, nxt, top, mask, unheard = session[:8]
+        if not (_is_int(sid) and 0 <= sid <= 0xFFFF and initiator is True and session[-1] is not None):
             raise DecodeError("state: bad session")
         if not (isinstance(sk, bytes) and isinstance(rk, bytes) and len(sk) == 32 and len(rk) == 32):
             raise DecodeError("state: bad session keys")

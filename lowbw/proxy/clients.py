@@ -73,7 +73,7 @@ from lowbw.compact.codec import CF_CBOR, BodyCodec
 from lowbw.compact.refs import ProxyRefs
 from lowbw.proxy.homeserver import HomeserverUnavailable, query_params
 from lowbw.proxy.registry import DeviceRecord
-from lowbw.proxy.transport import SessionAddress
+from lowbw.proxy.transport import COAP_OVERHEAD, FRAME_OVERHEAD, SessionAddress
 from lowbw.wire import coap, handshake, routes, status
 from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
 
@@ -90,6 +90,19 @@ SESSION_END_OPTION = 65024
 BYTE_STRINGS_OPTION = 65028
 FORM_BLOBS = 0x01
 FORMS_KNOWN = FORM_BLOBS
+# uint seconds, on a parked sync: a result holding only the client's own echoes
+# (its sends, its receipts) may be held that long for the next news (0: off).
+ECHO_HOLD_OPTION = 65032
+ECHO_HOLD_MAX = 600
+# empty, on a sync request: its Uri-Query is that of the session's last sync request
+# of the same token without this option, with the request's own parameters (since) in place.
+QUERY_SAME_OPTION = 65036
+# uint seconds, on a parked sync: the proxy may hold back its empty ACK that long (at
+# most PARK_ACK_MAX), so that news within it goes piggybacked on the ACK.
+PARK_ACK_OPTION = 65040
+PARK_ACK_MAX = 60
+# No-Response (RFC 7967) suppressing answers of class 2, 4 and 5.
+NO_RESPONSE_ALL = 2 | 8 | 16
 MAX_SLOTS = 16
 # Bearer-Bind slot byte meaning "this request only" (a client-proxy without a session yet).
 TRANSIENT_SLOT = 0xFF
@@ -102,6 +115,8 @@ PARK_MAX = 900.0
 PARK_POLL_MS = 30_000
 PARK_ACK_DELAY = 1.0
 SYNC_SECTIONS = ("rooms", "presence", "account_data", "to_device", "device_lists")
+# Parts of a joined room in a sync answer that are counters, not events.
+ROOM_COUNTERS = ("summary", "unread_notifications", "unread_thread_notifications")
 # The one path prefix a client session may reach (the client-server API).
 CLIENT_PREFIX = ("", "_matrix", "client")
 # Endpoints whose ``timeout`` query makes the homeserver hold the request.
@@ -116,6 +131,18 @@ def _body_message(code: int, payload: bytes, cf: int) -> Message:
     if cf == CF_CBOR:
         return Message(code=Code(code), payload=payload)
     return Message(code=Code(code), payload=payload, content_format=cf)
+
+
+def single_payload_max(tuning: Any) -> int:
+    """Largest payload sent whole, without block-wise transfer: what fits one
+    frame at the radio's MTU (blocks only beyond that), or one block when the
+    MTU is unknown. A 600-byte sync answer at MTU 1024 is one datagram, not
+    two blocks and a second request."""
+    block = 1 << (tuning.block_szx + 4)
+    mtu = getattr(tuning, "mtu", 0)
+    if not mtu:
+        return block
+    return max(block, mtu - COAP_OVERHEAD - FRAME_OVERHEAD)
 
 
 def is_client(rec: DeviceRecord) -> bool:
@@ -140,6 +167,86 @@ def sync_is_empty(body: Any) -> bool:
     if not isinstance(body, dict):
         return False
     return not any(_has_content(body.get(k)) for k in SYNC_SECTIONS)
+
+
+def sync_is_echo(body: Any, users: set[str]) -> bool:
+    """True if a (non-empty) sync answer holds only echoes of what the client did itself.
+
+    That is: nothing outside ``rooms.join``; in each joined room no state and
+    no account data, timeline events that all carry ``unsigned.transaction_id``
+    (the homeserver gives it only to the device that sent the event) from one
+    of ``users``, ephemeral events that are receipts of ``users`` only or
+    typing of ``users`` only; counters (summary, unread counts) ride along.
+    Anything unknown is news. ``users`` are the session's own Matrix users
+    (learned from login and whoami answers; for a token none was learned
+    from, the one sender of events that carry a transaction ID, added to it
+    here).
+    """
+    if not isinstance(body, dict) or any(_has_content(body.get(k)) for k in SYNC_SECTIONS if k != "rooms"):
+        return False
+    rooms = body.get("rooms")
+    if not isinstance(rooms, dict):
+        return False
+    joined: list[dict[str, Any]] = []
+    for kind, by_room in rooms.items():
+        if not _has_content(by_room):
+            continue
+        if kind != "join" or not isinstance(by_room, dict):
+            return False
+        for room in by_room.values():
+            if not isinstance(room, dict):
+                return False
+            joined.append(room)
+    seen = set(users)
+    timelines: list[Any] = []
+    for room in joined:
+        timeline = room.get("timeline")
+        events = timeline.get("events") if isinstance(timeline, dict) else None
+        if events is not None and not isinstance(events, list):
+            return False
+        for event in events or ():
+            unsigned = event.get("unsigned") if isinstance(event, dict) else None
+            if not isinstance(unsigned, dict) or not isinstance(unsigned.get("transaction_id"), str):
+                return False
+            timelines.append(event)
+            if not users and isinstance(event.get("sender"), str):
+                seen.add(event["sender"])  # not known yet (a restored token): learnt
+    if len(seen) != 1 and not users:
+        return False
+    for event in timelines:
+        if event.get("sender") not in seen:
+            return False
+    for room in joined:
+        for section, value in room.items():
+            if section == "timeline" or section in ROOM_COUNTERS:
+                continue
+            if section == "ephemeral":
+                events = value.get("events") if isinstance(value, dict) else None
+                if not isinstance(events, list) or not all(_own_ephemeral(e, seen) for e in events):
+                    return False
+            elif _has_content(value):
+                return False
+    users.update(seen)
+    return True
+
+
+def _own_ephemeral(event: Any, users: set[str]) -> bool:
+    """A receipt (``m.receipt``) or typing (``m.typing``) event naming only ``users``."""
+    if not isinstance(event, dict) or not isinstance(event.get("content"), dict):
+        return False
+    content = event["content"]
+    if event.get("type") == "m.typing":
+        ids = content.get("user_ids")
+        return isinstance(ids, list) and all(u in users for u in ids)
+    if event.get("type") != "m.receipt":
+        return False
+    for by_type in content.values():
+        if not isinstance(by_type, dict):
+            return False
+        for by_user in by_type.values():
+            if not isinstance(by_user, dict) or not all(u in users for u in by_user):
+                return False
+    return True
 
 
 def client_path_allowed(path: str) -> bool:
@@ -184,6 +291,12 @@ class ClientState:
     blobs_on: bool = False
     # stream -> event set when a newer park of the same stream arrives
     parks: dict[Any, asyncio.Event] = field(default_factory=dict)
+    # token -> Uri-Query (but since and timeout) of its last sync request (Query-Same)
+    sync_query: dict[str | None, list[str]] = field(default_factory=dict, repr=False)
+    # parks ended by a logout of their token: they end without an answer
+    silenced: set[asyncio.Event] = field(default_factory=set)
+    # access token -> the Matrix users it acts as (login and whoami answers): whose echoes are whose
+    users: dict[str, set[str]] = field(default_factory=dict, repr=False)
 
 
 def _options(msg: Message, number: int) -> list[bytes]:
@@ -206,6 +319,7 @@ class ClientService:
             park_tuning = copy.copy(services.table.tuning)
             park_tuning.EMPTY_ACK_DELAY = PARK_ACK_DELAY
         self.park_tuning = park_tuning
+        self._park_tunings: dict[int, TransportTuning] = {}
 
     # -- hooks for the transport and the site ------------------------------------------
 
@@ -214,8 +328,19 @@ class ClientService:
         if msg.code == Code.GET and self._parks(list(msg.opt.uri_path), list(msg.opt.uri_query)):
             rec = self.s.table.device(addr.device)
             if rec is not None and is_client(rec):
+                asked = _options(msg, PARK_ACK_OPTION)
+                if len(asked) == 1 and len(asked[0]) <= 1:
+                    return self._park_tuning_for(min(coap.uint_decode(asked[0], 1), PARK_ACK_MAX))
                 return self.park_tuning
         return addr.tuning
+
+    def _park_tuning_for(self, delay: int) -> TransportTuning:
+        """The park timings with an empty-ACK delay of ``delay`` s (Park-Ack), one per value."""
+        tuning = self._park_tunings.get(delay)
+        if tuning is None:
+            tuning = self._park_tunings[delay] = copy.copy(self.park_tuning)
+            tuning.EMPTY_ACK_DELAY = max(float(delay), PARK_ACK_DELAY)
+        return tuning
 
     def session_closed(self, addr: SessionAddress) -> None:
         state = self._states.pop(addr, None)
@@ -257,6 +382,8 @@ class ClientService:
 
     async def render(self, request: Message, addr: SessionAddress, rec: DeviceRecord) -> Message:
         state = self._state(addr)
+        # An answer that fits one frame goes whole (blocks only beyond the MTU).
+        addr.maximum_payload_size = single_payload_max(addr.tuning)
         offered = _options(request, BYTE_STRINGS_OPTION)
         forms = 0
         if len(offered) == 1 and len(offered[0]) <= 2:
@@ -267,6 +394,10 @@ class ClientService:
         answer = await self._render(request, addr, rec, state)
         if forms:
             answer.opt.add_option(UintOption(BYTE_STRINGS_OPTION, forms))
+        if request.opt.no_response is not None:
+            # RFC 7967 (receipts, typing sent unconfirmed): aiocoap drops an answer
+            # of a class the request does not want; never forwarded as an option.
+            answer.opt.no_response = request.opt.no_response
         return answer
 
     async def _render(
@@ -307,6 +438,11 @@ class ClientService:
             return msg
         except DecodeError as exc:
             return self._error(codec, coap.BAD_REQUEST, "M_BAD_JSON", exc.message)
+        if method == "GET" and _is_sync(segments):
+            try:
+                raw_query = self._sync_query(request, raw_query, token, state)
+            except DecodeError as exc:
+                return self._error(codec, coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message)
         query: dict[str, Any] = query_params(raw_query)
         if "access_token" in query:
             return self._error(codec, coap.BAD_REQUEST, "M_INVALID_PARAM", "tokens go in Bearer-Bind")
@@ -321,7 +457,11 @@ class ClientService:
             except LowbwError as exc:
                 return self._error(codec, exc.coap_code, "M_NOT_JSON", exc.message or "bad body")
         if method == "GET" and self._parks(segments, raw_query):
-            return await self._parked_sync(path, query, token, addr, codec)
+            holds = _options(request, ECHO_HOLD_OPTION)
+            if len(holds) > 1 or (holds and len(holds[0]) > 2):
+                return self._error(codec, coap.BAD_REQUEST, "M_UNRECOGNIZED", "bad Echo-Hold")
+            hold = min(coap.uint_decode(holds[0], 2), ECHO_HOLD_MAX) if holds else 0
+            return await self._parked_sync(path, query, token, addr, codec, hold)
         timeout = None
         if path.endswith(_LONG_POLL_ENDINGS):
             wait_ms = long_poll_ms(query.get("timeout", "0"), self.limits.long_poll_max)
@@ -338,14 +478,44 @@ class ClientService:
             return self._unavailable(codec, exc)
         except LowbwError as exc:
             return self._error(codec, coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad request")
+        if result.ok and isinstance(result.json, dict) and isinstance(result.json.get("user_id"), str):
+            # Whose echoes a sync of this token may hold back (sync_is_echo).
+            real = result.json.get("access_token") if path.endswith(_LOGIN_ENDINGS) else token
+            if path.endswith(_LOGIN_ENDINGS + ("/account/whoami",)) and isinstance(real, str):
+                if real not in state.users and len(state.users) >= MAX_SLOTS * 2:
+                    del state.users[next(iter(state.users))]
+                state.users.setdefault(real, set()).add(result.json["user_id"])
         if method == "POST" and result.ok and isinstance(result.json, dict):
             if path.endswith(_LOGIN_ENDINGS) and isinstance(result.json.get("access_token"), str):
                 result.json["access_token"] = self._issue_handle(rec, result.json["access_token"])
+                _drop_homeserver_url(result.json)
             elif path.endswith(("/logout", "/logout/all")) and token is not None:
                 self.s.registry.drop_client_token(rec.name, token)
                 for slot in [s for s, t in state.bearers.items() if t == token]:
                     del state.bearers[slot]
+                for stream, park in state.parks.items():
+                    if stream[0] == token:
+                        state.silenced.add(park)
+                        park.set()
         return self._answer(codec, result, method)
+
+    @staticmethod
+    def _sync_query(
+        request: Message, raw_query: list[str], token: str | None, state: ClientState
+    ) -> list[str]:
+        """A sync's Uri-Query with Query-Same expanded; without it, remembered for the next."""
+        same = _options(request, QUERY_SAME_OPTION)
+        if not same:
+            if token not in state.sync_query and len(state.sync_query) >= MAX_SLOTS * 2:
+                del state.sync_query[next(iter(state.sync_query))]
+            state.sync_query[token] = [
+                q for q in raw_query if q.partition("=")[0] not in ("since", "timeout")
+            ]
+            return raw_query
+        if len(same) > 1 or same[0] or token not in state.sync_query:
+            raise DecodeError("bad Query-Same")
+        given = {q.partition("=")[0] for q in raw_query}
+        return [q for q in state.sync_query[token] if q.partition("=")[0] not in given] + raw_query
 
     def _codec(self, addr: SessionAddress, state: ClientState, blobs: bool | None = None) -> BodyCodec:
         dict_version = 1 if addr.caps & handshake.CAP_DICT_V1 else None
@@ -415,30 +585,48 @@ class ClientService:
         return handle
 
     async def _parked_sync(
-        self, path: str, query: dict[str, Any], token: str | None, addr: SessionAddress, codec: BodyCodec
+        self,
+        path: str,
+        query: dict[str, Any],
+        token: str | None,
+        addr: SessionAddress,
+        codec: BodyCodec,
+        hold: float = 0,
     ) -> Message:
         self._parked += 1
         try:
-            return await self._park(path, query, token, addr, codec)
+            return await self._park(path, query, token, addr, codec, hold)
         finally:
             self._parked -= 1
 
     async def _park(
-        self, path: str, query: dict[str, Any], token: str | None, addr: SessionAddress, codec: BodyCodec
+        self,
+        path: str,
+        query: dict[str, Any],
+        token: str | None,
+        addr: SessionAddress,
+        codec: BodyCodec,
+        hold: float = 0,
     ) -> Message:
         state = self._state(addr)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.park_max
         params = dict(query)
-        # One park per stream (path and query but since): a newer one ends this.
-        stream = (path, tuple(sorted((k, str(v)) for k, v in query.items() if k != "since")))
+        # One park per stream (token, path and query but since): a newer one ends this.
+        stream = (token, path, tuple(sorted((k, str(v)) for k, v in query.items() if k != "since")))
         older = state.parks.get(stream)
         if older is not None:
             older.set()
         mine = state.parks[stream] = asyncio.Event()
         try:
-            return await self._poll_until_news(path, params, token, state, mine, deadline, codec)
+            answer = await self._poll_until_news(path, params, token, state, mine, deadline, codec, hold)
+            if mine in state.silenced:
+                # Its token was logged out in this session: the client-proxy, which
+                # carried the logout, has let the park go; no answer crosses (RFC 7967).
+                answer.opt.no_response = NO_RESPONSE_ALL
+            return answer
         finally:
+            state.silenced.discard(mine)
             if state.parks.get(stream) is mine:
                 del state.parks[stream]
 
@@ -451,15 +639,33 @@ class ClientService:
         mine: asyncio.Event,
         deadline: float,
         codec: BodyCodec,
+        hold: float = 0,
     ) -> Message:
+        """Long-poll the homeserver until a result has news (module docstring).
+
+        With ``hold`` (seconds, from Echo-Hold): a result holding only the
+        client's own echoes (``sync_is_echo``) is not answered at once; polling
+        goes on past it, and at the next news, or ``hold`` seconds after the
+        first echo, the answer is a fresh sync from the ``since`` the client
+        gave (timeout 0): what the homeserver gives a client that polled once,
+        echoes and news together, in one answer on the air instead of two.
+        """
         loop = asyncio.get_running_loop()
+        held: str | None = None  # the client's since, once an echo-only result is held
+        hold_until = 0.0
+        users = state.users.setdefault(token, set()) if token is not None and hold > 0 else set()
         while True:
             remaining = deadline - loop.time()
             if self.stopping:
                 return self._session_end(codec)
-            if remaining <= 0 or state.closed.is_set() or mine.is_set():
+            if state.closed.is_set() or mine.is_set():
                 return Message(code=Code.VALID)
-            poll_ms = int(min(self.park_poll_ms, remaining * 1000))
+            if held is not None and (remaining <= 0 or loop.time() >= hold_until):
+                return await self._resync(path, params, held, token, codec)
+            if remaining <= 0:
+                return Message(code=Code.VALID)
+            poll_s = remaining if held is None else min(remaining, hold_until - loop.time())
+            poll_ms = int(max(0.0, min(self.park_poll_ms / 1000, poll_s)) * 1000)
             params["timeout"] = str(poll_ms)
             call = asyncio.ensure_future(
                 self.s.homeserver.request(
@@ -489,11 +695,33 @@ class ClientService:
                 return self._unavailable(codec, exc)
             except LowbwError as exc:
                 return self._error(codec, coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad request")
-            if not result.ok or not isinstance(result.json, dict) or not sync_is_empty(result.json):
+            if not result.ok or not isinstance(result.json, dict):
                 return self._answer(codec, result, "GET")
+            if not sync_is_empty(result.json):
+                if not (hold > 0 and sync_is_echo(result.json, users)):
+                    if held is not None:
+                        return await self._resync(path, params, held, token, codec)
+                    return self._answer(codec, result, "GET")
+                if held is None:
+                    held, hold_until = str(params["since"]), loop.time() + hold
             nxt = result.json.get("next_batch")
             if isinstance(nxt, str):
                 params["since"] = nxt
+
+    async def _resync(
+        self, path: str, params: dict[str, Any], since: str, token: str | None, codec: BodyCodec
+    ) -> Message:
+        """The answer to a held park: a sync from the client's own ``since``, at once."""
+        query = {**params, "since": since, "timeout": "0"}
+        try:
+            result = await self.s.homeserver.request(
+                "GET", path, query=query, access_token=token, timeout=self.s.homeserver.timeout + 10.0
+            )
+        except HomeserverUnavailable as exc:
+            return self._unavailable(codec, exc)
+        except LowbwError as exc:
+            return self._error(codec, coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad request")
+        return self._answer(codec, result, "GET")
 
     # -- answers -----------------------------------------------------------------------
 
@@ -528,6 +756,16 @@ class ClientService:
             else:
                 msg.opt.add_option(OpaqueOption(number, value))
         return msg
+
+
+def _drop_homeserver_url(body: dict[str, Any]) -> None:
+    """``well_known.m.homeserver.base_url`` left out of an answer (in place): the
+    client-proxy puts its own URL there in every answer that has a ``well_known``
+    (docs/client-proxy.md), so the homeserver's never needs to cross."""
+    well_known = body.get("well_known")
+    homeserver = well_known.get("m.homeserver") if isinstance(well_known, dict) else None
+    if isinstance(homeserver, dict):
+        homeserver.pop("base_url", None)
 
 
 class _BindRequired(Exception):

@@ -104,9 +104,14 @@ _TABLES = (
 ClusterSettings = ClusterSection
 
 
-def sid_owner(sid: int, node_bits: int) -> int:
-    """The node number a session id belongs to."""
-    return sid >> (16 - node_bits) if node_bits else 0
+def sid_owner(sid: int, node_bits: int, compact: bool = False) -> int:
+    """The node number a session id belongs to: the top ``node_bits`` of its 16 bits,
+    or of a compact session id's 7 (one byte on the air, below 0x80) or 15 bits
+    (``SessionTable._new_sid``)."""
+    if not node_bits:
+        return 0
+    width = (7 if sid < 0x80 else 15) if compact else 16
+    return sid >> (width - node_bits)
 
 
 def _split_forward(text: str) -> tuple[str, int]:
@@ -232,13 +237,14 @@ class ClusterTransport(LowbwTransport):
     def datagram_received(self, data: bytes, sockaddr: Sockaddr) -> None:
         if data:
             kind = data[0] & frames.KIND_MASK
-            if kind == frames.KIND_SHORT or kind == frames.KIND_LONG or data[0] == frames.HS_XX3:
+            compact = kind == frames.KIND_COMPACT
+            if compact or kind == frames.KIND_SHORT or kind == frames.KIND_LONG or data[0] == frames.HS_XX3:
                 try:
                     sid = frames.peek_session_id(data)
                 except LowbwError:
                     sid = None
                 if sid is not None:
-                    owner = sid_owner(sid, self.cluster.node_bits)
+                    owner = sid_owner(sid, self.cluster.node_bits, compact)
                     if owner != self.cluster.node:
                         self.stats.rx += 1
                         self.stats.rx_bytes += len(data)
@@ -457,7 +463,8 @@ class Cluster:
             except DecodeError as exc:
                 log.warning("%s: saved session unusable (%s)", name, exc)
                 continue
-            if sid_owner(session.sid, self.node_bits) != self.node or session.sid in table.by_sid:
+            compact = bool(getattr(session, "compact", False))
+            if sid_owner(session.sid, self.node_bits, compact) != self.node or session.sid in table.by_sid:
                 continue
             if self.store.owner(name) != (self.node, session.sid):
                 # The device made a session elsewhere while this node was down.

@@ -22,6 +22,11 @@
 5. The device config JSON (0600: it holds the device's private key), then the
    registry record.  If the record cannot be added the config file is removed.
 
+The link profile (``--profile``, docs/PROTOCOL.md "Compact link profile") is
+recorded in both: ``compact`` (Noise KK, 8-byte tags, compressed CoAP headers)
+or ``standard`` (Noise IK, 16-byte tags). Without the flag it follows the
+proxy's ``link_bps``: compact below ``COMPACT_BELOW_BPS``.
+
 Schema specs (``--schema``), one slot each, slot index = order given::
 
     temperature                  slot "temperature", one field, no unit, scale 0
@@ -51,7 +56,7 @@ from typing import Any
 from lowbw.proxy import keyfile
 from lowbw.proxy.config import ProxyConfig
 from lowbw.proxy.homeserver import CLIENT_V3, Homeserver, HomeserverUnavailable, HttpResult, encode_path
-from lowbw.proxy.registry import DeviceRecord, Registry
+from lowbw.proxy.registry import PROFILES, DeviceRecord, Registry
 from lowbw.wire import handshake, reading
 from lowbw.wire.errors import LowbwError
 
@@ -65,6 +70,22 @@ MAX_NAME_LEN = 32
 MAX_SCALE = 18
 MAX_UNIT_LEN = 16
 MAX_FIELD_NAME_LEN = 32
+# Links slower than this get the compact link profile unless --profile says otherwise.
+COMPACT_BELOW_BPS = 10_000
+
+
+def default_profile(link_bps: float) -> str:
+    """The link profile a device enrolled for a ``link_bps`` link gets by default."""
+    return "compact" if link_bps < COMPACT_BELOW_BPS else "standard"
+
+
+def check_profile(profile: str | None, link_bps: float) -> str:
+    if profile is None:
+        return default_profile(link_bps)
+    if profile not in PROFILES:
+        raise EnrollError("--profile is one of %s, not %r" % (", ".join(PROFILES), profile))
+    return profile
+
 
 # Lowercase because it becomes a Matrix localpart; no dots because it is one
 # component of the transaction ID `lowbw.<name>.<msgnum>.<i>`; and a file name.
@@ -240,6 +261,7 @@ def device_config(
     user_id: str,
     slots: list[dict[str, Any]],
     caps: int = handshake.DEFAULT_CAPS,
+    profile: str = "standard",
 ) -> dict[str, Any]:
     return {
         "version": DEVICE_CONFIG_VERSION,
@@ -247,6 +269,7 @@ def device_config(
         "proxy": {"host": proxy_host, "port": proxy_port, "public_key": keyfile.key_to_hex(proxy_public_key)},
         "device_private_key": keyfile.key_to_hex(device_private_key),
         "caps": caps,
+        "profile": profile,
         "link_bps": link_bps,
         "room_id": room_id,
         "user_id": user_id,
@@ -439,9 +462,11 @@ async def enroll(
     proxy_port: int | None = None,
     homeserver: Homeserver | None = None,
     encrypted: bool = True,
+    profile: str | None = None,
 ) -> EnrollResult:
     """Enroll device ``name`` (see the module docstring); the homeserver client is closed if we made it."""
     check_device_name(name)
+    link_profile = check_profile(profile, cfg.proxy.link_bps)
     check_room(room)
     if not slots:
         # The device config needs at least one slot (lowbw.device.config), and a
@@ -489,6 +514,7 @@ async def enroll(
             slots=checked_slots,
             permissions=perms,
             encrypted=is_encrypted,
+            profile=link_profile,
         )
         write_device_config(
             target,
@@ -502,6 +528,7 @@ async def enroll(
                 room_id=room_id,
                 user_id=user_id,
                 slots=checked_slots,
+                profile=link_profile,
             ),
         )
         try:

@@ -49,6 +49,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from lowbw.proxy.http1 import AnswerTooLarge, ConnectFailed, Http1Pool
 from lowbw.wire.errors import EncodeError, LowbwError
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         reason = exc.os_error.strerror or type(exc.os_error).__name__
         return "cannot connect to %s:%s (%s)" % (exc.host, exc.port, reason)
+    if isinstance(exc, ConnectFailed):  # the readings pool (lowbw.proxy.http1)
+        if isinstance(exc.os_error, ssl.SSLCertVerificationError):
+            return "TLS certificate verification failed for %s:%s" % (exc.host, exc.port)
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        return "cannot connect to %s:%s (%s)" % (exc.host, exc.port, reason)
     if isinstance(exc, OSError) and exc.strerror:
         return "%s (%s)" % (type(exc).__name__, exc.strerror)
     return type(exc).__name__
@@ -243,6 +249,7 @@ class Homeserver:
         max_body: int = DEFAULT_MAX_BODY,
         readings_connections: int = DEFAULT_READINGS_CONNECTIONS,
         other_connections: int = DEFAULT_OTHER_CONNECTIONS,
+        lean_readings: bool = True,
     ) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -250,8 +257,14 @@ class Homeserver:
         if parts.query or parts.fragment:
             raise EncodeError("homeserver URL must not have a query or fragment")
         self.base_url = base_url.rstrip("/")
+        self._parts = parts
+        self._prefix = parts.path.rstrip("/")
         self._shared = session
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        # The readings pool on lowbw.proxy.http1 (created on first use); None in
+        # _http1 means aiohttp for every pool (``lean_readings=False``).
+        self._http1: Http1Pool | None = None
+        self.lean_readings = lean_readings
         # Connections per pool (0: no limit, aiohttp's meaning).
         self.pool_limits = {POOL_READINGS: readings_connections, POOL_OTHER: other_connections}
         if ssl_context is not None:
@@ -278,6 +291,9 @@ class Homeserver:
         await self.close()
 
     async def close(self) -> None:
+        http1, self._http1 = self._http1, None
+        if http1 is not None:
+            await http1.close()
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
             await session.close()
@@ -288,6 +304,8 @@ class Homeserver:
 
     def pool_in_use(self, pool: str) -> int:
         """Connections of ``pool`` busy with a request now (for tests and metrics)."""
+        if pool == POOL_READINGS and self._http1 is not None:
+            return self._http1.in_use
         session = self._sessions.get(pool)
         if session is None:
             return 0
@@ -295,6 +313,32 @@ class Homeserver:
         if connector is None:
             return 0
         return len(getattr(connector, "_acquired", ()))
+
+    def _http1_pool(self, pool: str) -> Http1Pool | None:
+        """The readings pool on ``lowbw.proxy.http1`` (module docstring there: why);
+        None for the other pool, a shared aiohttp session, or ``lean_readings=False``."""
+        if pool != POOL_READINGS or self._shared is not None or not self.lean_readings:
+            return None
+        if self._http1 is None:
+            parts = self._parts
+            context: ssl.SSLContext | None = None
+            if parts.scheme == "https":
+                if isinstance(self._ssl, ssl.SSLContext):
+                    context = self._ssl
+                else:
+                    context = ssl.create_default_context()
+                    if not self._ssl:
+                        context.check_hostname = False
+                        context.verify_mode = ssl.CERT_NONE
+            self._http1 = Http1Pool(
+                parts.hostname or "localhost",
+                parts.port or (443 if parts.scheme == "https" else 80),
+                ssl_context=context,
+                limit=self.pool_limits[POOL_READINGS],
+                max_body=self.max_body,
+                host_header=parts.netloc,
+            )
+        return self._http1
 
     def _get_session(self, pool: str = POOL_OTHER) -> aiohttp.ClientSession:
         if self._shared is not None:
@@ -342,7 +386,6 @@ class Homeserver:
         if ts is not None:
             params["ts"] = int(ts)
         qs = _query_string(params)
-        url = URL(self.base_url + path + ("?" + qs if qs else ""), encoded=True)
 
         headers: dict[str, str] = {}
         data = None
@@ -362,25 +405,41 @@ class Homeserver:
         # (a parked sync whose session ended) keeps "cancelled".
         outcome = "cancelled"
         try:
-            async with self._get_session(pool).request(
-                method,
-                url,
-                data=data.encode("utf-8") if data is not None else None,
-                headers=headers,
-                ssl=self._ssl,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=limit),
-            ) as resp:
-                body = await self._read_body(resp, method, path)
-                status = resp.status
+            http1 = self._http1_pool(pool)
+            if http1 is not None:
+                status, resp_headers, body = await http1.request(
+                    method,
+                    self._prefix + path + ("?" + qs if qs else ""),
+                    list(headers.items()),
+                    data.encode("utf-8") if data is not None else None,
+                    limit,
+                )
                 outcome = str(status)
-                # aiohttp's own read-only view; it outlives the released response.
-                resp_headers = resp.headers
+            else:
+                async with self._get_session(pool).request(
+                    method,
+                    URL(self.base_url + path + ("?" + qs if qs else ""), encoded=True),
+                    data=data.encode("utf-8") if data is not None else None,
+                    headers=headers,
+                    ssl=self._ssl,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=limit),
+                ) as resp:
+                    body = await self._read_body(resp, method, path)
+                    status = resp.status
+                    outcome = str(status)
+                    # aiohttp's own read-only view; it outlives the released response.
+                    resp_headers = resp.headers
         except TimeoutError:
             outcome = "timeout"
             log.warning("%s %s: no answer within %.1f s", method, path, limit)
             raise HomeserverUnavailable(
                 "homeserver did not answer within %.1f s: %s %s" % (limit, method, path), timeout=True
+            ) from None
+        except AnswerTooLarge as exc:
+            outcome = "too_large"
+            raise HomeserverUnavailable(
+                "homeserver answer too large (%d B): %s %s" % (exc.size, method, path), COAP_BAD_GATEWAY
             ) from None
         except HomeserverUnavailable:
             outcome = "too_large"
@@ -393,8 +452,8 @@ class Homeserver:
                 "homeserver unreachable: %s %s: %s" % (method, path, reason)
             ) from None
         except ValueError as exc:  # after OSError: TLS verification errors are both
-            # aiohttp refuses a header it cannot send (a control character in a
-            # token a client-proxy bound, say): the request's fault, not the homeserver's.
+            # A header that cannot be sent (a control character in a token a
+            # client-proxy bound, say): the request's fault, not the homeserver's.
             outcome = "not_sent"
             raise EncodeError("request cannot be sent: %s" % type(exc).__name__) from None
         finally:

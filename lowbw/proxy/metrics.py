@@ -408,7 +408,7 @@ class ProxyMetrics:
 
         family = CounterMetricFamily(
             PREFIX + "handshakes",
-            "Handshake messages by kind (ik, xx1, xx3, other) and outcome.",
+            "Handshake messages by kind (ik, kk, xx1, xx3, other) and outcome.",
             labels=["kind", "outcome"],
         )
         counts = dict(server.table.handshake_counts)

@@ -2,7 +2,9 @@
 
 The datagrams are exactly those of ``lowbw.wire.handshake`` (module docstring
 there): IK ``0x81``/``0x82`` with the first request as 0-RTT payload, XX
-``0x83``/``0x84``/``0x85`` for pairing, Noise prologue ``frames.PROLOGUE``.
+``0x83``/``0x84``/``0x85`` for pairing, KK ``0x88``/``0x89`` for the compact
+link profile (``rs=``: the device key the key id named), Noise prologue
+``frames.PROLOGUE``.
 ``Responder`` here has the same methods as ``lowbw.wire.handshake.Responder``
 and gives byte-identical answers for the same keys (tests/proxy/test_server_noise.py
 proves it with fixed ephemerals): like it, ``read_init`` takes the optional
@@ -46,10 +48,12 @@ TAG_LEN = 16
 MAX_MESSAGE_LEN = 65535
 # Fixed bytes of each message after the kind byte (noise.py docstring).
 IK1_FIXED = DH_LEN + DH_LEN + TAG_LEN + TAG_LEN
+KK1_FIXED = DH_LEN + TAG_LEN
 XX3_FIXED = DH_LEN + TAG_LEN + TAG_LEN
 
 _NAMES = {
     "IK": b"Noise_IK_25519_ChaChaPoly_SHA256",
+    "KK": b"Noise_KK_25519_ChaChaPoly_SHA256",
     "XX": b"Noise_XX_25519_ChaChaPoly_SHA256",
 }
 
@@ -69,13 +73,17 @@ class Responder:
     session)``. ``e_priv`` fixes the ephemeral key (tests only).
     """
 
-    def __init__(self, s_priv: bytes, e_priv: bytes | None = None) -> None:
+    def __init__(self, s_priv: bytes, e_priv: bytes | None = None, rs: bytes | None = None) -> None:
         if len(s_priv) != DH_LEN:
             raise StateError("static private key must be 32 bytes")
         if e_priv is not None and len(e_priv) != DH_LEN:
             raise StateError("ephemeral private key must be 32 bytes")
         self._s_priv = bytes(s_priv)
         self._e_priv = None if e_priv is None else bytes(e_priv)
+        # The device's static key, for KK (the compact profile: the proxy found
+        # the device by the key id in clear before any crypto).
+        self._rs = None if rs is None else bytes(rs)
+        self.mid = -1
         self._conn: NoiseConnection | None = None
         self._hs: object | None = None
         self.pattern: str | None = None
@@ -92,6 +100,8 @@ class Responder:
         conn.set_as_responder()
         conn.set_prologue(frames.PROLOGUE)
         conn.set_keypair_from_private_bytes(Keypair.STATIC, self._s_priv)
+        if pattern == "KK" and self._rs is not None:
+            conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, self._rs)
         if self._e_priv is not None:
             with warnings.catch_warnings():
                 # noiseprotocol warns about fixed ephemerals; only tests pass one.
@@ -124,6 +134,8 @@ class Responder:
             raise StateError("handshake out of order: %s" % type(exc).__name__) from None
 
     def _remote_static(self) -> bytes:
+        if self.pattern == "KK" and self._rs is not None:
+            return self._rs
         hs = self._hs
         rs = getattr(hs, "rs", None)
         public = getattr(rs, "public_bytes", None)
@@ -131,11 +143,11 @@ class Responder:
             raise AuthError("handshake carried no static key")
         return public
 
-    def _session(self, conn: NoiseConnection, sid: int) -> frames.Session:
+    def _session(self, conn: NoiseConnection, sid: int, compact: bool = False) -> frames.Session:
         proto = conn.noise_protocol
         send_key = proto.cipher_state_encrypt.k
         recv_key = proto.cipher_state_decrypt.k
-        return frames.Session(send_key, recv_key, sid, False)
+        return frames.Session(send_key, recv_key, sid, False, compact=compact, mid=self.mid)
 
     # -- the handshake ---------------------------------------------------------
 
@@ -147,11 +159,19 @@ class Responder:
         if len(datagram) - 1 > MAX_MESSAGE_LEN:
             raise DecodeError("handshake message too long")
         kind = datagram[0]
+        message = bytes(datagram[1:])
         if kind == frames.HS_IK1:
             pattern = "IK"
             # caps byte included: a payload without it is malformed
             if len(datagram) < 1 + IK1_FIXED + 1:
                 raise DecodeError("IK message 1 truncated")
+        elif kind == frames.HS_KK1:
+            pattern = "KK"
+            if self._rs is None:
+                raise AuthError("KK message 1 for no known device key")
+            if len(datagram) < 1 + handshake.KID_LEN + KK1_FIXED + 1:
+                raise DecodeError("KK message 1 truncated")
+            message = bytes(datagram[1 + handshake.KID_LEN :])
         elif kind == frames.HS_XX1:
             pattern = "XX"
             if len(datagram) < XX1_MIN_LEN:
@@ -163,13 +183,21 @@ class Responder:
         except _AUTH_FAILURES + _STATE_FAILURES:
             raise StateError("cannot set up the handshake") from None
         self._hs = conn.noise_protocol.handshake_state
-        payload = self._read(conn, bytes(datagram[1:]))
+        payload = self._read(conn, message)
         if not payload:
             self._failed = True
             raise DecodeError("handshake payload lacks caps")
         self._conn = conn
         self.pattern = pattern
         self._offered = payload[0]
+        if pattern == "KK":
+            try:
+                self.epoch, self.hsn, rest = handshake.split_init_payload(payload[0], payload[1:])
+                request, self.mid = handshake.kk_request(rest)
+            except LowbwError:
+                self._failed = True
+                raise
+            return self._remote_static(), payload[0], request
         if pattern == "IK":
             try:
                 self.epoch, self.hsn, request = handshake.split_init_payload(payload[0], payload[1:])
@@ -187,6 +215,13 @@ class Responder:
             raise StateError("respond() needs exactly one read_init() first")
         if not 0 <= sid <= 0xFFFF or not 0 <= caps <= 0xFF:
             raise StateError("session id is 16 bits, caps 8 bits")
+        if self.pattern == "KK":
+            if sid > frames.C_SID_MAX:
+                raise StateError("a compact session id is 15 bits")
+            head = handshake.answer_head(sid, caps | handshake.CAP_COMPACT, floor)
+            msg = self._write(conn, head + handshake.kk_response(bytes(response)))
+            self.sid = sid
+            return bytes([frames.HS_KK2]) + msg, self._session(conn, sid, compact=True)
         head = handshake.answer_head(sid, caps, floor)
         if self.pattern == "IK":
             msg = self._write(conn, head + bytes(response))
@@ -216,10 +251,8 @@ class Responder:
 
 
 def init_ephemeral(datagram: bytes) -> bytes:
-    """The initiator's ephemeral public key in an IK1/XX1 datagram (replay cache key)."""
-    if len(datagram) < 1 + DH_LEN:
-        raise DecodeError("handshake too short")
-    return bytes(datagram[1 : 1 + DH_LEN])
+    """The initiator's ephemeral public key in an IK1/XX1/KK1 datagram (replay cache key)."""
+    return bytes(handshake.init_ephemeral(datagram))
 
 
 __all__ = ["Responder", "init_ephemeral", "LowbwError"]

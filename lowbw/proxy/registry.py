@@ -9,7 +9,7 @@ once too.  A device is its Noise static public key; the record
 says which Matrix user it acts as, which rooms and event types it may use and
 how its readings are rendered (``slots``, as in the device config).
 
-Tables (schema version 5, kept in ``PRAGMA user_version``):
+Tables (schema version 6, kept in ``PRAGMA user_version``):
 
 ``devices``      name (primary key), public_key (unique, revoked devices included:
                  a revoked key is never let in again under another name), user_id,
@@ -23,7 +23,10 @@ Tables (schema version 5, kept in ``PRAGMA user_version``):
                  handshake number among the IK messages that announced the
                  current epoch): ``accept_handshake``, encrypted (1: the
                  device's room is end-to-end encrypted, so its events go out
-                 as Megolm ciphertext, ``lowbw.proxy.e2ee``)
+                 as Megolm ciphertext, ``lowbw.proxy.e2ee``), profile (the
+                 link profile recorded at enrollment: ``standard`` or
+                 ``compact``, docs/PROTOCOL.md; only a compact device is let
+                 in by a Noise KK handshake)
 ``ephemerals``   the last 256 IK ephemeral keys per device (a second, older
                  replay check; the handshake number is the one that holds forever)
 ``sent_events``  (device, Matrix txn_id) -> event_id: exactly-once sending
@@ -39,7 +42,8 @@ Tables (schema version 5, kept in ``PRAGMA user_version``):
                  token never crosses the radio (``lowbw.proxy.clients``).
 
 Revocation across processes: the proxy calls ``changed()`` (``PRAGMA
-data_version``, which moves when another connection commits) on each datagram
+data_version``, which moves when another connection commits, then the change
+counter that only enrolment, revocation, commands and tokens move) on each datagram
 (on PostgreSQL the writers of devices and commands ``NOTIFY`` instead, and
 ``listen``/``take_changes`` say what changed: nothing is polled);
 ``device_by_key`` never returns a revoked device, and ``revoke`` deletes the
@@ -53,6 +57,11 @@ Version 2 had no ``client_tokens``; opening it adds the (empty) table.
 Version 3 had no handshake numbers; opening it adds ``hs_floor`` and
 ``hs_announce`` (-1: the next handshake of every device is accepted once).
 Version 4 had no ``encrypted`` column and no ``matrix_devices``.
+Version 5 had no ``profile`` column; opening it adds it (``standard``, what
+every device enrolled before it speaks). Nor had it the change counter
+(``changes`` and its triggers): ``changed()`` then took every commit of another
+connection for a change, the proxy's own write-behind thread
+(``lowbw.proxy.writebehind``) included.
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process
 (each commit is in the WAL before the call returns); a power loss may roll back
@@ -114,7 +123,36 @@ def _timed(method: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
+
+# Many rows in one statement: (sent_ms, JSON array of [device, txn_id, event_id]).
+# "WHERE true" keeps SQLite from reading ON CONFLICT as part of the SELECT.
+_INSERT_SENT_JSON = (
+    "INSERT INTO sent_events (device, txn_id, event_id, sent_ms) "
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), ? "
+    "FROM json_each(?) WHERE true ON CONFLICT (device, txn_id) DO NOTHING"
+)
+# The same, leaving out rows of devices that do not exist (slower: only after
+# the foreign key refused the plain statement).
+_INSERT_SENT_KNOWN_JSON = (
+    "INSERT INTO sent_events (device, txn_id, event_id, sent_ms) "
+    "SELECT d.name, json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), ? "
+    "FROM json_each(?) AS j JOIN devices AS d ON d.name = json_extract(j.value, '$[0]') "
+    "WHERE true ON CONFLICT (device, txn_id) DO NOTHING"
+)
+# (JSON array of [device, top, epoch]): each device's top raised to at least its
+# value, if the device is still in that counter epoch.
+_ADVANCE_TOPS_JSON = (
+    "UPDATE devices SET msg_top = max(msg_top, t.top) "
+    "FROM (SELECT json_extract(value, '$[0]') AS name, max(json_extract(value, '$[1]')) AS top, "
+    "json_extract(value, '$[2]') AS epoch FROM json_each(?) GROUP BY 1, 3) AS t "
+    "WHERE devices.name = t.name AND devices.epoch = t.epoch"
+)
+_INSERT_SENT = (
+    "INSERT INTO sent_events (device, txn_id, event_id, sent_ms) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (device, txn_id) DO NOTHING"
+)
+PROFILES = ("standard", "compact")
 # Handshake numbers are kept in a signed 64-bit column.
 MAX_HSN = (1 << 63) - 1
 MAX_EPOCH = 0xFFFFFFFF
@@ -140,7 +178,8 @@ CREATE TABLE devices (
     epoch INTEGER NOT NULL DEFAULT 0,
     hs_floor INTEGER NOT NULL DEFAULT -1,
     hs_announce INTEGER NOT NULL DEFAULT -1,
-    encrypted INTEGER NOT NULL DEFAULT 0
+    encrypted INTEGER NOT NULL DEFAULT 0,
+    profile TEXT NOT NULL DEFAULT 'standard'
 );
 CREATE TABLE matrix_devices (
     device TEXT PRIMARY KEY NOT NULL REFERENCES devices(name),
@@ -190,6 +229,30 @@ CREATE TABLE client_tokens (
 );
 """
 
+# The change counter (schema 6): bumped by every change another process must
+# see (devices enrolled, revoked or edited, commands, tokens, Matrix devices),
+# not by the bookkeeping of the reading path and handshakes (message tops,
+# epochs, handshake numbers, sent events, ephemerals), so ``changed()`` can tell
+# a revocation from the proxy's own writes. Statements one by one: a trigger's
+# body has semicolons of its own.
+_BUMP = "BEGIN UPDATE changes SET n = n + 1; END"
+_CHANGE_COUNTER: tuple[str, ...] = (
+    "CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL)",
+    "INSERT INTO changes (id, n) VALUES (1, 0)",
+    "CREATE TRIGGER devices_added AFTER INSERT ON devices " + _BUMP,
+    "CREATE TRIGGER devices_removed AFTER DELETE ON devices " + _BUMP,
+    # Any update but one that moves only bookkeeping (those statements touch
+    # msg_top, epoch or the handshake numbers and nothing an operator changes).
+    "CREATE TRIGGER devices_changed AFTER UPDATE ON devices WHEN NEW.msg_top IS OLD.msg_top "
+    "AND NEW.epoch IS OLD.epoch AND NEW.hs_floor IS OLD.hs_floor AND NEW.hs_announce IS OLD.hs_announce "
+    + _BUMP,
+)
+for _table in ("commands", "client_tokens", "matrix_devices"):
+    for _what in ("INSERT", "UPDATE", "DELETE"):
+        _CHANGE_COUNTER += (
+            "CREATE TRIGGER %s_%s AFTER %s ON %s %s" % (_table, _what.lower(), _what, _table, _BUMP),
+        )
+
 # Each step takes the schema from version N to N + 1, inside _init_schema's transaction.
 _MIGRATIONS = {
     1: (
@@ -211,6 +274,8 @@ _MIGRATIONS = {
         "CREATE TABLE matrix_devices (device TEXT PRIMARY KEY NOT NULL REFERENCES devices(name), "
         "device_id TEXT NOT NULL, access_token TEXT NOT NULL, created_ms INTEGER NOT NULL)",
     ),
+    # (On SQLite, _init_schema adds the change counter as well: triggers are SQLite's.)
+    5: ("ALTER TABLE devices ADD COLUMN profile TEXT NOT NULL DEFAULT 'standard'",),
 }
 
 
@@ -238,6 +303,8 @@ class DeviceRecord:
     created_ms: int = field(default_factory=now_ms)
     # The device's room is end-to-end encrypted (lowbw.proxy.e2ee).
     encrypted: bool = False
+    # The link profile recorded at enrollment (PROFILES; docs/PROTOCOL.md).
+    profile: str = "standard"
 
 
 def _device_from_row(row: Any) -> DeviceRecord:
@@ -253,12 +320,13 @@ def _device_from_row(row: Any) -> DeviceRecord:
         revoked=bool(row["revoked"]),
         created_ms=int(row["created_ms"]),
         encrypted=bool(row["encrypted"]),
+        profile=str(row["profile"]),
     )
 
 
 _DEVICE_COLUMNS = (
     "name, public_key, user_id, access_token, rooms, event_types, slots, permissions, revoked, created_ms, "
-    "encrypted"
+    "encrypted, profile"
 )
 
 
@@ -284,6 +352,12 @@ class Registry:
         self._checkpointer: threading.Thread | None = None
         self._checkpoints_stop = threading.Event()
         self._lock = threading.RLock()
+        # write_behind's own connection (SQLite; opened on first use, by its one thread).
+        self._writer_db: sqlite3.Connection | None = None
+        # The change counter as this connection last saw it (SQLite; changed());
+        # kept by _write once the schema is known to have it.
+        self._change_seen = 0
+        self._counting = False
         if self.url is not None:
             try:
                 self.engine: regdb.Engine = regdb.PostgresEngine(self.url)
@@ -312,6 +386,8 @@ class Registry:
             sqlite.configure()
             self._init_schema()
             self._data_version = sqlite.data_version()
+            self._change_seen = self._change_count()
+            self._counting = True
         except sqlite3.DatabaseError as exc:
             sqlite.close()
             raise RegistryError("%s is not a usable lowbw registry: %s" % (path, exc))
@@ -349,21 +425,31 @@ class Registry:
                     raise RegistryError("%s is an SQLite file but not a lowbw registry" % where)
                 raise RegistryError("%s is a database with tables but not a lowbw registry" % where)
             if version > 0:
+                counter = engine.kind == "sqlite" and version < 6
                 while version < SCHEMA_VERSION:
                     for statement in _MIGRATIONS[version]:
                         db.execute(statement)
                     version += 1
+                if counter:  # once every table its triggers watch exists
+                    for statement in _CHANGE_COUNTER:
+                        db.execute(statement)
                 engine.set_schema_version(SCHEMA_VERSION)
                 return
             # executescript would COMMIT our transaction first; run statement by statement.
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if engine.kind == "sqlite":
+                for statement in _CHANGE_COUNTER:
+                    db.execute(statement)
             engine.set_schema_version(SCHEMA_VERSION)
 
     def close(self) -> None:
         self.stop_checkpoints()
         with self._lock:
+            if self._writer_db is not None:
+                self._writer_db.close()
+                self._writer_db = None
             self.engine.close()
 
     # -- change notification (PostgreSQL) -----------------------------------------
@@ -462,7 +548,12 @@ class Registry:
         with self._lock:
             engine.begin()
             try:
+                # This connection's own bumps of the change counter are not
+                # changes to it (changed()); another's, before our BEGIN, still are.
+                before = self._change_count() if self._counting else 0
                 yield engine
+                if self._counting:
+                    self._change_seen += self._change_count() - before
             except BaseException:
                 engine.rollback()
                 raise
@@ -486,6 +577,8 @@ class Registry:
             raise RegistryError("a device public key is %d bytes" % PUBLIC_KEY_LEN)
         # A client-proxy (permission "client") acts for whoever logs in: no user of its own.
         client = "client" in rec.permissions
+        if rec.profile not in PROFILES:
+            raise RegistryError("link profile %r is not one of %s" % (rec.profile, ", ".join(PROFILES)))
         if not (client and rec.user_id == "") and (not rec.user_id.startswith("@") or ":" not in rec.user_id):
             raise RegistryError("user ID %r is not @localpart:server" % rec.user_id)
         try:
@@ -504,7 +597,7 @@ class Registry:
             if other is not None:
                 raise RegistryError("that public key is already enrolled as device %r" % other["name"])
             db.execute(
-                "INSERT INTO devices (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" % _DEVICE_COLUMNS,
+                "INSERT INTO devices (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" % _DEVICE_COLUMNS,
                 (
                     rec.name,
                     rec.public_key,
@@ -514,6 +607,7 @@ class Registry:
                     int(rec.revoked),
                     int(rec.created_ms),
                     int(rec.encrypted),
+                    rec.profile,
                 ),
             )
             self._notify("device", rec.name)
@@ -592,21 +686,36 @@ class Registry:
                 self._notify("device", name)
             return bool(cur.rowcount == 1)
 
+    def _change_count(self) -> int:
+        """SQLite's change counter (schema 6); 0 on PostgreSQL, which notifies instead."""
+        if self.engine.kind != "sqlite":
+            return 0
+        count: int = self.engine.execute("SELECT n FROM changes").fetchone()[0]
+        return count
+
     @_timed
     def changed(self) -> bool:
-        """True if another connection (another process) committed since the last call.
+        """True if another connection (another process) committed a change that
+        matters since the last call.
 
-        SQLite: ``PRAGMA data_version`` (microseconds). PostgreSQL: whether a
-        change was notified (and the notified changes are dropped: the caller
-        reloads everything; ``take_changes`` says what changed instead).
+        SQLite: ``PRAGMA data_version`` first (microseconds, no read of the
+        database): it moves on every commit of another connection, the proxy's
+        own write-behind thread included, so only then is the change counter
+        (schema 6) read. PostgreSQL: whether a change was notified (and the
+        notified changes are dropped: the caller reloads everything;
+        ``take_changes`` says what changed instead).
         """
         engine = self.engine
         if not isinstance(engine, regdb.SqliteEngine):
             return bool(self.take_changes())
         with self._lock:
             version = engine.data_version()
-            moved = version != self._data_version
+            if version == self._data_version:
+                return False
             self._data_version = version
+            count = self._change_count()
+            moved = count != self._change_seen
+            self._change_seen = count
             return moved
 
     # -- replay and message counters ---------------------------------------------
@@ -753,11 +862,7 @@ class Registry:
         """
         try:
             with self._lock:
-                cur = self.engine.execute(
-                    "INSERT INTO sent_events (device, txn_id, event_id, sent_ms) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (device, txn_id) DO NOTHING",
-                    (name, txn_id, event_id, now_ms()),
-                )
+                cur = self.engine.execute(_INSERT_SENT, (name, txn_id, event_id, now_ms()))
         except self.engine.integrity_errors:
             raise RegistryError("no device named %r" % name) from None
         if cur.rowcount == 1:
@@ -766,6 +871,50 @@ class Registry:
             return
         if self.sent_event(name, txn_id) != event_id:
             raise RegistryError("transaction %r of %r already made another event" % (txn_id, name))
+
+    def write_behind(self, events: list[tuple[str, str, str]], tops: list[tuple[str, int, int]]) -> None:
+        """Sent events (device, txn_id, event_id) and message-number tops (device,
+        n, counter epoch), for ``lowbw.proxy.writebehind``'s thread, never the event loop.
+
+        On a connection of its own, one statement each over a JSON array: the
+        thread needs the GIL only to start each statement, so SQLite's write
+        lock is never held while it waits for the GIL, and the loop's reads on
+        the main connection never wait (WAL readers do not block on a writer).
+        Rows of devices that no longer exist are skipped, as are transaction
+        IDs that already made an event; a top only ever grows, and only in the
+        device's current counter epoch.
+        """
+        db = self._writer()
+        if events:
+            args = (now_ms(), json.dumps(events))
+            try:
+                db.execute(_INSERT_SENT_JSON, args)
+            except sqlite3.IntegrityError:
+                db.execute(_INSERT_SENT_KNOWN_JSON, args)
+        if tops:
+            db.execute(_ADVANCE_TOPS_JSON, (json.dumps(tops),))
+
+    @property
+    def writes_behind(self) -> bool:
+        """Whether ``write_behind`` can run (an SQLite file: a second connection to it)."""
+        return self.engine.kind == "sqlite" and str(self.path) != ":memory:"
+
+    def _writer(self) -> sqlite3.Connection:
+        if not self.writes_behind:
+            raise RegistryError("this registry has no second connection to write behind on")
+        with self._lock:
+            if self._writer_db is None:
+                db = sqlite3.connect(
+                    str(self.path),
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                )
+                db.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
+                db.execute("PRAGMA foreign_keys = ON")
+                db.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints are start_checkpoints' job
+                self._writer_db = db
+            return self._writer_db
 
     # -- downlink commands --------------------------------------------------------
 

@@ -105,6 +105,7 @@ from lowbw.proxy.limits import Limits
 from lowbw.proxy.registry import DeviceRecord, Registry
 from lowbw.proxy.sessions import SessionTable
 from lowbw.proxy.transport import FRAME_OVERHEAD, SessionAddress
+from lowbw.proxy.writebehind import WriteBehind
 from lowbw.wire import cbor, coap, keys, reading, routes, status
 from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
 
@@ -161,6 +162,13 @@ class Services:
     limits: Limits = field(default_factory=Limits)
     # Readings counted for metrics (``lowbw.proxy.metrics``); None when metrics are off.
     readings: ReadingCounts | None = None
+    # Which transaction IDs became events (``lowbw.proxy.writebehind``); by
+    # default written at once, the running proxy writes them behind.
+    sent: WriteBehind = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.sent is None:
+            self.sent = WriteBehind(self.registry, delay=None)
 
 
 def airtime_ms(nbytes: int, link_bps: float) -> int:
@@ -725,7 +733,7 @@ class ProxySite(resource.ObservableResource):
             note[1] = "schema"
             if self.s.readings is not None:
                 self.s.readings.received += len(readings)
-        registry = self.s.registry
+        sent = self.s.sent
         table = self.s.table
         epoch = table.epoch(rec.name)
         msgnum = sensor.full_msgnum(request.mid, table.msg_top(rec.name))
@@ -754,7 +762,7 @@ class ProxySite(resource.ObservableResource):
             return error_message(coap.INTERNAL_SERVER_ERROR, "M_UNKNOWN", "no credential", table_id)
         counts = self.s.readings
         for txn, content, measured in contents:
-            if registry.sent_event(rec.name, txn) is not None:
+            if sent.lookup(rec.name, txn) is not None:
                 if counts is not None:
                     counts.duplicates += 1
                 continue
@@ -791,7 +799,7 @@ class ProxySite(resource.ObservableResource):
                 if result.ok:
                     return error_message(coap.BAD_GATEWAY, "M_UNKNOWN", "no event_id", table_id)
                 return http_answer(result, "PUT", table_id)
-            registry.record_event(rec.name, txn, event_id)
+            sent.record(rec.name, txn, event_id)
             if counts is not None:
                 counts.posted(event_type)
         return Message(code=Code.CHANGED)

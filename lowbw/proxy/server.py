@@ -51,9 +51,13 @@ from lowbw.proxy.registry import Registry
 from lowbw.proxy.resources import DEFAULT_RETRY_AFTER, READING_TIMEOUT, ProxySite, Services
 from lowbw.proxy.sessions import SessionTable
 from lowbw.proxy.transport import LinkTuning, LowbwTransport, SessionAddress, add_lowbw_transport
+from lowbw.proxy.writebehind import WRITE_DELAY, WriteBehind
 from lowbw.wire.errors import LowbwError
 
 log = logging.getLogger("lowbw.proxy")
+
+# Middle-generation collections per full one (CPython's default is 10; main()).
+GC_FULL_EVERY = 1000
 
 
 class LowbwContext(Context):
@@ -222,9 +226,15 @@ class ProxyServer:
                 limits=s.limits,
             )
             self.table = table
+            # The reading path's registry writes, off the loop (lowbw.proxy.writebehind).
+            writes = WriteBehind(self.registry, WRITE_DELAY if s.fast_paths else None)
+            table.persist_top = writes.advance_top
             self._listen_registry(table)
             self.homeserver = Homeserver(
-                s.homeserver_url, verify_tls=s.verify_tls, timeout=s.homeserver_timeout
+                s.homeserver_url,
+                verify_tls=s.verify_tls,
+                timeout=s.homeserver_timeout,
+                lean_readings=s.fast_paths,
             )
             services = Services(
                 table=table,
@@ -236,6 +246,7 @@ class ProxyServer:
                 retry_after=s.retry_after,
                 link_bps=s.link_bps,
                 limits=s.limits,
+                sent=writes,
             )
             site = ProxySite(services, blockwise_timeout=max(600.0, 20 * tuning.ACK_TIMEOUT))
             self.site = site
@@ -391,6 +402,8 @@ class ProxyServer:
         if self.transport is not None:
             # Nothing may be sealed after the states are saved (nonce reuse).
             await self.transport.shutdown()
+        if self.site is not None:
+            self.site.s.sent.close()
         if save_sessions and self.table is not None:
             try:
                 saved = self.cluster.save() if self.cluster is not None else self.table.save()
@@ -440,6 +453,9 @@ class ProxyServer:
                 await self._ctx.shutdown()
             self._ctx = None
         self.transport = None
+        if self.site is not None:
+            # Readings answered meanwhile (aiocoap's shutdown) are written too.
+            self.site.s.sent.close()
         self.site = None
         if self.homeserver is not None:
             await self.homeserver.close()
@@ -473,13 +489,14 @@ class ProxyServer:
         (a device that floods requests must not flood the log, and a log line per
         reading costs measurable CPU at load)."""
         route = "-"
-        method = "-"
+        method: object = "-"
         if request is not None:
-            method = str(request.code)
+            method = request.code
             path = request.opt.uri_path
             # The route id only: parameters may be room or transaction ids.
             route = path[0] if path else "/"
-        self.answers.count(addr.device, method, route, str(response.code), rx, tx)
+        # Codes as they are: formatted once per summary, not once per answer.
+        self.answers.count(addr.device, method, route, response.code, rx, tx)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %s -> %s (%d B in, %d B out)", addr.device, method, route, response.code, rx, tx)
 
@@ -496,10 +513,10 @@ class AnswerLog:
     MAX_KEYS = 40
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, str, str, str], list[int]] = {}
+        self._counts: dict[tuple[str, object, str, object], list[int]] = {}
         self._others = 0
 
-    def count(self, device: str, method: str, route: str, code: str, rx: int, tx: int) -> None:
+    def count(self, device: str, method: object, route: str, code: object, rx: int, tx: int) -> None:
         key = (device, method, route, code)
         entry = self._counts.get(key)
         if entry is None:
@@ -516,7 +533,7 @@ class AnswerLog:
             return None
         parts = [
             "%s %s %s -> %s x%d (%d B in, %d B out)" % (d, m, r, c, n, rx, tx)
-            for (d, m, r, c), (n, rx, tx) in sorted(self._counts.items())
+            for (d, m, r, c), (n, rx, tx) in sorted(self._counts.items(), key=lambda kv: str(kv[0]))
         ]
         if self._others:
             parts.append("%d more" % self._others)
@@ -553,13 +570,20 @@ def listen_error(settings: ProxySettings, exc: OSError, config_path: str | Path 
     # The UDP socket is bound first; if it binds now, the appservice listener failed.
     if settings.port and _bind_fails(socket.SOCK_DGRAM, settings.bind, settings.port, exc.errno):
         return "cannot listen on udp %s:%d: %s (set [proxy] %s%s)" % (
-            settings.bind, settings.port, why, key, where
+            settings.bind,
+            settings.port,
+            why,
+            key,
+            where,
         )
     if settings.metrics is not None and settings.metrics.enabled:
         host, port = settings.metrics.host, settings.metrics.port
         if port and _bind_fails(socket.SOCK_STREAM, host, port, exc.errno):
             return "cannot listen on tcp %s:%d for metrics: %s (set [metrics] listen%s)" % (
-                host, port, why, where
+                host,
+                port,
+                why,
+                where,
             )
     if settings.appservice_listen is not None:
         host, port = settings.appservice_listen
@@ -586,11 +610,20 @@ async def _run(settings: ProxySettings, config_path: str | Path | None = None) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: report_longest(server.registry))
     # Everything loaded so far (modules, tables) lives as long as the process:
     # keep it out of the collector's full passes, which otherwise pause the
     # loop for tens of milliseconds.
     gc.collect()
     gc.freeze()
+    # After a freeze CPython counts no long-lived objects, so every 10th
+    # middle-generation pass became a full one (each 15-30 ms with thousands of
+    # sessions, measured; at load a few per second, each one delaying every
+    # reading in flight). Full passes now come 100 times less often; young
+    # objects are collected as before, and a session's cycles go at the next
+    # full pass.
+    threshold0, threshold1, _ = gc.get_threshold()
+    gc.set_threshold(threshold0, threshold1, GC_FULL_EVERY)
     registry = server.registry
     if registry is not None:
         # From here on: registry calls while serving (start-up reads all devices once).
@@ -599,18 +632,34 @@ async def _run(settings: ProxySettings, config_path: str | Path | None = None) -
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+        # The longest the event loop waited for one registry call while serving;
+        # the stop (saving every session, after the socket is closed) is timed apart.
+        took, op = registry.longest if registry is not None else (0.0, "")
+        stopping = time.perf_counter()
         saved = await server.stop(save_sessions=True)
-    # For whoever started the proxy (bench/proxy_load.py reads it): the longest
-    # the event loop waited for one registry call.
-    took, op = registry.longest if registry is not None else (0.0, "")
+        stopping = time.perf_counter() - stopping
+    # For whoever started the proxy (bench/proxy_load.py reads it).
     print(
-        "lowbw proxy stopped (%d session(s) saved; longest registry call %.2f ms: %s)"
-        % (saved, took * 1000, op or "-"),
+        "lowbw proxy stopped (%d session(s) saved, stop took %.1f ms; longest registry call %.2f ms: %s)"
+        % (saved, stopping * 1000, took * 1000, op or "-"),
         flush=True,
     )
     return 0
+
+
+def report_longest(registry: Registry | None) -> None:
+    """SIGUSR1: print the longest registry call the loop made since the start or
+    the last SIGUSR1, and start again (bench/proxy_load.py times phases with it)."""
+    if registry is None:
+        return
+    took, op = registry.longest
+    registry.longest = (0.0, "")
+    print(
+        "lowbw proxy: longest registry call %.2f ms: %s (since the last report)" % (took * 1000, op or "-"),
+        flush=True,
+    )
 
 
 def fast_paths_wanted() -> bool:
@@ -619,10 +668,10 @@ def fast_paths_wanted() -> bool:
 
 
 def loop_factory(fast_paths: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (a Linux dependency of lowbw: it
-    roughly halves the CPU per reading, docs/proxy.md, Load); asyncio's otherwise,
-    and with ``fast_paths`` off."""
-    if not fast_paths:
+    """uvloop's event loop where it is installed (a Linux dependency of lowbw;
+    docs/proxy.md, Load, has what it saves); asyncio's otherwise, with ``fast_paths``
+    off, and with ``LOWBW_PROXY_UVLOOP=0`` (to measure uvloop alone)."""
+    if not fast_paths or os.environ.get("LOWBW_PROXY_UVLOOP", "1").strip() == "0":
         return None
     try:
         import uvloop

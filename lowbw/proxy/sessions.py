@@ -33,6 +33,14 @@ Who gets in (everything else gets no answer at all):
 Session ids are 16-bit, random and unused. One session per device: a new
 handshake replaces the device's old session.
 
+Compact link profile (docs/PROTOCOL.md): a device enrolled ``compact`` opens
+its session with Noise KK. Its message 1 names the device by a 2-byte key id
+(``handshake.key_id``) in clear; the proxy tries the KK handshake with each
+enrolled compact device of that id (a few at most), so a forged KK1 costs one
+X25519 per candidate after the guard's budgets, like an IK1. Compact sessions
+get ids below 0x80 while there are free ones (one byte on the air), else
+below 0x8000, and carry ``CAP_COMPACT`` in their caps.
+
 Counter epochs (``lowbw.wire.handshake``, CAP_EPOCH): an authenticated
 handshake that announces an epoch other than the device's recorded one means
 the device lost its store and counts its messages from 0 again. The epoch is
@@ -45,8 +53,9 @@ epoch from message 3) and records the epoch once message 3 authenticates.
 
 Saved sessions (graceful stop): one opaque blob per session, CBOR
 ``[1, sid, caps, send_key, recv_key, next_send, recv_top, recv_mask, unheard,
-host, port]``: exactly ``frames.Session.export_state`` plus the caps and the
-last UDP address. ``restore`` reads them back at start (the registry deletes
+host, port, mid]``: exactly ``frames.Session.export_state`` plus the caps and the
+last UDP address (``mid``, the compact rules' Message ID base, may be missing:
+-1). ``restore`` reads them back at start (the registry deletes
 them as it hands them out, so a state is never restored twice).
 """
 
@@ -75,6 +84,10 @@ log = logging.getLogger("lowbw.proxy.sessions")
 XX_TIMEOUT = 120.0
 # caps, and a handshake number of at least one byte, after the fixed part.
 IK1_MIN_LEN = 1 + noise_ik.IK1_FIXED + 2
+KK1_MIN_LEN = 1 + handshake.KID_LEN + noise_ik.KK1_FIXED + 2
+# KK message 1 names at most this many candidate devices by one key id (the
+# id is 16 bits of a hash; more would make a forged KK1 costlier than an IK1).
+KK_CANDIDATES = 4
 # No handshake carries more than a request that fits the largest datagram.
 MAX_HANDSHAKE_LEN = 65507
 
@@ -116,7 +129,7 @@ _GUARD_OUTCOMES = {
     HandshakeGuard.OVER_GLOBAL: HS_OVER_GLOBAL,
     HandshakeGuard.REPLAY: HS_REPLAY,
 }
-_KIND_NAMES = {frames.HS_IK1: "ik", frames.HS_XX1: "xx1", frames.HS_XX3: "xx3"}
+_KIND_NAMES = {frames.HS_IK1: "ik", frames.HS_XX1: "xx1", frames.HS_XX3: "xx3", frames.HS_KK1: "kk"}
 
 
 STATE_VERSION = 1
@@ -133,14 +146,16 @@ def encode_state(addr: SessionAddress) -> bytes:
     """The saved form of an established session (module docstring)."""
     if addr.session is None:
         raise LowbwError("a pending handshake cannot be saved")
-    sid, _initiator, send_key, recv_key, next_send, top, mask, unheard = addr.session.export_state()
+    sid, _initiator, send_key, recv_key, next_send, top, mask, unheard, _c, _m = addr.session.export_state()
     host: str = ""
     port = 0
     if addr.sockaddr is not None:
         host, port = str(addr.sockaddr[0]), int(addr.sockaddr[1])
+    mid = addr.session.mid
     return bytes(
         cbor.dumps(
-            [STATE_VERSION, sid, addr.caps, send_key, recv_key, next_send, top, mask, unheard, host, port]
+            [STATE_VERSION, sid, addr.caps, send_key, recv_key, next_send, top, mask, unheard, host, port,
+             mid]
         )
     )
 
@@ -151,16 +166,18 @@ def decode_state(blob: bytes) -> tuple[frames.Session, int, Sockaddr | None]:
         obj = cbor.loads(blob)
     except LowbwError:
         raise DecodeError("saved session is not CBOR") from None
-    if not isinstance(obj, list) or len(obj) != 11 or obj[0] != STATE_VERSION:
+    if not isinstance(obj, list) or len(obj) not in (11, 12) or obj[0] != STATE_VERSION:
         raise DecodeError("saved session has an unknown layout")
-    _v, sid, caps, send_key, recv_key, next_send, top, mask, unheard, host, port = obj
-    ints = (sid, caps, next_send, top, mask, unheard, port)
+    _v, sid, caps, send_key, recv_key, next_send, top, mask, unheard, host, port = obj[:11]
+    mid = obj[11] if len(obj) == 12 else -1
+    ints = (sid, caps, next_send, top, mask, unheard, port, mid)
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ints):
         raise DecodeError("saved session field is not an integer")
     if not isinstance(send_key, bytes) or not isinstance(recv_key, bytes) or not isinstance(host, str):
         raise DecodeError("saved session keys are not bytes")
     try:
-        session = frames.Session(send_key, recv_key, sid, False, next_send, top, mask, unheard)
+        compact = bool(caps & handshake.CAP_COMPACT)
+        session = frames.Session(send_key, recv_key, sid, False, next_send, top, mask, unheard, compact, mid)
     except ValueError as exc:
         raise DecodeError("saved session is invalid: %s" % exc) from None
     sockaddr: Sockaddr | None = (host, port) if host and port else None
@@ -217,9 +234,14 @@ class SessionTable:
         self._timer: asyncio.TimerHandle | None = None
         self._next_summary = 0.0
         self.devices: dict[str, DeviceRecord] = {}
+        # Key id -> compact devices (KK message 1 names its device by it).
+        self._kids: dict[bytes, list[DeviceRecord]] = {}
         self._commands: dict[str, int] = {}
         self._tops: dict[str, int] = {}
         self._persisted_tops: dict[str, int] = {}
+        # Writes a message top later, off the loop: (device, top, its epoch)
+        # (lowbw.proxy.writebehind); None writes it at once.
+        self.persist_top: Callable[[str, int, int], None] | None = None
         self._epochs: dict[str, int] = {}
         self.transport: LowbwTransport | None = None
         # The devices' Matrix devices in encrypted rooms (lowbw.proxy.e2ee), when running.
@@ -246,6 +268,11 @@ class SessionTable:
         current = {rec.name: rec for rec in self.registry.devices() if not rec.revoked}
         gone = [name for name in self.devices if name not in current]
         self.devices = current
+        kids: dict[bytes, list[DeviceRecord]] = {}
+        for compact in current.values():
+            if compact.profile == "compact":
+                kids.setdefault(handshake.key_id(compact.public_key), []).append(compact)
+        self._kids = kids
         for name, addr in list(self.by_device.items()):
             rec = current.get(name)
             if rec is None:
@@ -366,7 +393,10 @@ class SessionTable:
             return
         self._tops[device] = n
         if n - self._persisted_tops.get(device, -1) >= MSG_TOP_PERSIST_EVERY:
-            self.registry.advance_msg_top(device, n)
+            if self.persist_top is not None:
+                self.persist_top(device, n, self.epoch(device))
+            else:
+                self.registry.advance_msg_top(device, n)
             self._persisted_tops[device] = n
 
     def epoch(self, device: str) -> int:
@@ -401,15 +431,30 @@ class SessionTable:
     def lookup(self, sid: int) -> SessionAddress | None:
         return self.by_sid.get(sid)
 
-    def _new_sid(self) -> int:
-        space = 1 << (16 - self.sid_node_bits)
-        base = self.sid_node << (16 - self.sid_node_bits)
-        if len(self.by_sid) + len(self._pending_xx) >= space:
+    def _new_sid(self, compact: bool = False) -> int:
+        """A free session id carrying this node's number in its top bits (``[cluster]``;
+        ``lowbw.proxy.cluster.sid_owner``). A compact session's id is one byte on
+        the air below 0x80 (``frames.sid_bytes``), else two (0x80..0x7FFF): the
+        node's number tops its 7 or 15 bits; one byte while that space has room."""
+        if len(self.by_sid) + len(self._pending_xx) >= 0x10000 >> self.sid_node_bits:
             raise LowbwError("session table full")
-        while True:
-            sid = base | secrets.randbelow(space)
-            if sid not in self.by_sid and sid not in self._pending_xx:
-                return sid
+        widths = (7, 15) if compact else (16,)
+        for width in widths:
+            space = 1 << (width - self.sid_node_bits)
+            base = self.sid_node << (width - self.sid_node_bits)
+            low = 0x80 if width == 15 else 0  # two-byte compact ids are at least 0x80
+            for _ in range(64):  # random probes: cheap while the space has room
+                sid = base | secrets.randbelow(space)
+                if sid >= low and sid not in self.by_sid and sid not in self._pending_xx:
+                    return sid
+            free = [
+                sid
+                for sid in range(max(base, low), base + space)
+                if sid not in self.by_sid and sid not in self._pending_xx
+            ]
+            if free:
+                return free[secrets.randbelow(len(free))]
+        raise LowbwError("session ids exhausted")
 
     def _add(self, addr: SessionAddress) -> None:
         old = self.by_device.get(addr.device)
@@ -443,11 +488,11 @@ class SessionTable:
 
     # -- handshakes ---------------------------------------------------------------
 
-    def _responder(self) -> Any:
+    def _responder(self, rs: bytes | None = None) -> Any:
         e = self._ephemeral() if self._ephemeral is not None else None
         if self.handshake_impl == "noiseprotocol":
-            return noise_ik.Responder(self._private_key, e_priv=e)
-        return handshake.Responder(self._private_key, e_priv=e)
+            return noise_ik.Responder(self._private_key, e_priv=e, rs=rs)
+        return handshake.Responder(self._private_key, e_priv=e, rs=rs)
 
     def handshake(self, datagram: bytes, sockaddr: Sockaddr) -> tuple[SessionAddress, bytes] | None:
         """A handshake datagram: maybe a new session and its 0-RTT request.
@@ -491,6 +536,9 @@ class SessionTable:
         if kind == frames.HS_IK1:
             if len(datagram) < IK1_MIN_LEN or len(datagram) > MAX_HANDSHAKE_LEN:
                 raise DecodeError("IK message 1 of impossible length")
+        elif kind == frames.HS_KK1:
+            if len(datagram) < KK1_MIN_LEN or len(datagram) > MAX_HANDSHAKE_LEN:
+                raise DecodeError("KK message 1 of impossible length")
         elif kind == frames.HS_XX1:
             if len(datagram) < handshake.XX1_MIN_LEN or len(datagram) > MAX_HANDSHAKE_LEN:
                 raise DecodeError("XX message 1 of impossible length")
@@ -503,7 +551,7 @@ class SessionTable:
         else:
             raise DecodeError("not a handshake a proxy receives")
         initiation = kind != frames.HS_XX3
-        ephemeral = bytes(datagram[1 : 1 + handshake.DH_LEN]) if initiation else b""
+        ephemeral = handshake.init_ephemeral(datagram) if initiation else b""
         now = time.monotonic()
         verdict = self.guard.admit(sockaddr, initiation, ephemeral, cookie, now)
         if verdict != HandshakeGuard.PASS:
@@ -532,14 +580,31 @@ class SessionTable:
             self.rejects.count("handshake from an unknown key", key_tag(device_pub))
         return AuthError("static key not enrolled (or revoked)")
 
+    def _read_kk(self, datagram: bytes) -> tuple[Any, bytes, int, bytes]:
+        """KK message 1: the responder of the compact device its key id names
+        whose handshake authenticates (AuthError if none)."""
+        kid = bytes(datagram[1 : 1 + handshake.KID_LEN])
+        for rec in self._kids.get(kid, [])[:KK_CANDIDATES]:
+            responder = self._responder(rec.public_key)
+            try:
+                device_pub, offered, request = responder.read_init(datagram)
+            except AuthError:
+                continue
+            return responder, device_pub, offered, request
+        raise AuthError("KK message 1 for no enrolled compact device")
+
     def _initiation(self, datagram: bytes, sockaddr: Sockaddr) -> tuple[SessionAddress, bytes] | None:
-        responder = self._responder()
         try:
-            device_pub, offered, request = responder.read_init(datagram)
+            if datagram[0] == frames.HS_KK1:
+                responder, device_pub, offered, request = self._read_kk(datagram)
+            else:
+                responder = self._responder()
+                device_pub, offered, request = responder.read_init(datagram)
         except AuthError:
             self.rejects.count("handshake that did not authenticate")
             raise
-        caps = handshake.negotiate_caps(offered)
+        compact = datagram[0] == frames.HS_KK1
+        caps = handshake.negotiate_caps(offered) | (handshake.CAP_COMPACT if compact else 0)
         if device_pub is None:
             # XX message 1 is not authenticated: the epoch comes in message 3.
             self._xx_start(responder, caps | (offered & handshake.CAP_EPOCH), datagram, sockaddr)
@@ -558,12 +623,15 @@ class SessionTable:
         if epoch is not None:
             self.set_epoch(rec.name, epoch)
             caps |= handshake.CAP_EPOCH
-        addr = SessionAddress(self._new_sid(), None, rec.name, caps, sockaddr, self.tuning, pending=responder)
+        addr = SessionAddress(
+            self._new_sid(compact), None, rec.name, caps, sockaddr, self.tuning, pending=responder
+        )
         if floor is not None:
             self._floors[addr.sid] = floor
         self._add(addr)
         # Accepted handshakes only (budgets bound them): forged ones never get here.
-        log.info("%s: IK handshake, session %04x (caps 0x%02x)", rec.name, addr.sid, caps)
+        pattern = "KK" if compact else "IK"
+        log.info("%s: %s handshake, session %04x (caps 0x%02x)", rec.name, pattern, addr.sid, caps)
         loop = asyncio.get_running_loop()
         addr.pending_timer = loop.call_later(
             self.tuning.EMPTY_ACK_DELAY + PENDING_GRACE, self._answer_pending, addr

@@ -10,9 +10,15 @@ module puts one UDP socket and the lowbw frame layer (``lowbw.wire.frames``):
   address. The UDP address a response goes to is updated ("roaming") only after
   a frame from the device authenticated with a counter newer than any before
   it, so a replayed or delayed frame cannot divert the answers.
-* transport frames are opened here (``frames.Session.open``); anything that
-  fails (unknown session id, bad tag, replayed counter, garbage) is dropped
-  without an answer and counted in ``stats``.
+* transport frames are opened here (``frames.open_up``, which also expands
+  the compact profile's CoAP header rules; answers go out through
+  ``frames.seal_down``); anything that fails (unknown session id, bad tag,
+  replayed counter, garbage) is dropped without an answer and counted in
+  ``stats``. A compact session (8-byte tags) also limits forgeries: at most
+  ``FORGERY_BURST`` failed frames, then one per ``FORGERY_EVERY`` seconds,
+  are tried at all (the rest are dropped unopened, ``forgery_rate``), and
+  after ``frames.FORGERY_LIMIT`` failed tag checks the session opens nothing
+  more (``forgery_limit``): the device handshakes again, with new keys.
 * handshake datagrams go to a ``FrameHandler`` (``lowbw.proxy.sessions``), which
   may hand back a new session and the 0-RTT request it carried. Until the
   first answer to that request is sent the session is *pending*: the answer is
@@ -67,7 +73,7 @@ from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
 
 from lowbw.wire import frames
-from lowbw.wire.errors import AuthError, LowbwError, ReplayError
+from lowbw.wire.errors import AuthError, LowbwError, RekeyRequired, ReplayError
 
 log = logging.getLogger("lowbw.proxy.transport")
 
@@ -83,6 +89,9 @@ COAP_OVERHEAD = 24
 DEDUP_PER_SESSION = 8
 DEDUP_SWEEP = 30.0
 RECEIVE_BUFFER = 4 * 1024 * 1024
+# Compact sessions: failed frames tried per session, as a token bucket.
+FORGERY_BURST = 16
+FORGERY_EVERY = 10.0
 
 Sockaddr = tuple[Any, ...]
 
@@ -120,6 +129,7 @@ class LinkTuning(TransportTuning):
         if link_bps <= 0:
             raise ValueError("link_bps must be positive")
         self.link_bps = float(link_bps)
+        self.mtu = mtu  # the radio's, 0 if unknown (client sessions size single answers by it)
         self.block_szx = block_szx_for(link_bps, mtu)
         frame = (1 << (self.block_szx + 4)) + COAP_OVERHEAD + FRAME_OVERHEAD
         airtime = frame * 8 / self.link_bps
@@ -307,6 +317,8 @@ DROP_COAP = "coap_unparsable"
 DROP_HANDSHAKE = "handshake_rejected"
 DROP_INTERNAL = "internal"
 DROP_ZERO_RTT_REPEAT = "zero_rtt_repeat"
+DROP_FORGERY_RATE = "forgery_rate"
+DROP_FORGERY_LIMIT = "forgery_limit"
 DROP_REASONS = (
     DROP_AUTH,
     DROP_REPLAY,
@@ -316,6 +328,8 @@ DROP_REASONS = (
     DROP_HANDSHAKE,
     DROP_INTERNAL,
     DROP_ZERO_RTT_REPEAT,
+    DROP_FORGERY_RATE,
+    DROP_FORGERY_LIMIT,
 )
 
 
@@ -483,6 +497,8 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self.fast_path: FastPath | None = None
         # session -> its fast requests in the works (only sessions that have some).
         self._fast_tasks: dict[SessionAddress, set[asyncio.Task[None]]] = {}
+        # compact session -> [failed frames it may still have tried, when counted]
+        self._forgery: dict[SessionAddress, list[float]] = {}
 
     @classmethod
     async def create(
@@ -538,7 +554,7 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         try:
             self.handler.poll_changes()
             kind = frames.kind_of(data)
-            if kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
+            if kind == frames.KIND_SHORT or kind == frames.KIND_LONG or kind == frames.KIND_COMPACT:
                 transport_frame = True
                 found = self._open(data, sockaddr)
             else:
@@ -632,8 +648,13 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         response.token = request.token
         response.remote = addr
         response.request = request
-        mman._store_response_for_duplicates(response)
         self.send(response)
+        # Kept for a retransmission of the request without the request itself:
+        # the stored answers of every session outlive a few young-generation
+        # collections, and each object they hold is scanned again (the GC's
+        # middle-generation passes were the largest pauses at load).
+        response.request = None
+        mman._store_response_for_duplicates(response)
 
     def fast_in_flight(self) -> int:
         """Fast requests in the works (tests)."""
@@ -668,8 +689,19 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
             return None
         session = addr.session
         top = session.window.top
+        bucket = None
+        if session.compact:
+            now = time.monotonic()
+            bucket = self._forgery.get(addr)
+            if bucket is None:
+                bucket = self._forgery[addr] = [float(FORGERY_BURST), now]
+            bucket[0] = min(float(FORGERY_BURST), bucket[0] + (now - bucket[1]) / FORGERY_EVERY)
+            bucket[1] = now
+            if bucket[0] < 1.0:
+                self.stats.drop(DROP_FORGERY_RATE)
+                return None
         try:
-            plaintext = session.open(data)
+            plaintext = frames.open_up(session, data)
         except ReplayError:
             self.stats.drop(DROP_REPLAY)
             return None
@@ -678,6 +710,11 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
             self.stats.drop(DROP_AUTH)
             failures = self.stats.auth_failures
             failures[addr.device] = failures.get(addr.device, 0) + 1
+            if bucket is not None:
+                bucket[0] -= 1.0
+            return None
+        except RekeyRequired:
+            self.stats.drop(DROP_FORGERY_LIMIT)
             return None
         # Roam only on a frame newer than everything before it: a delayed or
         # replayed older frame (even a genuine one) must not divert answers.
@@ -740,7 +777,7 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
             return
         else:
             try:
-                dgram = addr.session.seal(plaintext)
+                dgram = frames.seal_down(addr.session, plaintext)
             except LowbwError as exc:
                 # Counter exhausted: the device re-handshakes.
                 log.warning("%s: cannot seal (%s)", addr.device, type(exc).__name__)
@@ -781,6 +818,7 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         if addr.pending_timer is not None:
             addr.pending_timer.cancel()
             addr.pending_timer = None
+        self._forgery.pop(addr, None)
         if self._mman is not None:
             self._mman.forget_remote(addr)
         # Its fast requests end unanswered, as forget_remote ends aiocoap's.

@@ -366,7 +366,24 @@ def pure_aead_encrypt(key32, n, ad, plaintext):
 
 def pure_aead_decrypt(key32, n, ad, ciphertext):
     """Noise DECRYPT(k, n, ad, ciphertext), plain Python; AuthError on failure."""
-    return aead_decrypt_rfc(key32, noise_nonce(n), ad, ciphertext)
+    return aead_open(key32, n, ad, ciphertext, 16, pure_aead_encrypt)
+
+
+def aead_open(key32, n, ad, body, taglen=16, enc=None):
+    """DECRYPT with the tag cut to its first ``taglen`` bytes (16: Noise; 8:
+    the compact link profile, docs/PROTOCOL.md), by way of ENCRYPT (``enc``,
+    default ``aead_encrypt``): ChaCha20's keystream does not depend on the
+    associated data, so encrypting the ciphertext gives the plaintext back,
+    and encrypting that gives the full tag to compare. AuthError on failure."""
+    m = len(body) - taglen
+    if m < 0:
+        raise AuthError("ciphertext shorter than its tag")
+    if enc is None:
+        enc = aead_encrypt
+    pt = enc(key32, n, b"", body[:m])[:m]
+    if not ct_equal(enc(key32, n, ad, pt)[m:m + taglen], body[m:]):
+        raise AuthError("bad AEAD tag")
+    return pt
 
 
 # ---------------------------------------------------------- SHA-256, HMAC, HKDF

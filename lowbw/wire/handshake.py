@@ -59,9 +59,9 @@ its address can present one; it costs no state at the proxy.
 This module is sans-I/O and shared with MicroPython.
 """
 
-from lowbw.wire import frames
+from lowbw.wire import crypto, frames
 from lowbw.wire._compat import const
-from lowbw.wire.errors import DecodeError, EncodeError, StateError
+from lowbw.wire.errors import AuthError, DecodeError, EncodeError, StateError
 from lowbw.wire.noise import HandshakeState
 
 CAPS_TABLE_MASK = const(0x0F)
@@ -69,6 +69,10 @@ CAP_DICT_V1 = const(0x10)
 CAP_EPOCH = const(0x20)
 # In the proxy's answer only: a handshake-number floor follows the caps byte.
 CAP_FLOOR = const(0x40)
+# The compact link profile (Noise KK, compact transport frames): set by the
+# device in KK message 1 and by the proxy in its answer.
+CAP_COMPACT = const(0x80)
+KID_LEN = const(2)
 # Flags negotiate_caps intersects. CAP_EPOCH is not one: it is answered per
 # handshake by whoever processed the epoch (see negotiate_caps).
 CAPS_KNOWN_FLAGS = const(0x10)
@@ -160,8 +164,8 @@ def split_cookied(datagram):
     if len(datagram) < 2 + frames.COOKIE_LEN or datagram[0] != frames.HS_COOKIED:
         raise DecodeError("not a handshake with a cookie")
     inner = datagram[1 + frames.COOKIE_LEN:]
-    if inner[0] != frames.HS_IK1 and inner[0] != frames.HS_XX1:
-        raise DecodeError("a cookie rides only on IK or XX message 1")
+    if inner[0] != frames.HS_IK1 and inner[0] != frames.HS_XX1 and inner[0] != frames.HS_KK1:
+        raise DecodeError("a cookie rides only on IK, XX or KK message 1")
     return bytes(datagram[1:1 + frames.COOKIE_LEN]), bytes(inner)
 
 
@@ -201,11 +205,38 @@ def _epoch_bytes(epoch):
 
 
 def answer_head(sid, caps, floor=None):
-    """sid(2) | caps(1) | [floor]: the start of IK/XX message 2's payload."""
+    """sid | caps(1) | [floor]: the start of IK/XX/KK message 2's payload; the
+    sid is 2 bytes, or 1..2 (``frames.sid_bytes``) with CAP_COMPACT."""
     caps &= ~CAP_FLOOR
+    head = frames.sid_bytes(sid) if caps & CAP_COMPACT else bytes([sid >> 8, sid & 0xFF])
     if floor is None:
-        return bytes([sid >> 8, sid & 0xFF, caps])
-    return bytes([sid >> 8, sid & 0xFF, caps | CAP_FLOOR]) + encode_uint(floor)
+        return head + bytes([caps])
+    return head + bytes([caps | CAP_FLOOR]) + encode_uint(floor)
+
+
+def key_id(static_pub):
+    """The 2-byte key id a KK message 1 names its device by: SHA-256 of the
+    device's static public key, first 2 bytes (not secret, not unique)."""
+    return crypto.sha256(bytes(static_pub))[:KID_LEN]
+
+
+def kk_request(rest):
+    """``(coap request, mid)`` of a KK message 1's request field (after the
+    handshake number): empty, or a rule byte and its residue (2-byte MID)."""
+    if not rest:
+        return b"", -1
+    request, mid = frames.expand_up(rest[0], rest[1:], None)
+    if mid is None:
+        mid = (request[2] << 8) | request[3] if len(request) >= 4 else -1
+    return request, mid
+
+
+def kk_response(response):
+    """A KK message 2's response field: empty, or rule byte + residue."""
+    if not response:
+        return b""
+    rule, residue, _ad = frames.compress_down(response)
+    return bytes([rule]) + residue
 
 
 def _split_session(hs, sid, initiator):
@@ -216,48 +247,99 @@ def _split_session(hs, sid, initiator):
 class Initiator:
     """Device side of the handshake.
 
-    ``Initiator(s_priv, proxy_pub)`` starts IK; ``Initiator(s_priv, None)``
-    starts XX. ``start(request)`` returns the first datagram, ``finish(dgram)``
-    reads the proxy's answer and returns ``(session, caps, response)``; for XX,
-    ``finish`` returns the third datagram to send instead of a response:
-    ``(session, caps, xx3_datagram)``.
+    ``Initiator(s_priv, proxy_pub)`` starts IK, with ``compact=True`` KK (the
+    compact link profile); ``Pairing(s_priv)`` starts XX. ``start(request)``
+    returns the first datagram, ``finish(dgram)`` reads the proxy's answer and
+    returns ``(session, caps, response)``.
 
     ``epoch`` (an int, 0..2**32-1) announces the device's counter epoch
     (module docstring); it sets CAP_EPOCH in the offered caps. The proxy took
-    it if the answer's caps have CAP_EPOCH (for XX, that only says it will read
-    it from message 3).
+    it if the answer's caps have CAP_EPOCH.
 
-    ``hsn`` is the handshake number IK message 1 carries (module docstring):
+    ``hsn`` is the handshake number IK/KK message 1 carries (module docstring):
     a device passes the next one from its store; None takes ``clock_hsn()``.
     After ``finish``, ``floor`` is the number the proxy asked the device to
     continue above (CAP_FLOOR), else None.
     """
 
+    pattern = "IK"
+
     def __init__(self, s_priv, proxy_pub=None, caps=DEFAULT_CAPS, e_priv=None, random=None, epoch=None,
-                 hsn=None):
-        self.pattern = "IK" if proxy_pub is not None else "XX"
+                 hsn=None, compact=False):
+        if compact:
+            self.pattern = "KK"
+            caps |= CAP_COMPACT
         self._epoch = _epoch_bytes(epoch)
         self.epoch = epoch
-        self.hsn = None
-        self._hsn = b""
-        if self.pattern == "IK":
-            self.hsn = clock_hsn() if hsn is None else hsn
-            self._hsn = encode_uint(self.hsn)
+        self.mid = -1
+        # (A pairing has one too, never sent: XX message 1 is not authenticated.)
+        self.hsn = clock_hsn() if hsn is None else hsn
+        self._hsn = encode_uint(self.hsn)
         self.floor = None
         # The bit says what follows the caps byte, so it follows ``epoch``, never the caller.
         self.caps = (caps | CAP_EPOCH) if epoch is not None else (caps & ~CAP_EPOCH)
         self.hs = HandshakeState(self.pattern, True, s_priv, rs=proxy_pub, prologue=frames.PROLOGUE,
                                  e_priv=e_priv, random=random)
         self.state = 0
+
+    def start(self, request=b""):
+        if self.state != 0:
+            raise StateError("handshake already started")
+        self.state = 1
+        head = bytes([self.caps]) + self._epoch + self._hsn
+        if self.pattern == "IK":
+            return bytes([frames.HS_IK1]) + self.hs.write_message(head + request)
+        # KK: the request compressed (frames.compress_up, both Message ID bytes).
+        if request:
+            self.mid = (request[2] << 8) | request[3]
+            rule, residue = frames.compress_up(request, True)
+            head += bytes([rule]) + residue
+        return bytes([frames.HS_KK1]) + crypto.sha256(self.hs.s_pub)[:KID_LEN] + self.hs.write_message(head)
+
+    def finish(self, datagram):
+        if self.state != 1:
+            raise StateError("no handshake in flight")
+        kk = self.pattern == "KK"
+        want = frames.HS_KK2 if kk else frames.HS_IK2
+        if not datagram or datagram[0] != want:
+            raise DecodeError("expected handshake answer 0x%02x" % want)
+        payload = self.hs.read_message(bytes(datagram[1:]))
+        # sid: 2 bytes; KK: 1 below 0x80, else 2 with the top bit set.
+        pos = (1 + (payload[0] >> 7)) if kk and payload else 2
+        if len(payload) <= pos:
+            raise DecodeError("handshake answer payload too short")
+        sid = int.from_bytes(payload[:pos], "big") & (0x7FFF if kk else 0xFFFF)
+        caps = payload[pos]
+        rest = payload[pos + 1:]
+        if caps & CAP_FLOOR:
+            self.floor, rest = split_uint(rest)
+            caps &= ~CAP_FLOOR
+        if kk and rest:
+            rest = frames.expand_down(rest[0], rest[1:], self.mid)
+        self.state = 2
+        c_send, c_recv = self.hs.split()
+        return frames.Session(c_send.k, c_recv.k, sid, True, 0, -1, 0, 0, kk, self.mid), caps, bytes(rest)
+
+    def remote_static(self):
+        return self.hs.remote_static()
+
+
+class Pairing(Initiator):
+    """Device side of an XX pairing (the device does not hold the proxy key yet):
+    ``start(request)`` gives XX message 1 (the request waits for message 3),
+    ``finish(xx2)`` returns ``(session, caps, xx3_datagram)``. With ``epoch``
+    the answer's CAP_EPOCH only says the proxy will read it from message 3."""
+
+    pattern = "XX"
+
+    def __init__(self, s_priv, caps=DEFAULT_CAPS, e_priv=None, random=None, epoch=None):
+        Initiator.__init__(self, s_priv, None, caps, e_priv, random, epoch)
         self.request = b""
 
     def start(self, request=b""):
         if self.state != 0:
             raise StateError("handshake already started")
         self.state = 1
-        if self.pattern == "IK":
-            return bytes([frames.HS_IK1]) + self.hs.write_message(
-                bytes([self.caps]) + self._epoch + self._hsn + request)
         # XX message 1 is plaintext: no request may ride on it.
         self.request = request
         pad = XX1_MIN_LEN - 1 - DH_LEN - 1
@@ -266,27 +348,16 @@ class Initiator:
     def finish(self, datagram):
         if self.state != 1:
             raise StateError("no handshake in flight")
-        want = frames.HS_IK2 if self.pattern == "IK" else frames.HS_XX2
-        if not datagram or datagram[0] != want:
-            raise DecodeError("expected handshake answer 0x%02x" % want)
+        if not datagram or datagram[0] != frames.HS_XX2:
+            raise DecodeError("expected handshake answer 0x%02x" % frames.HS_XX2)
         payload = self.hs.read_message(bytes(datagram[1:]))
         if len(payload) < 3:
             raise DecodeError("handshake answer payload too short")
         sid = (payload[0] << 8) | payload[1]
-        caps = payload[2]
         self.state = 2
-        if self.pattern == "IK":
-            rest = payload[3:]
-            if caps & CAP_FLOOR:
-                self.floor, rest = split_uint(rest)
-                caps &= ~CAP_FLOOR
-            return _split_session(self.hs, sid, True), caps, bytes(rest)
         msg3 = self.hs.write_message(self._epoch + self.request)
         xx3 = bytes([frames.HS_XX3, sid >> 8, sid & 0xFF]) + msg3
-        return _split_session(self.hs, sid, True), caps, xx3
-
-    def remote_static(self):
-        return self.hs.remote_static()
+        return _split_session(self.hs, sid, True), payload[2], xx3
 
 
 class Responder:
@@ -307,10 +378,12 @@ class Responder:
     passes ``floor`` to ``respond`` when the device must count above it.
     """
 
-    def __init__(self, s_priv, e_priv=None, random=None):
+    def __init__(self, s_priv, e_priv=None, random=None, rs=None):
         self.s_priv = s_priv
         self.e_priv = e_priv
         self.random = random
+        self.rs = rs
+        self.mid = -1
         self.hs = None
         self.pattern = None
         self.sid = None
@@ -324,8 +397,14 @@ class Responder:
         if not datagram:
             raise DecodeError("empty datagram")
         kind = datagram[0]
+        msg = datagram[1:]
         if kind == frames.HS_IK1:
             self.pattern = "IK"
+        elif kind == frames.HS_KK1:
+            if self.rs is None:
+                raise AuthError("KK message 1 for no known device key")
+            self.pattern = "KK"
+            msg = datagram[1 + KID_LEN:]
         elif kind == frames.HS_XX1:
             if len(datagram) < XX1_MIN_LEN:
                 raise DecodeError("XX message 1 shorter than its padding rule")
@@ -333,11 +412,16 @@ class Responder:
         else:
             raise DecodeError("not a handshake initiation")
         self.hs = HandshakeState(self.pattern, False, self.s_priv, prologue=frames.PROLOGUE,
-                                 e_priv=self.e_priv, random=self.random)
-        payload = self.hs.read_message(bytes(datagram[1:]))
+                                 e_priv=self.e_priv, random=self.random,
+                                 rs=self.rs if self.pattern == "KK" else None)
+        payload = self.hs.read_message(bytes(msg))
         if len(payload) < 1:
             raise DecodeError("handshake payload lacks caps")
         self.offered = payload[0]
+        if self.pattern == "KK":
+            self.epoch, self.hsn, rest = split_init_payload(self.offered, payload[1:])
+            request, self.mid = kk_request(rest)
+            return self.hs.remote_static(), self.offered, request
         if self.pattern == "IK":
             self.epoch, self.hsn, request = split_init_payload(self.offered, payload[1:])
             return self.hs.remote_static(), self.offered, bytes(request)
@@ -347,6 +431,11 @@ class Responder:
         if self.hs is None or self.sid is not None:
             raise StateError("respond() needs exactly one read_init() first")
         self.sid = sid
+        if self.pattern == "KK":
+            head = answer_head(sid, caps | CAP_COMPACT, floor)
+            dgram = bytes([frames.HS_KK2]) + self.hs.write_message(head + kk_response(response))
+            c_send, c_recv = self.hs.split()
+            return dgram, frames.Session(c_send.k, c_recv.k, sid, False, compact=True, mid=self.mid)
         head = answer_head(sid, caps, floor)
         if self.pattern == "IK":
             dgram = bytes([frames.HS_IK2]) + self.hs.write_message(head + response)
@@ -368,8 +457,9 @@ class Responder:
 
 
 def init_ephemeral(datagram):
-    """The initiator's ephemeral public key in an IK1/XX1 datagram (for the
+    """The initiator's ephemeral public key in an IK1/XX1/KK1 datagram (for the
     proxy's replay cache: a repeated ephemeral is a replayed handshake)."""
-    if len(datagram) < 1 + DH_LEN:
+    pos = 1 + KID_LEN if datagram and datagram[0] == frames.HS_KK1 else 1
+    if len(datagram) < pos + DH_LEN:
         raise DecodeError("handshake too short")
-    return bytes(datagram[1:1 + DH_LEN])
+    return bytes(datagram[pos:pos + DH_LEN])

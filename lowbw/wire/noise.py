@@ -66,9 +66,13 @@ _MAX_NONCE = (1 << 64) - 1
 
 # pattern name -> (initiator pre-message, responder pre-message, messages);
 # messages alternate initiator -> responder, responder -> initiator, ...
+_S = ("s",)
+_M2 = ("e", "ee", "se")
 PATTERNS = {
-    "IK": ((), ("s",), (("e", "es", "s", "ss"), ("e", "ee", "se"))),
+    "IK": ((), _S, (("e", "es", "s", "ss"), _M2)),
     "XX": ((), (), (("e",), ("e", "ee", "s", "es"), ("s", "se"))),
+    # Compact profile: both static keys known beforehand (standard Noise KK).
+    "KK": (_S, _S, (("e", "es", "ss"), _M2)),
 }
 
 SUITE = "25519_ChaChaPoly_SHA256"

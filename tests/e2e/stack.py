@@ -181,14 +181,20 @@ class Env:
     # -- per scenario -----------------------------------------------------------
 
     def enroll(
-        self, label: str, schema: str = "climate=temperature:°C:1,humidity:%:0", encrypted: bool = False
+        self,
+        label: str,
+        schema: str = "climate=temperature:°C:1,humidity:%:0",
+        encrypted: bool = False,
+        profile: str | None = None,
     ) -> Device:
-        """``lowbw device enroll NAME --room new --invite USER [--unencrypted]``; the user joins the room."""
+        """``lowbw device enroll NAME --room new --invite USER [--unencrypted] [--profile P]``; the
+        user joins the room. The proxy's link is 100 bit/s: the compact profile unless ``profile``."""
         assert self.config_path is not None
         name = "e2e-%s-%s" % (label, secrets.token_hex(2))
         with self._enroll_lock:  # one registry writer at a time
             config = demo.enroll(
-                self.config_path, name, schema=[schema], invite=[self.user_id], encrypted=encrypted
+                self.config_path, name, schema=[schema], invite=[self.user_id], encrypted=encrypted,
+                profile=profile,
             )
         demo.join_room(self.hs_url, self.token, config["room_id"])
         d = self.workdir / name

@@ -9,9 +9,12 @@ run side by side (tests/e2e/stack.py); each test asserts on the evidence its
 scenario gathered.
 
 What a device logs (firmware/app.py, lowbw/device/client.py) and what the
-proxy logs (lowbw/proxy) are part of the evidence: "-> IK" / "-> frame" for
-each transmission, "<- 2.04 for #N v" for each answer, the proxy's
-"NAME: IK handshake" for each handshake it accepted.
+proxy logs (lowbw/proxy) are part of the evidence: "-> KK" (or "-> IK", the
+standard profile) / "-> frame" for each transmission, "<- 2.04 for #N v" for
+each answer, the proxy's "NAME: KK handshake" for each handshake it accepted.
+Devices are enrolled for the proxy's 100 bit/s link, so they get the compact
+link profile (docs/PROTOCOL.md); the "standard" scenario runs the standard
+one (Noise IK, 16-byte tags) the same way.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def handshakes_at_proxy(self) -> int:
-        return sum(1 for line in self.proxy_lines if "%s: IK handshake" % self.dev.name in line)
+        pattern = r"%s: (IK|KK) handshake" % re.escape(self.dev.name)
+        return sum(1 for line in self.proxy_lines if re.search(pattern, line))
 
 
 def finish(env: Env, dev: Device, relay: Any, runs: list[Any], **extra: Any) -> Outcome:
@@ -95,6 +99,15 @@ def run_delivery(env: Env) -> Outcome:
     return finish(env, dev, relay, [fw])
 
 
+@scenario("standard")
+def run_standard(env: Env) -> Outcome:
+    dev = env.enroll("std", profile="standard")
+    relay = env.relay(dev)
+    fw = env.firmware(dev, relay, cycles=3, interval=6, seed=29)
+    wait_exit(fw)
+    return finish(env, dev, relay, [fw])
+
+
 @scenario("lossy")
 def run_lossy(env: Env) -> Outcome:
     dev = env.enroll("lossy")
@@ -116,9 +129,10 @@ def run_restart(env: Env) -> Outcome:
     i, _ = first.wait_for(r"<- 2\.04 for #\d+ v", LIMIT)
     i, _ = first.wait_for(r"<- 2\.04 for #\d+ v", LIMIT, start=i + 1)
     _, m = first.wait_for(r"-> frame #(\d+) v", LIMIT, start=i + 1)
-    # 34 B up take 2.7 s on air: by now the proxy has the reading and its 2.04
-    # (1.7 s of airtime) is still on the way. The device dies without it.
-    time.sleep(3.0)
+    # 19 B up (the compact profile) take 1.5 s on air: by now the proxy has the
+    # reading and its 9-byte 2.04 (0.7 s of airtime, after the homeserver's
+    # answer) is still on the way. The device dies without it.
+    time.sleep(1.9)
     first.kill()
     second = env.firmware(dev, relay, cycles=2, run=2)
     wait_exit(second)
@@ -155,7 +169,7 @@ def run_revoked(env: Env) -> Outcome:
     fw = env.firmware(dev, relay, cycles=1, interval=60, seed=19)
     # The first retransmission of the IK comes 26-39 s after the first try.
     i, _ = fw.wait_for(r"no answer to handshake", LIMIT)
-    fw.wait_for(r"-> IK #\d+ v \(\d+ B, try 2\)", LIMIT, start=i)
+    fw.wait_for(r"-> KK #\d+ v \(\d+ B, try 2\)", LIMIT, start=i)
     time.sleep(0.5)  # on its way through the relay
     fw.stop()
     return finish(env, dev, relay, [fw], revoke=revoke)
@@ -220,15 +234,35 @@ def test_readings_reach_the_room_exactly_once_with_measurement_times(runs: Runs)
     # Measurement times: the event's origin_server_ts is the time the device
     # sampled, up to the airtime of the request that carried it (the device
     # sends ages in whole seconds and does not subtract its own airtime: up to
-    # 8.9 s for the 111-byte IK that carries the first reading).
+    # 5.6 s for the 70-byte KK that carries a fresh store's first reading).
     for (rid, _, sampled_at), ev in zip(sampled, o.events, strict=True):
         ts = ev["origin_server_ts"]
         assert ev["content"][KEY]["measured_at"] == ts
         lag = ts / 1000 - sampled_at
         assert -1.0 <= lag <= 10.5, "reading %d: origin_server_ts %.2f s after sampling" % (rid, lag)
     # Radio: what the device sent is what crossed the relay, none lost.
-    assert o.radio["up"]["offered_frames"] == fw.count(r"-> (IK|frame) #")
+    assert o.radio["up"]["offered_frames"] == fw.count(r"-> (KK|frame) #")
     assert o.radio["up"]["dropped_frames"] == 0 and o.radio["down"]["dropped_frames"] == 0
+    # The compact profile's sizes, as the device logged them (a two-value
+    # reading: 2 bytes more than the one-value budgets of bench/wire_bytes.py).
+    kk = [int(n) for n in re.findall(r"-> KK #\d+ v \((\d+) B", fw.text())]
+    warm = [int(n) for n in re.findall(r"-> frame #\d+ v \((\d+) B", fw.text())]
+    assert len(kk) == 1 and kk[0] <= 70 and warm and max(warm) <= 20, (kk, warm)
+
+
+@pytest.mark.e2e_scenario("standard")
+def test_the_standard_profile_still_delivers_exactly_once(runs: Runs) -> None:
+    o: Outcome = runs.result("standard")
+    fw = o.runs[0]
+    assert fw.returncode == 0, log_text(o)
+    s = summary(fw)
+    assert s is not None and s["pending"] == 0 and s["acked"] == 3 and s["handshakes"] == 1, log_text(o)
+    assert fw.count(r"-> IK #") == 1 and fw.count(r"-> KK #") == 0
+    assert any("%s: IK handshake" % o.dev.name in line for line in o.proxy_lines)
+    assert_exactly_once(o, [v for _, v, _ in samples(fw)])
+    # Standard sizes: 16-byte tags, 2-byte session ids.
+    warm = [int(n) for n in re.findall(r"-> frame #\d+ v \((\d+) B", fw.text())]
+    assert warm and min(warm) >= 30, warm
 
 
 @pytest.mark.e2e_scenario("lossy")
@@ -255,10 +289,10 @@ def test_killed_and_restarted_device_loses_and_duplicates_nothing_without_a_hand
     # The reading in flight at the kill is resumed with its message number.
     assert "resuming request #%d (v) from the store" % o.extra["inflight"] in second.text(), log_text(o)
     # No handshake after the restart: not in the device's log or counters, not at the proxy.
-    assert second.count(r"-> IK") == 0, log_text(o)
+    assert second.count(r"-> (IK|KK)") == 0, log_text(o)
     s = summary(second)
     assert s is not None and s["handshakes"] == 0 and s["pending"] == 0, log_text(o)
-    assert first.count(r"-> IK") == 1
+    assert first.count(r"-> KK") == 1
     assert o.handshakes_at_proxy() == 1, log_text(o)
     # Every reading ever sampled, exactly once: ids continue across the kill,
     # and the last one the second run sampled bounds them all.

@@ -12,6 +12,7 @@ from tests.portable.check import raises, unhex
 # Need code the device does not freeze (the proxy's side, or names the
 # device build leaves out): run on the full tree only (tests/portable/mp_run.py).
 FULL_TREE = (
+    "test_aead_rfc8439_2_8_2",
     "test_hkdf_matches_noise_definition",
     "test_rekey_is_encrypt_at_max_nonce",
     "test_x25519_rejects_wrong_lengths",

@@ -40,11 +40,11 @@ class DetRandom:
         return out[:k]
 
 
-def make_config(**client_opts):
+def make_config(profile=None, **client_opts):
     tuning = {"proxy_allowance": 12, "max_rto": 120, "queue_limit": 32, "batch_limit": 8}
     for k in client_opts:
         tuning[k] = client_opts[k]
-    return config.from_dict({
+    obj = {
         "version": 1, "name": "sensor1",
         "proxy": {"host": "127.0.0.1", "port": 5683, "public_key": crypto.x25519_base(PROXY_PRIV).hex()},
         "device_private_key": DEV_PRIV.hex(),
@@ -56,7 +56,10 @@ def make_config(**client_opts):
                                            {"name": "humidity", "unit": "%", "scale": 1}]},
         ],
         "client": tuning,
-    })
+    }
+    if profile is not None:
+        obj["profile"] = profile
+    return config.from_dict(obj)
 
 
 class FakeProxy:
@@ -112,12 +115,15 @@ class FakeProxy:
         if k == frames.HS_IK1:
             _, _, req = handshake.Responder(self.priv).read_init(dgram)
             return "IK", None, coap.decode(req)
+        if k == frames.HS_KK1:
+            _, _, req = handshake.Responder(self.priv, rs=self.device_pub).read_init(dgram)
+            return "KK", None, coap.decode(req)
         sess = self.sessions.get(frames.peek_session_id(dgram))
         if sess is None:
             return "frame", None, None
         clone = frames.Session.from_state(sess.export_state())
-        pt = clone.open(dgram)
-        return "frame", clone.last_counter, coap.decode(pt)
+        pt = frames.open_up(clone, dgram)
+        return "frame", clone.window.top, coap.decode(pt)
 
     # -- the proxy
     def datagram(self, dgram, now=0):
@@ -129,16 +135,17 @@ class FakeProxy:
             cookie, dgram = handshake.split_cookied(dgram)
             if cookie != self.cookie:
                 return []
-            kind = frames.HS_IK1
-        elif kind == frames.HS_IK1 and self.cookie is not None:
+            kind = dgram[0]
+        elif (kind == frames.HS_IK1 or kind == frames.HS_KK1) and self.cookie is not None:
             self.cookie_replies += 1
             return [bytes([frames.HS_COOKIE_REPLY]) + self.cookie]
-        if kind == frames.HS_IK1:
+        if kind == frames.HS_IK1 or kind == frames.HS_KK1:
             eph = handshake.init_ephemeral(dgram)
             if eph in self.seen_eph:
                 return []  # replayed handshake: silence
             self.seen_eph[eph] = True
-            resp = handshake.Responder(self.priv)
+            # KK (the compact profile): the key id names the device, whose key we hold.
+            resp = handshake.Responder(self.priv, rs=self.device_pub if kind == frames.HS_KK1 else None)
             try:
                 pub, caps, request = resp.read_init(dgram)
             except LowbwError:
@@ -168,18 +175,18 @@ class FakeProxy:
             out, session = resp.respond(sid, accepted, answer or b"", floor)
             self.sessions[sid] = session
             return [out]
-        if kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
+        if kind == frames.KIND_SHORT or kind == frames.KIND_LONG or kind == frames.KIND_COMPACT:
             try:
                 sess = self.sessions.get(frames.peek_session_id(dgram))
                 if sess is None:
                     return []
-                pt = sess.open(dgram)
+                pt = frames.open_up(sess, dgram)
             except (AuthError, DecodeError):
                 return []
             answer = self.handle(sess.sid, pt)
-            out = [] if answer is None else [sess.seal(answer)]
+            out = [] if answer is None else [frames.seal_down(sess, answer)]
             for extra in self.pending_out:
-                out.append(sess.seal(extra))
+                out.append(frames.seal_down(sess, extra))
             self.pending_out = []
             return out
         return []
@@ -1110,3 +1117,74 @@ def test_cookie_reply_under_load_then_the_same_handshake_with_it():
     out = dev.step(0.0)
     dev.receive(bytes([frames.HS_COOKIE_REPLY]) + bytes(3), 0.0)
     assert out and out[0][0] == frames.HS_IK1 and dev.step(0.0) == []
+
+
+# -- the compact link profile (docs/PROTOCOL.md, "Compact link profile") ----------
+
+
+def test_compact_profile_cold_warm_and_wake_without_a_handshake():
+    proxy = FakeProxy()
+    proxy.next_sid = 0x2A  # a compact session id below 0x80: one byte
+    net = Net(proxy)
+    st = store.MemoryStore()
+    dev = net.device(st, cfg=make_config("compact"))
+    assert dev.config.compact
+    dev.send(0, [21.5])
+    assert net.run(dev, lambda: dev.pending() == 0)
+    kk1 = net.up[0][1]
+    # A fresh store: KK message 1 with the counter epoch (65 B), answer 52 B.
+    assert kk1[0] == frames.HS_KK1 and len(kk1) == 65 and len(net.down[0][1]) == 52
+    assert dev.session.compact and dev.caps & handshake.CAP_COMPACT and dev.store.epoch_confirmed
+    dev.send(0, [21.5])
+    assert net.run(dev, lambda: dev.pending() == 0)
+    # Warm: 16 B up (rule 1, one-byte session id, the Message ID's low byte), 9 B down.
+    assert len(net.up[-1][1]) == 16 and net.up[-1][1][0] >> 4 == 0xD and len(net.down[-1][1]) == 9
+    # A reboot (deep sleep): the stored session is compact, no handshake, same sizes.
+    dev2 = net.device(store.MemoryStore(st.blob), cfg=make_config("compact"))
+    assert dev2.session is not None and dev2.session.compact
+    dev2.send(0, [22.0])
+    assert net.run(dev2, lambda: dev2.pending() == 0)
+    assert len(net.up[-1][1]) == 16 and len(net.down[-1][1]) == 9
+    assert dev2.counters["handshakes"] == 0 and proxy.handshakes == 1
+    assert sorted(r[1] for r in proxy.events.values()) == [[21.5], [21.5], [22.0]]
+
+
+def test_compact_profile_lost_answer_retries_the_same_message_once():
+    proxy = FakeProxy()
+    proxy.next_sid = 0x2A  # a compact session id below 0x80: one byte
+    net = Net(proxy)
+    dev = net.device(cfg=make_config("compact"))
+    dev.send(0, [1])
+    assert net.run(dev, lambda: dev.pending() == 0)
+    net.drop_down.append(len(net.down))  # the next answer is lost
+    dev.send(0, [2])
+    assert net.run(dev, lambda: dev.pending() == 0)
+    # Same message (MID) in a new frame, answered from the proxy's cache: one event.
+    assert dev.counters["retransmissions"] == 1
+    mids = [info[2].mid for info in net.info[1:]]
+    assert mids[0] == mids[1]
+    assert sorted(r[1] for r in proxy.events.values()) == [[1], [2]]
+
+
+def test_compact_profile_other_requests_and_a_stale_answer():
+    proxy = FakeProxy()
+    proxy.next_sid = 0x2A  # a compact session id below 0x80: one byte
+    net = Net(proxy)
+    dev = net.device(cfg=make_config("compact"))
+    dev.send(0, [1])
+    assert net.run(dev, lambda: dev.pending() == 0)
+    dev.sync_time()
+    assert net.run(dev, lambda: dev.wall_time() is not None)
+    assert net.up[-1][1][0] >> 4 == 0xE  # GET z: rule 2 (the code in the residue)
+    # An answer to an earlier request arriving late does not authenticate for the
+    # request now in flight (the implied Message ID is bound to the tag).
+    sess = proxy.sessions[dev.session.sid]
+    old = coap.Message(coap.CON, coap.POST, 0)
+    stale = frames.seal_down(sess, coap.make_response(old, coap.CHANGED).encode())
+    dev.send(0, [2])
+    out = dev.step(net.t)
+    failures = dev.session.failures
+    dev.receive(stale, net.t)
+    assert dev.session.failures > failures and dev.pending() == 1
+    net.transmit(dev, out)
+    assert net.run(dev, lambda: dev.pending() == 0)

@@ -68,7 +68,7 @@ def test_ik_tampered_answer_fails():
 
 
 def test_xx_pairing_learns_proxy_key_and_pads():
-    dev = handshake.Initiator(DEV, None)
+    dev = handshake.Pairing(DEV)
     prx = handshake.Responder(PROXY)
     first = dev.start(b"REQ")
     assert first[0] == frames.HS_XX1 and len(first) == handshake.XX1_MIN_LEN
@@ -85,7 +85,7 @@ def test_xx_pairing_learns_proxy_key_and_pads():
 
 
 def test_xx_short_first_message_is_refused():
-    dev = handshake.Initiator(DEV, None)
+    dev = handshake.Pairing(DEV)
     first = dev.start()
     raises(DecodeError, handshake.Responder(PROXY).read_init, first[:-1])
 
@@ -184,7 +184,7 @@ def test_ik_claiming_an_epoch_it_lacks_is_refused():
 
 def test_xx_pairing_with_epoch_in_message_3():
     for epoch in (None, 0xCAFEF00D):
-        dev = handshake.Initiator(DEV, None, epoch=epoch)
+        dev = handshake.Pairing(DEV, epoch=epoch)
         prx = handshake.Responder(PROXY)
         first = dev.start(b"REQ")
         assert len(first) == handshake.XX1_MIN_LEN

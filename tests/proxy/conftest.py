@@ -189,6 +189,7 @@ class WireDevice:
     ``exchange(msg)`` sends a CoAP request (IK with 0-RTT request when there is
     no session, a sealed frame otherwise) and returns the decoded answer, or
     raises ``socket.timeout``. Everything else is exposed for tests that tamper.
+    ``compact=True``: the compact link profile (KK, compact frames and rules).
     """
 
     def __init__(
@@ -199,7 +200,10 @@ class WireDevice:
         *,
         caps: int = 2,
         timeout: float = 3.0,
+        compact: bool = False,
     ) -> None:
+        self.compact = compact
+        self.last_mid = -1
         self.private_key = private_key
         self.proxy_public_key = proxy_public_key
         self.proxy_addr = proxy_addr
@@ -269,7 +273,9 @@ class WireDevice:
     def ik_datagram(self, msg: Any = None, e_priv: bytes | None = None) -> tuple[bytes, Any]:
         from lowbw.wire import coap, handshake
 
-        init = handshake.Initiator(self.private_key, self.proxy_public_key, caps=self.caps, e_priv=e_priv)
+        init = handshake.Initiator(
+            self.private_key, self.proxy_public_key, caps=self.caps, e_priv=e_priv, compact=self.compact
+        )
         return init.start(coap.encode(msg) if msg is not None else b""), init
 
     def send(self, datagram: bytes) -> None:
@@ -299,15 +305,23 @@ class WireDevice:
         return coap.decode(response) if response else None
 
     def seal(self, msg: Any) -> bytes:
-        from lowbw.wire import coap
+        from lowbw.wire import coap, frames
 
         assert self.session is not None
-        return bytes(self.session.seal(coap.encode(msg)))
+        plain, rule = coap.encode(msg), 0
+        if self.compact:
+            self.last_mid = msg.mid
+            rule, plain = frames.compress_up(plain)
+        return bytes(self.session.seal(plain, rule=rule))
 
     def open(self, datagram: bytes) -> Any:
-        from lowbw.wire import coap
+        from lowbw.wire import coap, frames
 
-        return coap.decode(self.session.open(datagram))
+        mid = self.last_mid & 0xFFFF
+        plain = self.session.open(datagram, bytes([mid >> 8, mid & 0xFF]))
+        if self.compact:
+            plain = frames.expand_down(self.session.rule, plain, mid)
+        return coap.decode(plain)
 
     def exchange(self, msg: Any, timeout: float | None = None) -> Any:
         """Send a CON request, return its answer (separate CON answers are ACKed)."""

@@ -257,3 +257,32 @@ def test_a_reading_recorded_by_one_node_is_not_posted_again_by_the_other(
     assert third.exchange(third.reading([32], mid=1000)).code == coap.CHANGED
     events = room_events(synapse.url, matrix_user.access_token, dev.room_id, dev.user_id)
     assert [e["content"]["body"] for e in events] == ["temperature 3.1 °C", "temperature 3.2 °C"]
+
+
+@pytest.mark.parametrize("node", [0, 1, 2])
+def test_compact_and_standard_session_ids_name_their_node(tmp_path, node) -> None:  # type: ignore[no-untyped-def]
+    """A node's session ids carry its number: in the top bits of 16 (standard), of a
+    one-byte compact id's 7 and of a two-byte compact id's 15 (0x80..0x7FFF), so the
+    node that receives a compact frame can forward it too."""
+    from lowbw.proxy.registry import Registry
+    from lowbw.proxy.sessions import SessionTable
+    from lowbw.proxy.transport import LinkTuning
+    from lowbw.wire import frames
+
+    with Registry(tmp_path / "r.sqlite3") as reg:
+        table = SessionTable(reg, os.urandom(32), LinkTuning(100, None, 0))
+        table.sid_node, table.sid_node_bits = node, 2
+        one_byte = set()
+        for _ in range(40):  # the one-byte space of a node (32 ids), then two bytes
+            sid = table._new_sid(compact=True)
+            assert sid not in one_byte
+            one_byte.add(sid)
+            table._pending_xx[sid] = None  # taken
+            assert cluster_mod.sid_owner(sid, 2, compact=True) == node
+            assert len(frames.sid_bytes(sid)) == (1 if sid < 0x80 else 2)
+        assert sum(1 for sid in one_byte if sid < 0x80) == 32
+        assert all(0x80 <= sid <= 0x7FFF for sid in one_byte if sid >= 0x80)
+        for _ in range(20):
+            sid = table._new_sid()
+            assert cluster_mod.sid_owner(sid, 2) == node
+            table._pending_xx[sid] = None

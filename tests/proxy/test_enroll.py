@@ -111,8 +111,11 @@ def test_enroll_new_room_appservice(
     assert stat.S_IMODE(dev_path.parent.stat().st_mode) == 0o700
     dev = json.loads(dev_path.read_text(encoding="utf-8"))
     assert set(dev) == {
-        "version", "name", "proxy", "device_private_key", "caps", "link_bps", "room_id", "user_id", "slots",
+        "version", "name", "proxy", "device_private_key", "caps", "profile", "link_bps", "room_id", "user_id",
+        "slots",
     }  # fmt: skip
+    # A 1 Mbit/s link (the test proxy's): the standard profile by default.
+    assert dev["profile"] == "standard"
     user_id = "@lowbw_%s:lowbw.test" % name
     assert dev["version"] == 1 and dev["name"] == name and dev["user_id"] == user_id
     assert dev["proxy"] == {
@@ -373,6 +376,43 @@ def test_enroll_through_the_console_entry_point(synapse: SynapseServer, proxy_co
     dev = json.loads((cfg.devices_dir / ("%s.json" % name)).read_text())
     for secret in secrets_in(Path(proxy_config_path), dev["device_private_key"]):
         assert secret not in proc.stdout + proc.stderr
+
+
+def test_enroll_profile_flag_and_its_default(synapse: SynapseServer, proxy_config_path: str) -> None:
+    """`--profile compact` is recorded in the registry and the device config; without
+    the flag a slow link gets the compact profile, a fast one the standard."""
+    from lowbw.device import config as device_config
+    from lowbw.proxy.enroll import check_profile, default_profile
+
+    name = new_name()
+    proc = subprocess.run(
+        [sys.executable, "-m", "lowbw", "device", "enroll", "--config", proxy_config_path, name,
+         "--room", "new", "--schema", "t", "--profile", "compact"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "link profile compact" in proc.stdout
+    cfg = load(proxy_config_path)
+    path = cfg.devices_dir / ("%s.json" % name)
+    assert json.loads(path.read_text())["profile"] == "compact"
+    assert device_config.load(str(path)).compact
+    with Registry(cfg.proxy.registry) as reg:
+        assert reg.device(name).profile == "compact"
+    assert default_profile(100) == "compact" and default_profile(9_600) == "compact"
+    assert default_profile(10_000) == "standard" and default_profile(1_000_000) == "standard"
+    assert check_profile(None, 100) == "compact" and check_profile("standard", 100) == "standard"
+    with pytest.raises(EnrollError):
+        check_profile("fast", 100)
+    bad = subprocess.run(
+        [sys.executable, "-m", "lowbw", "device", "enroll", "--config", proxy_config_path, new_name(),
+         "--room", "new", "--schema", "t", "--profile", "fast"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "--profile" in bad.stderr
 
 
 # -- schema specs and names (no homeserver) -------------------------------------------

@@ -189,7 +189,7 @@ def test_pairing_flood_does_not_lock_out_a_legitimate_pairing(device_factory, pr
              "--seconds", "2", "--sockets", "1"], check=True, capture_output=True, timeout=30,
         )
         wire = dev.wire()
-        pairing = handshake.Initiator(wire.private_key, None)
+        pairing = handshake.Pairing(wire.private_key)
         wire.send(pairing.start())
         session, _caps, xx3 = pairing.finish(wire.recv(5))
         assert pairing.remote_static() == wire.proxy_public_key

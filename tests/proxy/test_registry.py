@@ -253,6 +253,7 @@ def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
     v1_schema = v1_schema.replace(",\n    hs_floor INTEGER NOT NULL DEFAULT -1", "")
     v1_schema = v1_schema.replace(",\n    hs_announce INTEGER NOT NULL DEFAULT -1", "")
     v1_schema = v1_schema.replace(",\n    encrypted INTEGER NOT NULL DEFAULT 0", "")
+    v1_schema = v1_schema.replace(",\n    profile TEXT NOT NULL DEFAULT 'standard'", "")
     v1_schema = v1_schema.split("CREATE TABLE matrix_devices")[0] + "CREATE TABLE ephemerals" + (
         v1_schema.split("CREATE TABLE ephemerals")[1]
     )
@@ -278,11 +279,37 @@ def test_schema_1_registry_gains_the_epoch_column(tmp_path: Path) -> None:
         assert r.client_token("old", "lbwh_x") == "syt_secret"
         assert r.drop_client_token("old", "syt_secret") == 1 and r.client_token("old", "lbwh_x") is None
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     db.close()
     with Registry(path) as r:  # opening a migrated file again changes nothing
         assert r.device_epoch("old") == 5
         assert r.sent_event("old", "lowbw.old.00000000.1234.0") == "$e"
+        # Version 6 added the link profile: devices from before speak the standard one.
+        assert r.device("old").profile == "standard"
+
+
+def test_schema_5_registry_gains_the_profile_column(tmp_path: Path) -> None:
+    from lowbw.proxy import registry as registry_module
+
+    path = tmp_path / "v5.sqlite3"
+    v5_schema = registry_module._SCHEMA.replace(",\n    profile TEXT NOT NULL DEFAULT 'standard'", "")
+    assert v5_schema != registry_module._SCHEMA
+    db = sqlite3.connect(path)
+    db.executescript(v5_schema)
+    db.execute(
+        "INSERT INTO devices (name, public_key, user_id, rooms, event_types, slots, permissions, "
+        "created_ms) VALUES ('five', ?, '@lowbw_five:lowbw.test', '[]', '[]', '[]', '[]', 1)",
+        (os.urandom(32),),
+    )
+    db.execute("PRAGMA user_version = 5")
+    db.commit()
+    db.close()
+    with Registry(path) as r:
+        assert r.device("five").profile == "standard"
+        r.add_device(record("six", profile="compact"))
+        assert r.device("six").profile == "compact"
+        with pytest.raises(RegistryError, match="link profile"):
+            r.add_device(record("seven", profile="fast"))
 
 
 def test_sent_events(reg: Registry) -> None:
@@ -470,3 +497,29 @@ def test_encrypted_flag_and_matrix_devices(reg: Registry) -> None:
         reg.set_matrix_device("nobody", "X", "Y")
     reg.revoke("a")
     assert reg.matrix_device("a") is None
+
+
+def test_changed_sees_other_processes_changes_not_bookkeeping(tmp_path: Path) -> None:
+    """The change counter (schema 6): a revocation, an enrolment or a command by another
+    connection is a change; message tops, epochs and sent events (the proxy's own
+    write-behind thread, lowbw.proxy.writebehind) are not."""
+    path = tmp_path / "registry.sqlite3"
+    with Registry(path) as proxy, Registry(path) as other:
+        proxy.add_device(record("a"))
+        proxy.add_device(record("b"))
+        assert proxy.changed() is False  # its own commits never count
+        proxy.write_behind([("a", "t0", "$e")], [("a", 64, 0)])  # its writer connection
+        assert proxy.changed() is False
+        other.advance_msg_top("b", 10)
+        other.set_device_epoch("b", 3)
+        other.record_event("b", "t1", "$f")
+        assert proxy.changed() is False
+        other.revoke("b")
+        assert proxy.changed() is True
+        assert proxy.changed() is False  # seen once
+        other.enqueue_command("a", "$cmd", "@u:x", "open")
+        assert proxy.changed() is True
+        other.add_device(record("c"))
+        assert proxy.changed() is True
+        other.ack_command("a", other.pending_commands("a")[0][0])
+        assert proxy.changed() is True

@@ -165,3 +165,31 @@ def test_device_send_reports_what_the_proxy_answered(
     err = revoked.stderr.strip().splitlines()[-1]
     assert "no answer from the proxy at 127.0.0.1:" in err and "key unknown or revoked?" in err, err
     assert "goes out with the next run" not in revoked.stderr and "sent again" not in err
+
+
+def test_sigusr1_reports_the_longest_registry_call_and_starts_again(device_factory, proxy_config_path):
+    """``kill -USR1``: the longest registry call since the last report, without stopping."""
+    from lowbw.wire import coap
+
+    from .proxyproc import ProxyProcess
+
+    dev = device_factory()
+    proxy = ProxyProcess(proxy_config_path)
+    try:
+        wire = dev.wire()
+        assert wire.exchange(wire.reading([1])).code == coap.CHANGED  # a handshake: registry calls
+        proxy.proc.send_signal(signal.SIGUSR1)
+        assert proxy.wait_for("(since the last report)", 10), proxy.output()
+        first = [line for line in proxy.output().splitlines() if "since the last report" in line]
+        assert len(first) == 1 and " ms: " in first[0], first
+        proxy.proc.send_signal(signal.SIGUSR1)  # no handshake since: only the periodic check
+        deadline = time.monotonic() + 10
+        while proxy.output().count("since the last report") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = [line for line in proxy.output().splitlines() if "since the last report" in line][1]
+        assert second.split(" ms: ")[1].split()[0] in ("changed", "-"), second
+        assert proxy.proc.poll() is None  # still serving
+        assert wire.exchange(wire.reading([2])).code == coap.CHANGED
+    finally:
+        out = proxy.stop()
+    assert "lowbw proxy stopped" in out and "longest registry call" in out.splitlines()[-1]

@@ -151,7 +151,7 @@ def test_xx_pairing_carries_the_epoch_in_message_3(device_factory, proxy_factory
         assert old.exchange(old.reading([v])).code == coap.CHANGED
     wire = dev.wire()
     msg = wire.reading([3], mid=1)  # a wiped device pairs again and counts from the start
-    pairing = handshake.Initiator(wire.private_key, None, epoch=0x00C0FFEE)
+    pairing = handshake.Pairing(wire.private_key, epoch=0x00C0FFEE)
     wire.send(pairing.start(coap.encode(msg)))
     session, caps, xx3 = pairing.finish(wire.recv())
     assert caps & handshake.CAP_EPOCH  # the proxy will read the epoch from message 3

@@ -8,9 +8,15 @@ Synapse, which stores the event, but the proxy gives up first).
 
 from __future__ import annotations
 
+import signal
+import sqlite3
+import time
+
+from lowbw.proxy import config as proxy_config
 from lowbw.wire import coap
 
 from .conftest import room_events
+from .proxyproc import ProxyProcess
 
 
 def max_age(msg: coap.Message) -> int | None:
@@ -95,3 +101,46 @@ def test_crash_loses_sessions_and_the_retry_lands_once(device_factory, proxy_fac
     assert wire.exchange(in_flight).code == coap.CHANGED
     events = room_events(synapse.url, matrix_user.access_token, dev.room_id, dev.user_id)
     assert [e["content"]["body"] for e in events] == ["temperature 0.1 °C", "temperature 0.2 °C"]
+
+
+def test_killed_while_its_writes_wait_and_the_retry_lands_once(
+    device_factory, proxy_config_path, synapse, matrix_user
+):
+    """A real ``lowbw proxy run`` killed (SIGKILL) after answering a reading whose
+    exactly-once row was still waiting in memory (lowbw.proxy.writebehind): the
+    disk is held by another connection's write transaction, a real SQLite lock,
+    so the writer thread cannot write. After the restart the device sends the
+    same message again; the homeserver's transaction ID makes it one event."""
+    dev = device_factory()
+    registry_path = str(proxy_config.load(proxy_config_path).proxy.registry)
+    proxy = ProxyProcess(proxy_config_path)
+    try:
+        wire = dev.wire()
+        assert wire.exchange(wire.reading([1])).code == coap.CHANGED
+        time.sleep(0.5)  # that one is written
+        holder = sqlite3.connect(registry_path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the writer thread now waits for the lock
+        in_flight = wire.reading([2])
+        assert wire.exchange(in_flight).code == coap.CHANGED  # answered from memory
+        time.sleep(0.3)
+        rows = holder.execute("SELECT txn_id FROM sent_events WHERE device = ?", (dev.name,)).fetchall()
+        assert len(rows) == 1  # the second row never reached the disk
+        proxy.proc.send_signal(signal.SIGKILL)
+        proxy.proc.wait(10)
+        holder.execute("ROLLBACK")
+        holder.close()
+    finally:
+        proxy.stop()
+    proxy = ProxyProcess(proxy_config_path)
+    try:
+        wire.session = None  # a crash keeps no session: the device handshakes with the same message
+        assert wire.exchange(in_flight).code == coap.CHANGED
+        assert wire.exchange(wire.reading([3])).code == coap.CHANGED
+    finally:
+        proxy.stop()
+    events = room_events(synapse.url, matrix_user.access_token, dev.room_id, dev.user_id)
+    assert [e["content"]["body"] for e in events] == [
+        "temperature 0.1 °C",
+        "temperature 0.2 °C",
+        "temperature 0.3 °C",
+    ]

@@ -43,7 +43,7 @@ def test_ik_datagrams_identical(dev_priv, dev_eph, proxy_priv, proxy_eph, reques
 @settings(max_examples=25)
 @given(key32, key32, key32, key32, st.binary(max_size=60), st.integers(0, 0xFFFF))
 def test_xx_datagrams_identical(dev_priv, dev_eph, proxy_priv, proxy_eph, request, sid):
-    init = handshake.Initiator(dev_priv, None, e_priv=dev_eph)
+    init = handshake.Pairing(dev_priv, e_priv=dev_eph)
     xx1 = init.start(request)
     ours, reference = both(proxy_priv, proxy_eph)
     assert ours.read_init(xx1) == reference.read_init(xx1)
@@ -94,7 +94,7 @@ def test_truncated_and_flipped_handshakes_raise_lowbw_errors():
         raise AssertionError("all-zero ephemeral accepted")
     # XX3 out of turn, for another session, truncated.
     xx = noise_ik.Responder(proxy_priv)
-    xx1 = handshake.Initiator(os.urandom(32), None).start()
+    xx1 = handshake.Pairing(os.urandom(32)).start()
     xx.read_init(xx1)
     xx2, _ = xx.respond(7, 2)
     for bad3 in (b"\x85", b"\x85\x00\x08" + bytes(64), b"\x85\x00\x07" + bytes(10)):

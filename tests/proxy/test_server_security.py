@@ -87,7 +87,7 @@ def test_garbage_and_answer_sizes(device_factory, proxy_factory):
         probe.expect_silence(0.2)
     probe.send(b"\x83" + os.urandom(40))  # XX message 1 shorter than its padding rule
     probe.expect_silence(0.3)
-    init = handshake.Initiator(os.urandom(32), None)
+    init = handshake.Pairing(os.urandom(32))
     xx1 = init.start()
     probe.send(xx1)
     xx2 = probe.recv()
@@ -100,7 +100,7 @@ def test_garbage_and_answer_sizes(device_factory, proxy_factory):
     # first request rides in the third message.
     wire = dev.wire()
     msg = wire.reading([3])
-    pairing = handshake.Initiator(wire.private_key, None)
+    pairing = handshake.Pairing(wire.private_key)
     wire.send(pairing.start(coap.encode(msg)))
     session, _, xx3 = pairing.finish(wire.recv())
     assert pairing.remote_static() == wire.proxy_public_key
