@@ -39,7 +39,8 @@ DEVICES = 4
 LIMIT = 240.0
 SCHEMA = "climate=temperature:°C:1,humidity:%:0"
 
-SENT_RE = re.compile(r"-> (IK|IK\+cookie|frame) #(\d+) \w+ \((\d+) B")
+# "-> frame #3 v (17 B)", "-> KK #3 v (70 B, try 3)", "-> IK+cookie ...": the handshake names its pattern.
+SENT_RE = re.compile(r"-> ([A-Z]{2}(?:\+cookie)?|frame) #(\d+) \w+ \((\d+) B")
 ANSWER_RE = re.compile(r"<- (\S+) for #(\d+) \w+ \((\d+) B\)")
 
 
@@ -79,7 +80,7 @@ def failover_bytes(fw: Any, killed_at: float) -> dict[str, Any]:
             window.append(line.split(": ", 1)[-1])
         if sent:
             up += int(sent.group(3))
-            if sent.group(1).startswith("IK"):
+            if sent.group(1) != "frame":
                 handshake_seen = True
         if heard:
             down += int(heard.group(3))
