@@ -12,7 +12,7 @@ addresses over the two processes.
 Once every device has readings acknowledged and a command queued, the node
 holding the most sessions is killed. Its devices' next frames reach the other
 node, which drops them (their owner is gone); the devices hear nothing, make
-a new IK handshake there carrying the same reading, and carry on. Checked:
+a new handshake there (KK for compact devices, IK otherwise) carrying the same reading, and carry on. Checked:
 every reading in each room exactly once and in order (a prefix of what the
 device sampled, at least everything it saw acknowledged), every command
 delivered exactly once, and the bytes the failover cost each moved device
