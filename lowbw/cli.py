@@ -586,7 +586,7 @@ def cmd_device_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return EXIT_OK
     if not devices:
-        print("no devices enrolled (registry %s)" % cfg.proxy.registry)
+        print("no devices enrolled (registry %s)" % registry.location)
         return EXIT_OK
     table = [("NAME", "STATUS", "USER", "ROOMS", "E2EE", "SLOTS", "KEY", "ENROLLED")]
     for d in devices:
@@ -615,7 +615,7 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     with Registry(cfg.proxy.registry) as registry:
         record = registry.device(args.name)
         if record is None:
-            raise CommandFailed("no device named %r in %s" % (args.name, cfg.proxy.registry))
+            raise CommandFailed("no device named %r in %s" % (args.name, registry.location))
         if not registry.revoke(args.name):
             print("%s was already revoked" % args.name)
             return EXIT_OK

@@ -35,7 +35,7 @@ same PostgreSQL registry. What holds across nodes, and how:
 * **Failure.** Each node writes a heartbeat every ``HEARTBEAT`` seconds
   (``cluster_nodes.seen_ms``). A frame owned by a node silent for
   ``node_timeout`` seconds is dropped (counted ``owner_down``): the device
-  hears nothing, gives up on its request and makes a new IK handshake,
+  hears nothing, gives up on its request and makes a new handshake (IK, or KK for compact devices),
   which the receiving node takes (one round trip; its request rides in it as
   0-RTT data, and the transaction id, device + counter, makes the reading land
   once). Sessions are *not* taken over from a dead node: docs/scale-out.md.
