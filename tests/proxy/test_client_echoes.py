@@ -345,3 +345,25 @@ def test_echoes_wait_for_news_and_receipts_go_unconfirmed(
     after = stack.radio_stats()
     assert (after["tx"] - before["tx"], after["rx"] - before["rx"]) == (1, 2)
     assert after["rx_bytes"] - before["rx_bytes"] < 80  # the logout's {} and an empty ACK
+
+
+def test_query_same_never_repeats_full_state_or_timeout() -> None:
+    from aiocoap.message import Message
+    from aiocoap.numbers.codes import Code
+    from aiocoap.optiontypes import OpaqueOption
+
+    from lowbw.proxy.clients import ClientService, ClientState
+
+    state = ClientState()
+    first = Message(code=Code.GET)
+    raw = ["filter=0", "full_state=true", "timeout=0", "set_presence=offline"]
+    assert ClientService._sync_query(first, raw, "tok", state) == raw
+    park = Message(code=Code.GET)
+    park.opt.add_option(OpaqueOption(QUERY_SAME_OPTION, b""))
+    assert ClientService._sync_query(park, ["since=s9"], "tok", state) == [
+        "filter=0",
+        "set_presence=offline",
+        "since=s9",
+    ]
+    with pytest.raises(Exception, match="bad Query-Same"):
+        ClientService._sync_query(park, ["since=s9"], "other token", state)
