@@ -367,3 +367,43 @@ def test_query_same_never_repeats_full_state_or_timeout() -> None:
     ]
     with pytest.raises(Exception, match="bad Query-Same"):
         ClientService._sync_query(park, ["since=s9"], "other token", state)
+
+
+def test_park_ack_holds_the_ack_back_and_ignores_nonsense(client: Client, matrix_user: MatrixUser) -> None:  # noqa: F811
+    from lowbw.proxy.clients import BEARER_SLOT_OPTION, PARK_ACK_OPTION
+
+    handle = client.login(matrix_user)
+    answer, body = client.call(client.request(coap.GET, ["~"], query=["timeout=0"], options=[bind(handle)]))
+    since = client.refs.refer_text(body["next_batch"])
+    slot = (BEARER_SLOT_OPTION, b"")
+    w = client.wire
+
+    def park(flt: str, value: bytes) -> float:
+        msg = client.request(
+            coap.GET,
+            ["~"],
+            query=["filter=" + flt, "since=" + since],
+            options=[slot, (PARK_ACK_OPTION, value)],
+        )
+        w.send(w.seal(msg))
+        t0 = time.monotonic()
+        ack = w.open(w.recv(15.0))
+        assert ack.mtype == coap.ACK and ack.code == coap.EMPTY and ack.mid == msg.mid
+        return time.monotonic() - t0
+
+    assert 4.0 <= park('{"a":1}', b"\x05") < 9.0  # held back as asked
+    assert park('{"a":2}', b"\x01\x02") < 3.0  # longer than a byte: ignored, the usual 1 s
+
+
+def test_park_ack_is_bounded() -> None:
+    from types import SimpleNamespace
+
+    from lowbw.proxy.clients import PARK_ACK_DELAY, PARK_ACK_MAX, ClientService
+    from lowbw.proxy.limits import Limits
+    from lowbw.proxy.transport import LinkTuning
+
+    service = ClientService(SimpleNamespace(limits=Limits()), park_tuning=LinkTuning(1000, PARK_ACK_DELAY))
+    assert service._park_tuning_for(45).EMPTY_ACK_DELAY == 45.0
+    assert service._park_tuning_for(0).EMPTY_ACK_DELAY == PARK_ACK_DELAY
+    assert service._park_tuning_for(45) is service._park_tuning_for(45)  # one per value
+    assert PARK_ACK_MAX == 60 and service.park_tuning.EMPTY_ACK_DELAY == PARK_ACK_DELAY
