@@ -407,3 +407,19 @@ def test_park_ack_is_bounded() -> None:
     assert service._park_tuning_for(0).EMPTY_ACK_DELAY == PARK_ACK_DELAY
     assert service._park_tuning_for(45) is service._park_tuning_for(45)  # one per value
     assert PARK_ACK_MAX == 60 and service.park_tuning.EMPTY_ACK_DELAY == PARK_ACK_DELAY
+
+
+@pytest.mark.parametrize("value", [-1, 601, True, "120", None, float("nan"), [1]])
+def test_bad_echo_hold_setting_is_refused(value: Any) -> None:
+    from lowbw.clientproxy.config import ClientProxyConfigError, echo_hold_seconds
+
+    with pytest.raises(ClientProxyConfigError, match="echo_hold"):
+        echo_hold_seconds(value, "echo_hold")
+
+
+def test_echo_hold_setting() -> None:
+    from lowbw.clientproxy.config import echo_hold_seconds
+
+    assert echo_hold_seconds(0, "echo_hold") == 0.0
+    assert echo_hold_seconds(120, "echo_hold") == 120.0
+    assert echo_hold_seconds(600.0, "echo_hold") == 600.0
