@@ -95,8 +95,12 @@ FORMS_KNOWN = FORM_BLOBS
 ECHO_HOLD_OPTION = 65032
 ECHO_HOLD_MAX = 600
 # empty, on a sync request: its Uri-Query is that of the session's last sync request
-# of the same token without this option, with the request's own parameters (since) in place.
+# of the same token without this option, but since, timeout and full_state, with the
+# request's own parameters added.
 QUERY_SAME_OPTION = 65036
+# What Query-Same never stands for: each request says these itself (full_state: a
+# client's first sync asks for it, its parks must not).
+NOT_REMEMBERED = ("since", "timeout", "full_state")
 # uint seconds, on a parked sync: the proxy may hold back its empty ACK that long (at
 # most PARK_ACK_MAX), so that news within it goes piggybacked on the ACK.
 PARK_ACK_OPTION = 65040
@@ -508,9 +512,7 @@ class ClientService:
         if not same:
             if token not in state.sync_query and len(state.sync_query) >= MAX_SLOTS * 2:
                 del state.sync_query[next(iter(state.sync_query))]
-            state.sync_query[token] = [
-                q for q in raw_query if q.partition("=")[0] not in ("since", "timeout")
-            ]
+            state.sync_query[token] = [q for q in raw_query if q.partition("=")[0] not in NOT_REMEMBERED]
             return raw_query
         if len(same) > 1 or same[0] or token not in state.sync_query:
             raise DecodeError("bad Query-Same")

@@ -345,3 +345,81 @@ def test_echoes_wait_for_news_and_receipts_go_unconfirmed(
     after = stack.radio_stats()
     assert (after["tx"] - before["tx"], after["rx"] - before["rx"]) == (1, 2)
     assert after["rx_bytes"] - before["rx_bytes"] < 80  # the logout's {} and an empty ACK
+
+
+def test_query_same_never_repeats_full_state_or_timeout() -> None:
+    from aiocoap.message import Message
+    from aiocoap.numbers.codes import Code
+    from aiocoap.optiontypes import OpaqueOption
+
+    from lowbw.proxy.clients import ClientService, ClientState
+
+    state = ClientState()
+    first = Message(code=Code.GET)
+    raw = ["filter=0", "full_state=true", "timeout=0", "set_presence=offline"]
+    assert ClientService._sync_query(first, raw, "tok", state) == raw
+    park = Message(code=Code.GET)
+    park.opt.add_option(OpaqueOption(QUERY_SAME_OPTION, b""))
+    assert ClientService._sync_query(park, ["since=s9"], "tok", state) == [
+        "filter=0",
+        "set_presence=offline",
+        "since=s9",
+    ]
+    with pytest.raises(Exception, match="bad Query-Same"):
+        ClientService._sync_query(park, ["since=s9"], "other token", state)
+
+
+def test_park_ack_holds_the_ack_back_and_ignores_nonsense(client: Client, matrix_user: MatrixUser) -> None:  # noqa: F811
+    from lowbw.proxy.clients import BEARER_SLOT_OPTION, PARK_ACK_OPTION
+
+    handle = client.login(matrix_user)
+    answer, body = client.call(client.request(coap.GET, ["~"], query=["timeout=0"], options=[bind(handle)]))
+    since = client.refs.refer_text(body["next_batch"])
+    slot = (BEARER_SLOT_OPTION, b"")
+    w = client.wire
+
+    def park(flt: str, value: bytes) -> float:
+        msg = client.request(
+            coap.GET,
+            ["~"],
+            query=["filter=" + flt, "since=" + since],
+            options=[slot, (PARK_ACK_OPTION, value)],
+        )
+        w.send(w.seal(msg))
+        t0 = time.monotonic()
+        ack = w.open(w.recv(15.0))
+        assert ack.mtype == coap.ACK and ack.code == coap.EMPTY and ack.mid == msg.mid
+        return time.monotonic() - t0
+
+    assert 4.0 <= park('{"a":1}', b"\x05") < 9.0  # held back as asked
+    assert park('{"a":2}', b"\x01\x02") < 3.0  # longer than a byte: ignored, the usual 1 s
+
+
+def test_park_ack_is_bounded() -> None:
+    from types import SimpleNamespace
+
+    from lowbw.proxy.clients import PARK_ACK_DELAY, PARK_ACK_MAX, ClientService
+    from lowbw.proxy.limits import Limits
+    from lowbw.proxy.transport import LinkTuning
+
+    service = ClientService(SimpleNamespace(limits=Limits()), park_tuning=LinkTuning(1000, PARK_ACK_DELAY))
+    assert service._park_tuning_for(45).EMPTY_ACK_DELAY == 45.0
+    assert service._park_tuning_for(0).EMPTY_ACK_DELAY == PARK_ACK_DELAY
+    assert service._park_tuning_for(45) is service._park_tuning_for(45)  # one per value
+    assert PARK_ACK_MAX == 60 and service.park_tuning.EMPTY_ACK_DELAY == PARK_ACK_DELAY
+
+
+@pytest.mark.parametrize("value", [-1, 601, True, "120", None, float("nan"), [1]])
+def test_bad_echo_hold_setting_is_refused(value: Any) -> None:
+    from lowbw.clientproxy.config import ClientProxyConfigError, echo_hold_seconds
+
+    with pytest.raises(ClientProxyConfigError, match="echo_hold"):
+        echo_hold_seconds(value, "echo_hold")
+
+
+def test_echo_hold_setting() -> None:
+    from lowbw.clientproxy.config import echo_hold_seconds
+
+    assert echo_hold_seconds(0, "echo_hold") == 0.0
+    assert echo_hold_seconds(120, "echo_hold") == 120.0
+    assert echo_hold_seconds(600.0, "echo_hold") == 600.0
