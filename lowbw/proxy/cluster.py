@@ -450,28 +450,17 @@ class Cluster:
         return len(rows)
 
     def restore(self) -> int:
-        from lowbw.proxy.sessions import decode_state
-        from lowbw.proxy.transport import SessionAddress
+        """This node's saved sessions that are still its own (the device made no
+        session on another node meanwhile)."""
 
-        table = self.table
-        n = 0
-        for name, blob in self.store.load(self.node):
-            if name not in table.devices:
-                continue
-            try:
-                session, caps, sockaddr = decode_state(blob)
-            except DecodeError as exc:
-                log.warning("%s: saved session unusable (%s)", name, exc)
-                continue
+        def mine(name: str, session: Any) -> bool:
             compact = bool(getattr(session, "compact", False))
-            if sid_owner(session.sid, self.node_bits, compact) != self.node or session.sid in table.by_sid:
-                continue
-            if self.store.owner(name) != (self.node, session.sid):
-                # The device made a session elsewhere while this node was down.
-                continue
-            table._add(SessionAddress(session.sid, session, name, caps, sockaddr, table.tuning))
-            n += 1
-        return n
+            if sid_owner(session.sid, self.node_bits, compact) != self.node:
+                return False
+            # The device made a session elsewhere while this node was down?
+            return self.store.owner(name) == (self.node, session.sid)
+
+        return int(self.table.restore(self.store.load(self.node), mine))
 
 
 def start_fresh(table: Any, device: str) -> None:

@@ -65,7 +65,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from lowbw.proxy import noise_ik
@@ -741,10 +741,15 @@ class SessionTable:
         self.registry.save_sessions(rows)
         return len(rows)
 
-    def restore(self) -> int:
-        """Bring back the sessions a graceful stop saved; returns how many."""
+    def restore(
+        self,
+        rows: Iterable[tuple[str, bytes]] | None = None,
+        keep: Callable[[str, frames.Session], bool] | None = None,
+    ) -> int:
+        """Bring back the sessions a graceful stop saved (``rows``: those of the
+        registry by default), those ``keep`` accepts; returns how many."""
         n = 0
-        for name, blob in self.registry.load_sessions():
+        for name, blob in self.registry.load_sessions() if rows is None else rows:
             if name not in self.devices:
                 continue
             try:
@@ -752,7 +757,7 @@ class SessionTable:
             except DecodeError as exc:
                 log.warning("%s: saved session unusable (%s)", name, exc)
                 continue
-            if session.sid in self.by_sid:
+            if session.sid in self.by_sid or (keep is not None and not keep(name, session)):
                 continue
             addr = SessionAddress(session.sid, session, name, caps, sockaddr, self.tuning)
             self._add(addr)
