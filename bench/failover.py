@@ -1,6 +1,6 @@
 """Failover of a proxy node, end to end: ``python bench/failover.py [--json]``.
 
-What it runs (also the end-to-end test tests/e2e/test_scale_out.py): a real
+What it runs (also the end-to-end test tests/scale_out/test_scale_out.py): a real
 PostgreSQL (``lowbw.testing.postgres``) as the shared registry, a real Synapse
 (``lowbw.testing.synapse``), two ``lowbw proxy run`` processes (``--node 0``
 and ``--node 1`` of ``[cluster] nodes = 2``) on one UDP port with

@@ -6,7 +6,7 @@ the device; a handshake on another node closes the first node's session (one
 session per device); a command queued anywhere is counted on the node that
 holds the session; a node that is gone makes the device handshake again on
 another node and its reading lands once. The end-to-end version with
-``lowbw proxy run`` processes and SIGKILL is tests/e2e/test_scale_out.py.
+``lowbw proxy run`` processes and SIGKILL is tests/scale_out/test_scale_out.py.
 """
 
 from __future__ import annotations
