@@ -32,7 +32,6 @@ import secrets
 import sys
 import tempfile
 import time
-from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -58,33 +57,7 @@ def load_demo() -> ModuleType:
 
 demo = load_demo()
 
-SAMPLE_RE = re.compile(r"sample \d+: reading (\d+) = (\[[^\]]*\])")
-
-
-def samples(proc: Any) -> list[tuple[int, list[int | None], float]]:
-    """(reading id, values, wall time) of each sample a firmware run logged."""
-    out = []
-    for t, line in proc.lines():
-        m = SAMPLE_RE.search(line)
-        if m:
-            out.append((int(m.group(1)), json.loads(m.group(2).replace("None", "null")), t))
-    return out
-
-
-def summary(proc: Any) -> dict[str, Any] | None:
-    """The JSON summary the firmware prints when it stops ("stopped: {...}")."""
-    for _, line in reversed(proc.lines()):
-        m = re.search(r"(?:done|stopped): (\{.*\})", line)
-        if m:
-            obj: dict[str, Any] = json.loads(m.group(1))
-            return obj
-    return None
-
-
-def rendered(values: list[int | None], scales: list[int]) -> list[str | None]:
-    """The decimal strings a reader expects for integer values at the slot's scales."""
-    return [None if v is None else str(Decimal(v).scaleb(-s)) for v, s in zip(values, scales, strict=True)]
-
+from lowbw.testing.firmwarelog import rendered, samples, summary  # noqa: E402  (after sys.path)
 
 KEY = "org.lowbw.reading"
 DEVICES = 4

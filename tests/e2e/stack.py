@@ -19,8 +19,6 @@ counters); the assertions are in the tests.
 from __future__ import annotations
 
 import importlib.util
-import json
-import re
 import secrets
 import subprocess
 import sys
@@ -28,10 +26,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from lowbw.testing.firmwarelog import rendered, samples, summary  # noqa: F401  (the scenarios' checks use them)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,34 +66,6 @@ def scenario(name: str, *, stack: bool = True) -> Callable[[Callable[[Any], Any]
 
 
 # ------------------------------------------------------------------ parsing
-
-
-SAMPLE_RE = re.compile(r"sample \d+: reading (\d+) = (\[[^\]]*\])")
-
-
-def samples(proc: Any) -> list[tuple[int, list[int | None], float]]:
-    """(reading id, values, wall time the line appeared) of each sample a firmware run logged."""
-    out = []
-    for t, line in proc.lines():
-        m = SAMPLE_RE.search(line)
-        if m:
-            out.append((int(m.group(1)), json.loads(m.group(2).replace("None", "null")), t))
-    return out
-
-
-def summary(proc: Any) -> dict[str, Any] | None:
-    """The JSON summary the firmware prints at the end of a run ("done: {...}")."""
-    for _, line in reversed(proc.lines()):
-        m = re.search(r"(?:done|stopped): (\{.*\})", line)
-        if m:
-            obj: dict[str, Any] = json.loads(m.group(1))
-            return obj
-    return None
-
-
-def rendered(values: list[int | None], scales: list[int]) -> list[str | None]:
-    """The decimal strings a reader expects for integer values at the slot's scales."""
-    return [None if v is None else str(Decimal(v).scaleb(-s)) for v, s in zip(values, scales, strict=True)]
 
 
 # -------------------------------------------------------------- the stack
