@@ -236,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument(
         "--listen", default="127.0.0.1:8008", metavar="HOST:PORT", help="HTTP address for the Matrix client"
     )
+    ec.add_argument(
+        "--profile",
+        choices=("compact", "standard"),
+        help="link profile: compact (Noise KK, 8-byte tags; the default below 10,000 bit/s) or standard",
+    )
     ec.set_defaults(func=cmd_proxy_enroll_client)
 
     # -- device -----------------------------------------------------------------
@@ -493,8 +498,10 @@ def cmd_proxy_enroll_client(args: argparse.Namespace) -> int:
         proxy_host=args.proxy_host,
         proxy_port=args.proxy_port,
         listen=args.listen,
+        profile=args.profile,
     )
     print("enrolled client-proxy %s" % result.record.name)
+    print("  profile      %s" % result.record.profile)
     print("  public key   %s" % result.record.public_key.hex())
     print("  config       %s (mode 0600: it holds the private key)" % result.config_path)
     print("  run it with  lowbw client-proxy --config %s" % result.config_path)

@@ -62,7 +62,7 @@ from aiocoap.protocol import Context
 from aiohttp import web
 
 from lowbw.clientproxy.config import ClientProxyConfig
-from lowbw.clientproxy.link import CLIENT_CAPS, ClientLink, open_link
+from lowbw.clientproxy.link import ClientLink, client_caps, open_link
 from lowbw.clientproxy.metrics import HttpCounts, route_class
 from lowbw.clientproxy.retransmit import ClientTuning, LinkDead, ParkTuning
 from lowbw.clientproxy.txnids import TxnIds
@@ -249,7 +249,7 @@ class ClientProxy:
             self.config.private_key,
             self.config.proxy_public_key,
             self.tuning,
-            CLIENT_CAPS if self.config.dictionary else CLIENT_CAPS & ~handshake.CAP_DICT_V1,
+            client_caps(self.config.dictionary, self.config.profile == "compact"),
             self.config.radio_mtu,
             self.tuning.dead_link_timeout,
             ParkTuning(self.tuning, PARK_ACK_ASKED),

@@ -16,6 +16,7 @@
     short_txn = true                   # 8-character transaction IDs on the air (false: to measure)
     byte_strings = true                # base64 (keys, ciphertexts) as CBOR byte strings (false: to measure)
     mtu = 256                          # largest datagram the radio carries (default by link_bps)
+    profile = "compact"                # the link profile enrolled: compact (KK, 8-byte tags) or standard
     metrics_listen = "127.0.0.1:9468"  # Prometheus /metrics (off unless set; a bare port: 127.0.0.1)
     metrics_token = ""                 # required on every /metrics request when set (needed off loopback)
 
@@ -61,6 +62,7 @@ KNOWN_KEYS = frozenset(
         "short_txn",
         "byte_strings",
         "mtu",
+        "profile",
         "metrics_listen",
         "metrics_token",
     )
@@ -105,6 +107,9 @@ class ClientProxyConfig:
     short_txn: bool = True
     byte_strings: bool = True
     mtu: int = 0  # 0: by link_bps (default_mtu)
+    # The link profile enrolled (``lowbw proxy enroll-client --profile``): "compact"
+    # (Noise KK, 8-byte tags; docs/PROTOCOL.md "Compact link profile") or "standard".
+    profile: str = "standard"
     # Seconds the proxy may hold a sync result holding only the client's own echoes (0: off).
     echo_hold: float = DEFAULT_ECHO_HOLD
     # Receipts, read markers and typing answered here, carried unconfirmed (NON, No-Response).
@@ -115,6 +120,7 @@ class ClientProxyConfig:
     @property
     def radio_mtu(self) -> int:
         return self.mtu or default_mtu(self.link_bps)
+
 
     def __repr__(self) -> str:  # never the private key
         return "<ClientProxyConfig %s listen=%s proxy=%s:%d>" % (
@@ -152,6 +158,7 @@ class ClientProxyConfig:
             "%s"
             "%s"
             "%s"
+            "%s"
             % (
                 self.name,
                 self.path,
@@ -165,6 +172,7 @@ class ClientProxyConfig:
                 self.request_timeout,
                 "true" if self.dictionary else "false",
                 "mtu = %d\n" % self.mtu if self.mtu else "",
+                'profile = "%s"\n' % self.profile,
                 "dead_link_timeout = %g\n" % self.dead_link_timeout if self.dead_link_timeout else "",
                 'metrics_listen = "%s"\n' % self.metrics_listen if self.metrics_listen else "",
                 'metrics_token = "%s"\n' % self.metrics_token if self.metrics_token else "",
@@ -251,6 +259,10 @@ def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
     mtu = data.get("mtu", 0)
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not (mtu == 0 or 64 <= mtu <= 65507):
         raise ClientProxyConfigError("mtu must be an integer 64..65507 (or 0: by link_bps)")
+    # Absent: standard, as every client-proxy enrolled before profiles existed.
+    profile = data.get("profile", "standard")
+    if profile not in ("compact", "standard"):
+        raise ClientProxyConfigError('%s: profile must be "compact" or "standard"' % p)
     switches = {}
     for key in ("dictionary", "identifier_refs", "short_txn", "byte_strings", "local_receipts"):
         switches[key] = data.get(key, True)
@@ -277,6 +289,7 @@ def load(path: str | os.PathLike[str]) -> ClientProxyConfig:
         local_receipts=switches["local_receipts"],
         echo_hold=echo_hold_seconds(data.get("echo_hold", DEFAULT_ECHO_HOLD), "echo_hold"),
         mtu=mtu,
+        profile=profile,
         name=str(data.get("name", p.stem)),
         listen=listen,
         proxy_host=host,

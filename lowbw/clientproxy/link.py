@@ -37,10 +37,14 @@ the lowbw frame layer (``lowbw.wire.frames``, ``lowbw.wire.handshake``).
   with ``LinkDead`` (the client-proxy answers 504), the session is forgotten,
   and the next request starts a new handshake. An idle link (a parked sync
   and nothing else) sends nothing and so never looks dead.
-* The caps offered are the key table (``keys.TABLE_LOWBW_V1``) and
+* The caps offered are the key table (``keys.TABLE_LOWBW_V1``),
   ``CAP_DICT_V1`` (unless the config turns the dictionary off, to measure
-  it); what the proxy answered is ``caps`` (the body codec follows
-  it).
+  it) and, with ``profile = "compact"``, ``CAP_COMPACT``: the handshake is
+  then Noise KK (our key named by its 2-byte id, as a compact device's is)
+  and the session's transport frames are compact ones (8-byte tags, a
+  1-byte session id; docs/PROTOCOL.md, "Compact link profile") with the
+  client header rule (``lowbw.compact.headers``: 2 bytes less up, 3 down).
+  What the proxy answered is ``caps`` (the body codec follows it).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
 
 from lowbw.clientproxy.retransmit import ClientMessageManager, LinkDead
+from lowbw.compact import headers
 from lowbw.proxy.clients import single_payload_max
 from lowbw.proxy.transport import LinkTuning
 from lowbw.wire import frames, handshake, keys
@@ -68,11 +73,22 @@ from lowbw.wire.errors import AuthError, LowbwError, ReplayError
 log = logging.getLogger("lowbw.clientproxy.link")
 
 CLIENT_CAPS = keys.TABLE_LOWBW_V1 | handshake.CAP_DICT_V1
+
+
+def client_caps(dictionary: bool = True, compact: bool = False) -> int:
+    """The caps a client-proxy offers: the key table, the preset dictionary unless
+    switched off, and ``CAP_COMPACT`` for the compact link profile (Noise KK and
+    compact transport frames, as a compact device has them)."""
+    caps = CLIENT_CAPS if dictionary else CLIENT_CAPS & ~handshake.CAP_DICT_V1
+    return caps | (handshake.CAP_COMPACT if compact else 0)
+
+
 HANDSHAKES_KEPT = 3
 ACK_EVENTS_KEPT = 64
+
 # Noise IK message 1 around its payload: kind, e, encrypted s, caps byte, the
 # handshake number (the wall clock in seconds: a 5-byte CBOR head,
-# lowbw.wire.handshake.clock_hsn), tag.
+# lowbw.wire.handshake.clock_hsn), tag. (KK message 1 is smaller.)
 IK1_OVERHEAD = 1 + 32 + 48 + 1 + 5 + 16
 # A transport frame from the initiator: kind, session id, long counter, tag.
 FRAME_OVERHEAD = 1 + 2 + 3 + 16
@@ -183,6 +199,10 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
         self._park_mids: dict[int, None] = {}
         self._park_tokens: dict[bytes, None] = {}
         self.offered_caps = caps
+        # The compact link profile: KK (the proxy finds our key by its 2-byte id)
+        # and compact transport frames (8-byte tags, a 1-byte session id).
+        self.compact = bool(caps & handshake.CAP_COMPACT)
+        self._token_mids = headers.TokenMids()
         self.mtu = mtu
         self.stats = LinkStats()
         # Counts for lowbw_clientproxy_* (lowbw.clientproxy.metrics): why datagrams were dropped,
@@ -264,16 +284,19 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
 
     def _open(self, data: bytes) -> bytes:
         kind = frames.kind_of(data)
-        if kind == frames.KIND_SHORT or kind == frames.KIND_LONG:
+        if kind == frames.KIND_SHORT or kind == frames.KIND_LONG or kind == frames.KIND_COMPACT:
             if self.session is None:
                 raise _Unusable("transport frame without a session", "no_session")
-            plaintext = bytes(self.session.open(data))
+            if self.session.compact:
+                plaintext = self._token_mids.open_down(self.session, data)
+            else:
+                plaintext = bytes(self.session.open(data))
             self.last_rx = time.monotonic()
             return plaintext
         if data[0] == frames.HS_COOKIE_REPLY:
             self._cookie(data)
             return b""
-        if data[0] != frames.HS_IK2:
+        if data[0] != (frames.HS_KK2 if self.compact else frames.HS_IK2):
             raise _Unusable("unexpected handshake frame", "unexpected_handshake")
         for i, (ini, _mid) in enumerate(self._handshakes):
             try:
@@ -412,7 +435,13 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
             message.lowbw_bound = session  # type: ignore[attr-defined]
         if message is not None:
             message.lowbw_sent = True  # type: ignore[attr-defined]
-        dgram = bytes(session.seal(plaintext))
+        if session.compact:
+            # Rule 3 (lowbw.compact.headers): the Message ID's high byte and the
+            # header's first byte implied up; down, the answer's ID by its token.
+            self._token_mids.sent(plaintext)
+            dgram = headers.seal_up(session, plaintext)
+        else:
+            dgram = bytes(session.seal(plaintext))
         if len(dgram) > self.mtu:
             self.stats.oversize += 1
             log.warning(
@@ -422,7 +451,9 @@ class ClientLink(interfaces.MessageInterface, asyncio.DatagramProtocol):
 
     def _start(self, mid: int, plaintext: bytes, message: Message, ride: bool) -> None:
         """A new handshake; the message rides it as 0-RTT if allowed and it fits, else waits for it."""
-        ini = handshake.Initiator(self.private_key, self.proxy_public_key, caps=self.offered_caps)
+        ini = handshake.Initiator(
+            self.private_key, self.proxy_public_key, caps=self.offered_caps, compact=self.compact
+        )
         if ride and len(plaintext) + IK1_OVERHEAD <= self.mtu:
             dgram = ini.start(plaintext)
         else:

@@ -583,22 +583,33 @@ def enroll_client(
     proxy_host: str | None = None,
     proxy_port: int | None = None,
     listen: str = "127.0.0.1:8008",
+    profile: str | None = None,
 ) -> ClientEnrollResult:
     """Enroll a client-proxy key (``lowbw proxy enroll-client``): registry record, config file.
 
     No Matrix user and no room: the person using the client logs in as
     themselves (``lowbw.proxy.clients``). The key gets the permission ``client``.
+    ``profile`` is the link profile (default by the proxy's ``link_bps``, as for
+    devices): a compact client-proxy opens its sessions with Noise KK and uses
+    compact transport frames.
     """
     from lowbw.clientproxy.config import ClientProxyConfig
 
     check_device_name(name)
+    link_profile = check_profile(profile, cfg.proxy.link_bps)
     host, port = _proxy_address(cfg, proxy_host, proxy_port, "clients")
     target = Path(out) if out is not None else cfg.devices_dir / ("%s.client.toml" % name)
     with Registry(cfg.proxy.registry) as registry:
         _check_new(registry, name, target)
         priv, pub = keyfile.generate_keypair()
         record = DeviceRecord(
-            name=name, public_key=pub, user_id="", rooms=[], event_types=[], permissions=["client"]
+            name=name,
+            public_key=pub,
+            user_id="",
+            rooms=[],
+            event_types=[],
+            permissions=["client"],
+            profile=link_profile,
         )
         config = ClientProxyConfig(
             path=target,
@@ -610,6 +621,7 @@ def enroll_client(
             private_key=priv,
             link_bps=float(cfg.proxy.link_bps),
             mtu=cfg.proxy.mtu,
+            profile=link_profile,
         )
         if not target.parent.exists():
             target.parent.mkdir(mode=0o700, parents=True)

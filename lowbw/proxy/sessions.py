@@ -354,6 +354,10 @@ class SessionTable:
 
     def replays_zero_rtt(self, device: str) -> bool:
         """Client-proxies get a repeated 0-RTT request answered from the first run (transport)."""
+        return self.is_client(device)
+
+    def is_client(self, device: str) -> bool:
+        """Whether ``device`` is a client-proxy (its compact frames use lowbw.compact.headers)."""
         rec = self.devices.get(device)
         return rec is not None and is_client(rec)
 

@@ -72,6 +72,7 @@ from aiocoap.optiontypes import UintOption
 from aiocoap.protocol import Context
 from aiocoap.tokenmanager import TokenManager
 
+from lowbw.compact import headers
 from lowbw.wire import frames
 from lowbw.wire.errors import AuthError, LowbwError, RekeyRequired, ReplayError
 
@@ -243,6 +244,8 @@ class FrameHandler(Protocol):
     def commands_pending(self, device: str) -> int: ...
 
     def replays_zero_rtt(self, device: str) -> bool: ...
+
+    def is_client(self, device: str) -> bool: ...
 
 
 class FastPath(Protocol):
@@ -701,7 +704,10 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
                 self.stats.drop(DROP_FORGERY_RATE)
                 return None
         try:
-            plaintext = frames.open_up(session, data)
+            if session.compact and self.handler.is_client(addr.device):
+                plaintext = headers.open_up(session, data)  # rule 3, not the device rules
+            else:
+                plaintext = frames.open_up(session, data)
         except ReplayError:
             self.stats.drop(DROP_REPLAY)
             return None
@@ -777,7 +783,11 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
             return
         else:
             try:
-                dgram = frames.seal_down(addr.session, plaintext)
+                session = addr.session
+                if session.compact and self.handler.is_client(addr.device):
+                    dgram = headers.seal_down(session, plaintext)
+                else:
+                    dgram = frames.seal_down(session, plaintext)
             except LowbwError as exc:
                 # Counter exhausted: the device re-handshakes.
                 log.warning("%s: cannot seal (%s)", addr.device, type(exc).__name__)
