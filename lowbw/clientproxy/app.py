@@ -66,7 +66,7 @@ from lowbw.clientproxy.link import ClientLink, client_caps, open_link
 from lowbw.clientproxy.metrics import HttpCounts, route_class
 from lowbw.clientproxy.retransmit import ClientTuning, LinkDead, ParkTuning
 from lowbw.clientproxy.txnids import TxnIds
-from lowbw.compact.codec import CF_CBOR, BodyCodec
+from lowbw.compact.codec import BodyCodec
 from lowbw.compact.refs import ClientRefs
 from lowbw.proxy.clients import (
     BEARER_BIND_OPTION,
@@ -625,6 +625,7 @@ class ClientProxy:
             1 if caps & handshake.CAP_DICT_V1 else None,
             st.refs if self.config.identifier_refs else None,
             blobs=self.config.byte_strings if answer else st.blobs,
+            deflate_default=bool(caps & handshake.CAP_COMPACT),
         )
 
     def _auth_option(self, token: str | None, st: _SessionState) -> OpaqueOption | UintOption | None:
@@ -751,13 +752,19 @@ class ClientProxy:
             report = None if unconfirmed else refs.to_report()
         msg = Message(code=method, uri_path=segments, uri_query=["%s=%s" % kv for kv in query])
         if body is not None:
+            codec = self._codec(session)
             try:
-                payload, cf = self._codec(session).encode(body)
+                payload, cf = codec.encode(body)
             except EncodeError as exc:
                 raise LinkFailed(400, exc.message) from None
             msg.payload = payload
-            if cf != CF_CBOR:
-                msg.opt.content_format = cf
+            option = codec.content_format(cf)
+            if session is None and self.link is not None and self.link.compact:
+                # Made before the handshake answered: the session's default format
+                # is not known yet (it depends on the agreed caps), so say it.
+                option = cf
+            if option is not None:
+                msg.opt.content_format = option
         auth = self._auth_option(token, st)
         if auth is not None:
             msg.opt.add_option(auth)

@@ -69,7 +69,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
 from aiocoap.optiontypes import OpaqueOption, UintOption
 
-from lowbw.compact.codec import CF_CBOR, BodyCodec
+from lowbw.compact.codec import BodyCodec
 from lowbw.compact.refs import ProxyRefs
 from lowbw.proxy.homeserver import HomeserverUnavailable, query_params
 from lowbw.proxy.registry import DeviceRecord
@@ -130,11 +130,12 @@ _LOGIN_ENDINGS = ("/login", "/register", "/refresh")
 _METHODS = {Code.GET: "GET", Code.POST: "POST", Code.PUT: "PUT", Code.DELETE: "DELETE"}
 
 
-def _body_message(code: int, payload: bytes, cf: int) -> Message:
-    """An answer with a body; plain CBOR goes without Content-Format (the default here)."""
-    if cf == CF_CBOR:
+def _body_message(code: int, payload: bytes, cf: int, codec: BodyCodec) -> Message:
+    """An answer with a body; the session's default format goes without Content-Format."""
+    option = codec.content_format(cf)
+    if option is None:
         return Message(code=Code(code), payload=payload)
-    return Message(code=Code(code), payload=payload, content_format=cf)
+    return Message(code=Code(code), payload=payload, content_format=option)
 
 
 def single_payload_max(tuning: Any) -> int:
@@ -528,6 +529,7 @@ class ClientService:
             blobs=state.blobs_on if blobs is None else blobs,
             max_bytes=self.limits.decompress_max_bytes,
             max_items=self.limits.decompress_max_items,
+            deflate_default=bool(addr.caps & handshake.CAP_COMPACT),
         )
 
     def precheck(self, request: Message, addr: SessionAddress) -> Message | None:
@@ -729,7 +731,7 @@ class ClientService:
 
     def _error(self, codec: BodyCodec, code: int, errcode: str, text: str) -> Message:
         payload, cf = codec.encode({"errcode": errcode, "error": text})
-        return _body_message(code, payload, cf)
+        return _body_message(code, payload, cf, codec)
 
     def _unavailable(self, codec: BodyCodec, exc: HomeserverUnavailable) -> Message:
         code = exc.coap_code
@@ -747,7 +749,7 @@ class ClientService:
                 payload, cf = codec.encode(result.json)
             except EncodeError:
                 return self._error(codec, coap.BAD_GATEWAY, "M_UNKNOWN", "answer not representable")
-            msg = _body_message(code, payload, cf)
+            msg = _body_message(code, payload, cf, codec)
         elif result.body:
             msg = Message(code=Code(code), payload=bytes(result.body), content_format=CF_OCTETS)
         else:
