@@ -76,6 +76,7 @@ from lowbw.proxy.clients import (
     CF_OCTETS,
     ECHO_HOLD_OPTION,
     FORM_BLOBS,
+    LOGIN_ENDINGS,
     MAX_SLOTS,
     PARK_ACK_OPTION,
     PARK_MAX,
@@ -628,6 +629,23 @@ class ClientProxy:
             deflate_default=bool(caps & handshake.CAP_COMPACT),
         )
 
+    def _login_slot(self, method: Code, path: str, token: str | None, st: _SessionState) -> int | None:
+        """A slot for the token a login will get, on a compact link (the proxy binds
+        it as it answers: lowbw.proxy.clients, "Logins hand out handles"); None: none.
+        The slot is taken now, under a name no token has, and never reused."""
+        if (
+            self.link is None
+            or not self.link.compact
+            or method != Code.POST
+            or token is not None
+            or not path.endswith(LOGIN_ENDINGS)
+            or len(st.slots) >= MAX_SLOTS
+        ):
+            return None
+        slot = len(st.slots)
+        st.slots[" login %d" % slot] = slot  # a space: no bearer token has one
+        return slot
+
     def _auth_option(self, token: str | None, st: _SessionState) -> OpaqueOption | UintOption | None:
         if token is None:
             return None
@@ -675,6 +693,9 @@ class ClientProxy:
                     # The proxy holds this very query from the last sync: only since goes.
                     sent_query = [(k, v) for k, v in query if k in NOT_STREAM]
             msg, report = self._message(method, path, sent_query, body, token, session, st)
+            login_slot = self._login_slot(method, path, token, st)
+            if login_slot is not None:
+                msg.opt.add_option(OpaqueOption(BEARER_BIND_OPTION, bytes([login_slot])))
             if sent_query is not query:
                 msg.opt.add_option(OpaqueOption(QUERY_SAME_OPTION, b""))
             if acked is not None:
@@ -720,7 +741,14 @@ class ClientProxy:
                 st.confirmed.add(token)
             elif token is not None and session is None and token in st.slots:
                 st.confirmed.add(token)  # st went over to the session this request established
-            return self._answer(response, parked=acked is not None)
+            answer = self._answer(response, parked=acked is not None)
+            if login_slot is not None and answer.status == 200 and isinstance(answer.body, dict):
+                handle = answer.body.get("access_token")
+                if isinstance(handle, str) and handle not in st.slots:
+                    # The proxy bound the new token to the slot the login named.
+                    st.slots[handle] = login_slot
+                    st.confirmed.add(handle)
+            return answer
         raise LinkFailed(502, "the proxy kept refusing the request's session state", reason="session_state")
 
     def _message(

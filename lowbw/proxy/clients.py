@@ -16,10 +16,13 @@ Wire rules (docs/PROTOCOL.md, "Client sessions"):
   binds again and retries (after a proxy restart, say).
 * **Logins hand out handles.** A successful ``login``, ``register`` or
   ``refresh`` answer has its ``access_token`` replaced by a handle
-  (``lbwh_`` + 20 random characters) kept in the registry for this client key;
+  (``lbwh_`` + 12 random characters, 72 bits) kept in the registry for this client key;
   binding the handle binds the real token. So a token obtained through lowbw
   never crosses the radio at all; a token obtained elsewhere crosses once per
-  session, inside the Noise channel. ``logout`` forgets the handle.
+  session, inside the Noise channel. ``logout`` forgets the handle. A login
+  may carry ``Bearer-Bind`` with the slot byte alone: its token is then bound
+  to that slot as the answer goes out, and the next request names the slot
+  (``Bearer-Slot``) without ever binding the handle (25 bytes less).
 * **Parked syncs.** ``GET sync`` with ``since`` and without ``timeout`` is
   *parked*: the proxy long-polls the homeserver itself, again and again, and
   answers only once the result holds something (``sync_is_empty``), or with
@@ -126,8 +129,20 @@ CLIENT_PREFIX = ("", "_matrix", "client")
 # Endpoints whose ``timeout`` query makes the homeserver hold the request.
 _LONG_POLL_ENDINGS = ("/sync", "/events")
 ONLY_CLIENT_API = "lowbw: only /_matrix/client/ is carried"
-_LOGIN_ENDINGS = ("/login", "/register", "/refresh")
+LOGIN_ENDINGS = ("/login", "/register", "/refresh")
 _METHODS = {Code.GET: "GET", Code.POST: "POST", Code.PUT: "PUT", Code.DELETE: "DELETE"}
+
+
+def _login_slot(request: Message, method: str, path: str) -> int | None:
+    """The slot a login asks its token to be bound to: ``Bearer-Bind`` of the slot
+    byte alone, on a POST to a login endpoint (module docstring); None if it asks
+    none. DecodeError for a slot-only Bearer-Bind anywhere else, or a bad slot."""
+    binds = _options(request, BEARER_BIND_OPTION)
+    if len(binds) != 1 or len(binds[0]) != 1:
+        return None  # none, or a token (or garbage): _bearer decides
+    if method != "POST" or not path.endswith(LOGIN_ENDINGS) or binds[0][0] >= MAX_SLOTS:
+        raise DecodeError("bad Bearer-Bind")
+    return int(binds[0][0])
 
 
 def _body_message(code: int, payload: bytes, cf: int, codec: BodyCodec) -> Message:
@@ -436,7 +451,8 @@ class ClientService:
             log.info("%s: %s outside the client-server API refused", rec.name, method)
             return self._error(codec, coap.FORBIDDEN, "M_FORBIDDEN", ONLY_CLIENT_API)
         try:
-            token = self._bearer(request, addr, rec)
+            login_slot = _login_slot(request, method, path)
+            token = None if login_slot is not None else self._bearer(request, addr, rec)
         except _BindRequired:
             msg = self._error(codec, coap.UNAUTHORIZED, "M_UNKNOWN_TOKEN", "bind the token again")
             msg.opt.add_option(OpaqueOption(BIND_REQUIRED_OPTION, b""))
@@ -485,13 +501,16 @@ class ClientService:
             return self._error(codec, coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad request")
         if result.ok and isinstance(result.json, dict) and isinstance(result.json.get("user_id"), str):
             # Whose echoes a sync of this token may hold back (sync_is_echo).
-            real = result.json.get("access_token") if path.endswith(_LOGIN_ENDINGS) else token
-            if path.endswith(_LOGIN_ENDINGS + ("/account/whoami",)) and isinstance(real, str):
+            real = result.json.get("access_token") if path.endswith(LOGIN_ENDINGS) else token
+            if path.endswith(LOGIN_ENDINGS + ("/account/whoami",)) and isinstance(real, str):
                 if real not in state.users and len(state.users) >= MAX_SLOTS * 2:
                     del state.users[next(iter(state.users))]
                 state.users.setdefault(real, set()).add(result.json["user_id"])
         if method == "POST" and result.ok and isinstance(result.json, dict):
-            if path.endswith(_LOGIN_ENDINGS) and isinstance(result.json.get("access_token"), str):
+            if path.endswith(LOGIN_ENDINGS) and isinstance(result.json.get("access_token"), str):
+                if login_slot is not None:
+                    # The login asked for its token in this slot: no Bearer-Bind of it follows.
+                    state.bearers[login_slot] = result.json["access_token"]
                 result.json["access_token"] = self._issue_handle(rec, result.json["access_token"])
                 _drop_homeserver_url(result.json)
             elif path.endswith(("/logout", "/logout/all")) and token is not None:
@@ -583,7 +602,8 @@ class ClientService:
         return bound
 
     def _issue_handle(self, rec: DeviceRecord, token: str) -> str:
-        handle = HANDLE_PREFIX + secrets.token_urlsafe(15)
+        # 72 bits: a handle works only in a session of the key it was issued to.
+        handle = HANDLE_PREFIX + secrets.token_urlsafe(9)
         self.s.registry.add_client_token(rec.name, handle, token)
         log.info("%s: login answered with a token handle", rec.name)
         return handle
