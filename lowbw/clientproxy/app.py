@@ -896,6 +896,10 @@ class ClientProxy:
             except LowbwError as exc:
                 raise LinkFailed(502, "unreadable answer: %s" % exc.message, reason="unreadable")
             self.txnids.restore(body)
+            if isinstance(body, str) and http_status < 300:
+                # An event ID alone: a compact session's answer to a send
+                # (lowbw.proxy.clients, "Event IDs alone").
+                body = {"event_id": body}
         return Answer(http_status, body, retry_after)
 
 
