@@ -626,7 +626,7 @@ class ClientProxy:
             1 if caps & handshake.CAP_DICT_V1 else None,
             st.refs if self.config.identifier_refs else None,
             blobs=self.config.byte_strings if answer else st.blobs,
-            deflate_default=bool(caps & handshake.CAP_COMPACT),
+            deflate_default=not answer and bool(caps & handshake.CAP_COMPACT),
         )
 
     def _login_slot(self, method: Code, path: str, token: str | None, st: _SessionState) -> int | None:

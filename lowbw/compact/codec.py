@@ -12,14 +12,15 @@ format      payload
 ==========  ==================================================================
 60          CBOR, integer keys
 65060       raw DEFLATE of the same CBOR, window preset with dictionary v1
-absent      the session's default: 60, or 65060 on a compact session (caps
-            ``CAP_COMPACT``) that agreed the dictionary (``deflate_default``)
+absent      60; but in a *request* on a compact session (caps ``CAP_COMPACT``)
+            that agreed the dictionary, 65060 (``deflate_default``)
 ==========  ==================================================================
 
-Why the default moves on a compact session: nearly every body there (each
-message send, every sync answer) goes DEFLATEd, and its Content-Format
-option costs 3 bytes (65060 after Content-Format's predecessors: a 2-byte
-value), a plain CBOR one 2 (60, a 1-byte value).
+Why requests on a compact session default to DEFLATE: nearly every request
+body there (each message send) goes DEFLATEd, and its Content-Format option
+costs 3 bytes (a 2-byte value), a plain CBOR one 2 (60, a 1-byte value).
+Answers keep plain CBOR as the default: a send's answer, the commonest, is
+an event ID, which does not compress.
 
 Why both: DEFLATE costs a few bytes of block framing, so a 20-byte message send
 is shorter as plain CBOR; a sync answer carrying Synapse's default push rules

@@ -479,7 +479,7 @@ class ClientService:
             try:
                 # Blobs are read even before this session turned them on (module docstring):
                 # a 0-RTT answer replayed from an earlier handshake may have carried the echo.
-                decoder = self._codec(addr, state, blobs=True)
+                decoder = self._codec(addr, state, blobs=True, request=True)
                 body = decoder.decode(request.payload, None if cf is None else int(cf))
             except LowbwError as exc:
                 return self._error(codec, exc.coap_code, "M_NOT_JSON", exc.message or "bad body")
@@ -545,7 +545,11 @@ class ClientService:
         given = {q.partition("=")[0] for q in raw_query}
         return [q for q in state.sync_query[token] if q.partition("=")[0] not in given] + raw_query
 
-    def _codec(self, addr: SessionAddress, state: ClientState, blobs: bool | None = None) -> BodyCodec:
+    def _codec(
+        self, addr: SessionAddress, state: ClientState, blobs: bool | None = None, request: bool = False
+    ) -> BodyCodec:
+        """The body codec of this session; ``request``: for a request's body (on a
+        compact session an absent Content-Format there means DEFLATE, lowbw.compact.codec)."""
         dict_version = 1 if addr.caps & handshake.CAP_DICT_V1 else None
         return BodyCodec(
             addr.table_id,
@@ -554,7 +558,7 @@ class ClientService:
             blobs=state.blobs_on if blobs is None else blobs,
             max_bytes=self.limits.decompress_max_bytes,
             max_items=self.limits.decompress_max_items,
-            deflate_default=bool(addr.caps & handshake.CAP_COMPACT),
+            deflate_default=request and bool(addr.caps & handshake.CAP_COMPACT),
         )
 
     def precheck(self, request: Message, addr: SessionAddress) -> Message | None:
