@@ -15,14 +15,22 @@ up          version 1, CON, 1-byte token            MID low byte | code | token 
 down        version 1, ACK, 1-byte token, code > 0  code | token | rest
 ==========  ======================================  =================================
 
-``rest`` is the options and payload, unchanged. Up, the proxy takes the
+``rest`` is the options and payload, with lowbw's own options (65008 to
+65040 in steps of 4: Bearer-Bind, Bearer-Slot, ... Park-Ack;
+lowbw.proxy.clients) renumbered to ``VIRTUAL`` (16, 18, 19, 21, 22, 24, 25,
+26, 29: numbers no CoAP option has) and sorted again: the first of them then
+follows Uri-Path, Content-Format or Uri-Query with a 1-byte option header
+instead of 3 (its delta from there needs a 2-byte extension). A message that
+has an option with one of the ``VIRTUAL`` numbers itself, or that is not
+well-formed CoAP, travels whole (rule 0). Up, the proxy takes the
 Message ID nearest its session's newest (``Session.mid``, as for the device
 rules). Down, the Message ID is the one of the request the token names: the
 client-proxy remembers the token of every confirmable request it sent
 (``TokenMids``); an answer naming a token it does not know is dropped. The
 token is inside the ciphertext, so neither field can be altered in flight;
 nothing is added to the associated data. Anything else travels whole (rule 0).
-Saved per exchange: 2 bytes up, 3 down.
+Saved per exchange: 2 bytes up, 3 down, and 2 more each way for a message
+carrying any of lowbw's options.
 
 Only sessions of client keys use rule 3, and only in compact sessions; a
 device session that shows it is refused (``DecodeError``), as before.
@@ -44,6 +52,93 @@ _CON_TKL1 = 0x41
 _ACK_TKL1 = 0x61
 
 
+# lowbw's options (lowbw.proxy.clients) <-> their numbers in a rule-3 residue.
+PRIVATE = tuple(range(65008, 65044, 4))
+VIRTUAL = (16, 18, 19, 21, 22, 24, 25, 26, 29)
+_TO_VIRTUAL = dict(zip(PRIVATE, VIRTUAL, strict=True))
+_TO_PRIVATE = dict(zip(VIRTUAL, PRIVATE, strict=True))
+
+
+class _NotCoap(Exception):
+    """Options that do not parse: the message goes whole (rule 0)."""
+
+
+def _parse_options(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """(options as (number, value), payload with its 0xFF marker) of CoAP options bytes."""
+    options: list[tuple[int, bytes]] = []
+    number = 0
+    pos = 0
+    n = len(data)
+    while pos < n:
+        head = data[pos]
+        if head == 0xFF:
+            return options, data[pos:]
+        pos += 1
+        fields = []
+        for nibble in (head >> 4, head & 0x0F):
+            if nibble == 13:
+                if pos >= n:
+                    raise _NotCoap()
+                nibble = data[pos] + 13
+                pos += 1
+            elif nibble == 14:
+                if pos + 1 >= n:
+                    raise _NotCoap()
+                nibble = ((data[pos] << 8) | data[pos + 1]) + 269
+                pos += 2
+            elif nibble == 15:
+                raise _NotCoap()
+            fields.append(nibble)
+        number += fields[0]
+        if pos + fields[1] > n:
+            raise _NotCoap()
+        options.append((number, data[pos : pos + fields[1]]))
+        pos += fields[1]
+    return options, b""
+
+
+def _nibble(value: int) -> tuple[int, bytes]:
+    if value < 13:
+        return value, b""
+    if value < 269:
+        return 13, bytes([value - 13])
+    return 14, (value - 269).to_bytes(2, "big")
+
+
+def _encode_options(options: list[tuple[int, bytes]], payload: bytes) -> bytes:
+    out = bytearray()
+    last = 0
+    for number, value in sorted(options, key=lambda o: o[0]):  # stable: repeats keep their order
+        d, dx = _nibble(number - last)
+        length, lx = _nibble(len(value))
+        out.append((d << 4) | length)
+        out += dx + lx + value
+        last = number
+    return bytes(out) + payload
+
+
+def _renumber(rest: bytes, table: dict[int, int], clash: dict[int, int]) -> bytes:
+    """``rest`` with the options of ``table`` renumbered; _NotCoap if it does not
+    parse or already has an option numbered as one of ``clash``'s keys."""
+    options, payload = _parse_options(rest)
+    if not any(number in table for number, _ in options):
+        return rest
+    if any(number in clash for number, _ in options):
+        raise _NotCoap()
+    return _encode_options([(table.get(number, number), value) for number, value in options], payload)
+
+
+def _to_residue(rest: bytes) -> bytes:
+    return _renumber(rest, _TO_VIRTUAL, _TO_PRIVATE)
+
+
+def _from_residue(rest: bytes) -> bytes:
+    try:
+        return _renumber(rest, _TO_PRIVATE, _TO_VIRTUAL)
+    except _NotCoap:
+        raise DecodeError("malformed options in a compact client message") from None
+
+
 def _nearest(last_mid: int, low: int) -> int:
     """The 16-bit Message ID whose low byte is ``low``, nearest ``last_mid``."""
     return (last_mid + ((low - last_mid + 128) & 0xFF) - 128) & 0xFFFF
@@ -56,10 +151,14 @@ def seal_up(session: frames.Session, message: bytes) -> bytes:
     if len(m) >= 5 and m[0] == _CON_TKL1 and 0 < m[1] < 32:
         mid = (m[2] << 8) | m[3]
         base = session.mid
-        if base >= 0 and abs(((mid - base + 0x8000) & 0xFFFF) - 0x8000) < NEAR:
+        try:
+            rest = _to_residue(m[5:])
+        except _NotCoap:
+            rest = None
+        if rest is not None and base >= 0 and abs(((mid - base + 0x8000) & 0xFFFF) - 0x8000) < NEAR:
             if 0 < ((mid - base) & 0xFFFF) < 0x8000:
                 session.mid = mid
-            return bytes(session.seal(m[3:4] + m[1:2] + m[4:], rule=RULE_CLIENT))
+            return bytes(session.seal(m[3:4] + m[1:2] + m[4:5] + rest, rule=RULE_CLIENT))
         # Too far from the base to name by its low byte: whole, and the proxy's
         # base follows it (frames.open_up does the same for a whole request).
         if base < 0 or 0 < ((mid - base) & 0xFFFF) < 0x8000:
@@ -75,7 +174,7 @@ def open_up(session: frames.Session, datagram: bytes) -> bytes:
         if len(pt) < 3 or session.mid < 0:
             raise DecodeError("compact client request too short or without a Message ID base")
         mid = _nearest(session.mid, pt[0])
-        msg = bytes([_CON_TKL1, pt[1], mid >> 8, mid & 0xFF]) + pt[2:]
+        msg = bytes([_CON_TKL1, pt[1], mid >> 8, mid & 0xFF]) + pt[2:3] + _from_residue(pt[3:])
     elif rule == frames.RULE_RAW:
         msg = pt
         if not (len(msg) >= 4 and msg[0] >> 6 == 1 and 0 < msg[1] < 32):
@@ -92,7 +191,10 @@ def seal_down(session: frames.Session, message: bytes) -> bytes:
     """Proxy side: a compact frame for a CoAP message to a client-proxy."""
     m = bytes(message)
     if len(m) >= 5 and m[0] == _ACK_TKL1 and m[1] != 0:
-        return bytes(session.seal(m[1:2] + m[4:], rule=RULE_CLIENT))
+        try:
+            return bytes(session.seal(m[1:2] + m[4:5] + _to_residue(m[5:]), rule=RULE_CLIENT))
+        except _NotCoap:
+            pass
     return bytes(session.seal(m))
 
 
@@ -123,4 +225,4 @@ class TokenMids:
         mid = self._mids.get(pt[1:2])
         if mid is None:
             raise DecodeError("answer for a token we did not send")
-        return bytes([_ACK_TKL1, pt[0], mid >> 8, mid & 0xFF]) + pt[1:]
+        return bytes([_ACK_TKL1, pt[0], mid >> 8, mid & 0xFF]) + pt[1:2] + _from_residue(pt[2:])
