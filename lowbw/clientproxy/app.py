@@ -66,7 +66,7 @@ from lowbw.clientproxy.link import ClientLink, client_caps, open_link
 from lowbw.clientproxy.metrics import HttpCounts, route_class
 from lowbw.clientproxy.retransmit import ClientTuning, LinkDead, ParkTuning
 from lowbw.clientproxy.txnids import TxnIds
-from lowbw.compact.codec import BodyCodec
+from lowbw.compact.codec import BodyCodec, compact_query_value
 from lowbw.compact.refs import ClientRefs
 from lowbw.proxy.clients import (
     BEARER_BIND_OPTION,
@@ -100,7 +100,7 @@ FIRST = asyncio.FIRST_COMPLETED
 SESSIONS_KEPT = 3
 # Bearer-Bind slot meaning "this request only": no slot of the session is touched.
 TRANSIENT_SLOT = 0xFF
-REF_PREFIXES = ("\x01", "\x02")
+REF_PREFIXES = ("\x01", "\x02", "\x03")
 # How long the proxy may hold back the ACK of a parked sync (Park-Ack): news within
 # that time is answered piggybacked, one datagram instead of a separate answer and
 # its ACK, and the empty ACK of a park that found news is never sent.
@@ -773,6 +773,10 @@ class ClientProxy:
         if any(seg[:1] in REF_PREFIXES for seg in segments) or any(v[:1] in REF_PREFIXES for _, v in query):
             raise LinkFailed(400, "a path segment or query value may not start with a control character")
         report = None
+        if session is not None and self.link is not None and self.link.compact:
+            # A JSON filter goes as CBOR (compact sessions: lowbw.compact.codec).
+            table = (self.link.caps & handshake.CAPS_TABLE_MASK) or keys.TABLE_LOWBW_V1
+            query = [(k, compact_query_value(v, table)) for k, v in query]
         if session is not None and self.config.identifier_refs:
             refs = st.refs
             segments = [refs.refer_text(seg) for seg in segments]

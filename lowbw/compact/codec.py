@@ -48,13 +48,15 @@ the client-proxy, decoding the proxy's answers, keeps the larger defaults.
 
 from __future__ import annotations
 
+import base64
+import json
 import zlib
 from typing import Any, Protocol
 
 from lowbw.compact import dictionary
 from lowbw.compact import refs as refs_module
 from lowbw.wire import cbor, keys
-from lowbw.wire.errors import DecodeError, LimitError
+from lowbw.wire.errors import DecodeError, LimitError, LowbwError
 
 CF_CBOR = 60
 CF_CBOR_DEFLATE_V1 = 65060
@@ -62,6 +64,9 @@ CF_CBOR_DEFLATE_V1 = 65060
 MAX_BODY = 16 * 1024 * 1024
 MAX_ITEMS = 1_000_000
 MAX_DEPTH = 64
+# A JSON query value (a sync filter) decodes to at most this many bytes and items.
+MAX_QUERY_JSON = 8192
+MAX_QUERY_ITEMS = 4096
 
 
 class Refs(Protocol):
@@ -144,6 +149,45 @@ class BodyCodec:
         expanded = keys.expand(value, self.table_id, max_depth=MAX_DEPTH)
         _no_byte_strings(expanded)
         return expanded
+
+
+# A Uri-Query value that is JSON (a sync ``filter``), as CBOR with integer keys
+# in base64url behind this prefix (compact sessions: docs/PROTOCOL.md, "Client
+# sessions"). "\x01" and "\x02" are identifier references (lowbw.compact.refs).
+JSON_QUERY_PREFIX = "\x03"
+
+
+def compact_query_value(text: str, table_id: int) -> str:
+    """``text`` as a shorter JSON_QUERY_PREFIX value when it is a JSON object that
+    gets shorter that way; else ``text`` as it is."""
+    if not text.startswith("{"):
+        return text
+    try:
+        value = json.loads(text)
+        packed = bytes(cbor.dumps(keys.compress(value, table_id)))
+    except (ValueError, LowbwError):
+        return text
+    short = JSON_QUERY_PREFIX + base64.urlsafe_b64encode(packed).decode("ascii").rstrip("=")
+    return short if len(short) < len(text.encode("utf-8")) else text
+
+
+def expand_query_value(text: str, table_id: int) -> str:
+    """The JSON text of a JSON_QUERY_PREFIX value (compact, no spaces); any other
+    value as it is. DecodeError if it is not one."""
+    if not text.startswith(JSON_QUERY_PREFIX):
+        return text
+    b64 = text[1:]
+    try:
+        raw = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+    except ValueError:
+        raise DecodeError("bad JSON query value") from None
+    if len(raw) > MAX_QUERY_JSON:
+        raise LimitError("JSON query value too large")
+    value = keys.expand(
+        cbor.loads(raw, max_depth=MAX_DEPTH, max_items=MAX_QUERY_ITEMS), table_id, max_depth=MAX_DEPTH
+    )
+    _no_byte_strings(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _no_byte_strings(value: Any) -> None:

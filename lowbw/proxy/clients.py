@@ -78,7 +78,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
 from aiocoap.optiontypes import OpaqueOption, UintOption
 
-from lowbw.compact.codec import BodyCodec
+from lowbw.compact.codec import BodyCodec, expand_query_value
 from lowbw.compact.refs import ProxyRefs
 from lowbw.proxy.homeserver import HomeserverUnavailable, query_params
 from lowbw.proxy.registry import DeviceRecord
@@ -446,7 +446,7 @@ class ClientService:
             raw_query = []
             for item in request.opt.uri_query:
                 key, eq, value = item.partition("=")
-                raw_query.append(key + eq + state.refs.resolve_text(value))
+                raw_query.append(key + eq + expand_query_value(state.refs.resolve_text(value), addr.table_id))
         except DecodeError as exc:
             return self._error(codec, coap.BAD_REQUEST, "M_UNRECOGNIZED", exc.message or "bad reference")
         try:
