@@ -134,7 +134,7 @@ def test_rule_3_saves_two_bytes_up_and_three_down() -> None:
 
 
 def test_frame_layout_and_residue() -> None:
-    """Rule 3 up: kind | sid | enc(MID low byte | code | token | rest); down: kind | enc(code | token | rest)."""
+    """Rule 3 up: kind | sid | enc(MID low | code | token | rest); down: kind | enc(code | token | rest)."""
     client, proxy = kk_pair(zero_rtt=request(0x1233, b"\x04"))
     msg = request(0x1234, b"\x05", coap.PUT, b"\x01\x02")
     dgram = headers.seal_up(twin(client), msg)
