@@ -432,6 +432,13 @@ def test_a_compact_client_session_through_the_real_proxy(
         wire.expect_silence()
         answer, body = client.call(client.request(coap.GET, ["wh"], options=[(BEARER_SLOT_OPTION, b"")]))
         assert body["user_id"] == matrix_user.user_id
+        # The same key over IK still gets in, with a standard session (docs/client-proxy.md).
+        ik = WireDevice(wire.private_key, wire.proxy_public_key, wire.proxy_addr, caps=CAPS)
+        try:
+            answer, body = Client(ik).call(Client(ik).request(coap.GET, ["wh"], options=[bind(handle)]))
+            assert body["user_id"] == matrix_user.user_id and not ik.session.compact
+        finally:
+            ik.close()
     finally:
         wire.close()
 
