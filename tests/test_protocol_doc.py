@@ -169,3 +169,91 @@ def test_parked_sync_example_is_what_the_options_make() -> None:
     data = msg.encode()
     assert data.hex() in table_hex()
     assert "parked sync, %d bytes" % len(data) in DOC.read_text(encoding="utf-8")
+
+
+def compact_client_example() -> dict[str, bytes]:
+    """*Compact client sessions*: a whoami request and its answer, as CoAP and as
+    rule-3 frames of a KK session made with the worked examples' fixed keys."""
+    from lowbw.compact import headers
+    from lowbw.proxy.clients import BEARER_SLOT_OPTION
+    from lowbw.wire import cbor, coap, crypto, frames, handshake, keys, routes
+
+    proxy_pub = crypto.x25519_base(wire_bytes.EXAMPLE_PROXY_PRIV)
+    client_pub = crypto.x25519_base(wire_bytes.EXAMPLE_DEVICE_PRIV)
+    caps = keys.TABLE_LOWBW_V1 | handshake.CAP_DICT_V1  # the client-proxy's, CAP_COMPACT added by KK
+    ini = handshake.Initiator(
+        wire_bytes.EXAMPLE_DEVICE_PRIV,
+        proxy_pub,
+        caps=caps,
+        e_priv=wire_bytes.EXAMPLE_DEVICE_EPH,
+        hsn=wire_bytes.EXAMPLE_HSN,
+        compact=True,
+    )
+    login = coap.Message(coap.CON, coap.POST, 0x1234, b"\x05")
+    coap.set_uri_path(login, routes.encode_path("/_matrix/client/v3/login"))
+    kk1 = ini.start(coap.encode(login))
+    assert kk1[0] == frames.HS_KK1 and kk1[1:3] == handshake.key_id(client_pub)
+    responder = handshake.Responder(
+        wire_bytes.EXAMPLE_PROXY_PRIV, e_priv=wire_bytes.EXAMPLE_PROXY_EPH, rs=client_pub
+    )
+    _, offered, request = responder.read_init(kk1)
+    assert offered == caps | handshake.CAP_COMPACT == 0x92 and request == coap.encode(login)
+    kk2, proxy = responder.respond(wire_bytes.EXAMPLE_SID, handshake.negotiate_caps(offered), b"")
+    client, _, _ = ini.finish(kk2)
+    assert client.mid == proxy.mid == 0x1234
+
+    msg = coap.Message(coap.CON, coap.GET, 0x1235, b"\x06")
+    coap.set_uri_path(msg, routes.encode_path("/_matrix/client/v3/account/whoami"))
+    msg.add_option(BEARER_SLOT_OPTION, b"")
+    req = coap.encode(msg)
+    tokens = headers.TokenMids()
+    tokens.sent(req)
+    up = headers.seal_up(client, req)
+    assert headers.open_up(proxy, up) == req
+    ans = coap.Message(coap.ACK, coap.CONTENT, 0x1235, b"\x06")
+    ans.payload = bytes(cbor.dumps(keys.compress({"user_id": "@ann:example.org"}, keys.TABLE_LOWBW_V1)))
+    answer = coap.encode(ans)
+    down = headers.seal_down(proxy, answer)
+    assert tokens.open_down(client, down) == answer
+    return {
+        "Compact client request, CoAP": req,
+        "Compact client request, on the air": up,
+        "Compact client answer, CoAP": answer,
+        "Compact client answer, on the air": down,
+    }
+
+
+def test_compact_client_example_is_what_the_code_sends() -> None:
+    import os
+
+    from lowbw.wire import frames
+
+    flat = table_hex()
+    text = DOC.read_text(encoding="utf-8")
+    ex = compact_client_example()
+    for name, data in ex.items():
+        assert data.hex() in flat, "%s (%d bytes) in PROTOCOL.md is out of date" % (name, len(data))
+        assert "%s (%d bytes)" % (name, len(data)) in text, name
+    up, down = ex["Compact client request, on the air"], ex["Compact client answer, on the air"]
+    req, answer = ex["Compact client request, CoAP"], ex["Compact client answer, CoAP"]
+    # The savings the text states: 2 bytes up, 3 down, against whole compact frames and standard ones.
+    raw_up, raw_down = 2 + len(req) + frames.C_TAG, 1 + len(answer) + frames.C_TAG
+    assert (raw_up - len(up), raw_down - len(down)) == (2, 3)
+    std_up = len(frames.Session(os.urandom(32), os.urandom(32), 0x2A, True).seal(req))
+    std_down = len(frames.Session(os.urandom(32), os.urandom(32), 0x2A, False).seal(answer))
+    figures = (
+        "%d + %d = %d bytes; whole in compact frames (rule 0) %d + %d = %d, in a\n"
+        "standard session %d + %d = %d."
+        % (
+            len(up),
+            len(down),
+            len(up) + len(down),
+            raw_up,
+            raw_down,
+            raw_up + raw_down,
+            std_up,
+            std_down,
+            std_up + std_down,
+        )
+    )
+    assert figures in text

@@ -45,6 +45,9 @@ class ClientStack:
         client_args: tuple[str, ...] = (),
         homeserver_url: str | None = None,
         metrics: bool = False,
+        enroll_args: tuple[str, ...] = (),
+        relay_args: tuple[str, ...] = (),
+        config_replace: tuple[tuple[str, str], ...] = (),
     ) -> ClientStack:
         from lowbw.proxy.config import write_default
 
@@ -73,11 +76,14 @@ class ClientStack:
             "cp",
             "--out",
             str(self.client_config),
+            *enroll_args,
         )
         text = self.client_config.read_text()
-        self.client_config.write_text(
-            text.replace("request_timeout = 300", "request_timeout = %g" % request_timeout)
-        )
+        text = text.replace("request_timeout = 300", "request_timeout = %g" % request_timeout)
+        for old, new in config_replace:
+            assert old in text, old
+            text = text.replace(old, new)
+        self.client_config.write_text(text)
         port = result.config.proxy.port
         self.relay = demo.Relay(
             ("127.0.0.1", port),
@@ -85,6 +91,7 @@ class ClientStack:
             self.workdir / "radio.json",
             preset=preset,
             seed=seed,
+            extra=relay_args,
             track=self.procs,
         )
         self.client = demo.Proc(

@@ -426,3 +426,98 @@ def test_enroll_client_and_client_proxy_config_errors(
     bad.chmod(0o644)
     code, _, err = run(["client-proxy", "--config", str(bad)], capsys)
     assert code == 1 and "readable by others" in err
+
+
+# -- link profile of a client-proxy (issue 14) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "link_bps, flag, expect",
+    [
+        ("1000", None, "compact"),  # below 10,000 bit/s: compact by default
+        ("9999", None, "compact"),
+        ("10000", None, "standard"),
+        ("1000000", None, "standard"),
+        ("1000", "standard", "standard"),
+        ("1000000", "compact", "compact"),
+    ],
+)
+def test_enroll_client_records_the_link_profile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], link_bps: str, flag: str | None, expect: str
+) -> None:
+    config = init_dir(tmp_path, capsys, "--link-bps", link_bps)
+    out_file = tmp_path / "laptop.client.toml"
+    argv = ["proxy", "enroll-client", "--config", str(config), "laptop", "--out", str(out_file)]
+    code, out, err = run(argv + (["--profile", flag] if flag else []), capsys)
+    assert code == 0, err
+    assert "  profile      %s\n" % expect in out
+    # Both the registry record and the client-proxy's config say it.
+    with Registry(load(config).proxy.registry) as reg:
+        rec = reg.device("laptop")
+        assert rec is not None and rec.profile == expect and rec.permissions == ["client"]
+    assert 'profile = "%s"\n' % expect in out_file.read_text()
+    from lowbw.clientproxy.config import load as load_client
+
+    assert load_client(out_file).profile == expect
+
+
+def test_enroll_client_refuses_an_unknown_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = init_dir(tmp_path, capsys, "--link-bps", "1000")
+    out_file = tmp_path / "laptop.client.toml"
+    argv = ["proxy", "enroll-client", "--config", str(config), "laptop", "--out", str(out_file)]
+    code, _, err = run(argv + ["--profile", "tiny"], capsys)
+    assert code == 2 and "--profile" in err and "invalid choice" in err
+    assert not out_file.exists()
+    with Registry(load(config).proxy.registry) as reg:
+        assert reg.device("laptop") is None
+    # The library call says the same in its own words.
+    from lowbw.proxy.enroll import EnrollError, enroll_client
+
+    with pytest.raises(EnrollError, match="--profile is one of .*compact.*not 'tiny'"):
+        enroll_client(load(config), "laptop", out=out_file, profile="tiny")
+    assert not out_file.exists()
+    code, out, _ = run(["proxy", "enroll-client", "--help"], capsys)
+    assert code == 0 and "--profile {compact,standard}" in out and "10,000 bit/s" in " ".join(out.split())
+
+
+def test_client_proxy_config_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lowbw.clientproxy.config import ClientProxyConfigError
+    from lowbw.clientproxy.config import load as load_client
+
+    config = init_dir(tmp_path, capsys, "--link-bps", "1000")
+    out_file = tmp_path / "laptop.client.toml"
+    code, _, err = run(
+        ["proxy", "enroll-client", "--config", str(config), "laptop", "--out", str(out_file)], capsys
+    )
+    assert code == 0, err
+    written = out_file.read_text()
+    assert written.count("profile = ") == 1
+    path = tmp_path / "edited.client.toml"
+
+    def with_profile(line: str | None) -> Path:
+        lines = [x for x in written.splitlines() if not x.startswith("profile = ")]
+        if line is not None:
+            lines.append(line)
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return path
+
+    assert load_client(with_profile('profile = "compact"')).profile == "compact"
+    assert load_client(with_profile('profile = "standard"')).profile == "standard"
+    # Absent: standard (every client-proxy enrolled before profiles existed).
+    assert load_client(with_profile(None)).profile == "standard"
+    for bad in ('profile = "Compact"', 'profile = "kk"', 'profile = ""', "profile = 1", "profile = true",
+                'profile = ["compact"]'):
+        with pytest.raises(ClientProxyConfigError, match='profile must be "compact" or "standard"') as exc:
+            load_client(with_profile(bad))
+        assert str(path) in exc.value.message
+        # The command line says it too: exit 1, one line, no traceback.
+        code, _, err = run(["client-proxy", "--config", str(path)], capsys)
+        assert code == 1 and err.startswith("lowbw client-proxy: error: ") and "profile must be" in err
+        assert "Traceback" not in err
+    # to_toml writes the profile, and what it writes loads back the same.
+    for profile in ("compact", "standard"):
+        cfg = load_client(with_profile('profile = "%s"' % profile))
+        path.write_text(cfg.to_toml())
+        assert 'profile = "%s"\n' % profile in path.read_text()
+        assert load_client(path).profile == profile

@@ -15,10 +15,11 @@ from aiocoap.message import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import ACK, CON
 
-from lowbw.clientproxy.link import IK1_OVERHEAD, ClientLink
+from lowbw.clientproxy.link import CLIENT_CAPS, IK1_OVERHEAD, ClientLink, client_caps
+from lowbw.compact import headers
 from lowbw.proxy import keyfile
 from lowbw.proxy.transport import LinkTuning
-from lowbw.wire import coap, frames, handshake
+from lowbw.wire import coap, crypto, frames, handshake
 
 
 class Capture:
@@ -32,19 +33,19 @@ class Capture:
         pass
 
 
-def make_link(mtu: int = 1024) -> tuple[ClientLink, Capture, bytes, bytes]:
+def make_link(mtu: int = 1024, caps: int = CLIENT_CAPS) -> tuple[ClientLink, Capture, bytes, bytes]:
     proxy_priv, proxy_pub = keyfile.generate_keypair()
     priv, _ = keyfile.generate_keypair()
-    link = ClientLink(None, priv, proxy_pub, LinkTuning(1000, mtu=mtu), mtu=mtu)  # type: ignore[arg-type]
+    link = ClientLink(None, priv, proxy_pub, LinkTuning(1000, mtu=mtu), caps, mtu=mtu)  # type: ignore[arg-type]
     cap = Capture()
     link._transport = cap  # type: ignore[assignment]
     return link, cap, proxy_priv, proxy_pub
 
 
-def message(code: Code, mid: int, payload: bytes = b"") -> Message:
+def message(code: Code, mid: int, payload: bytes = b"", token: bytes = b"\x01") -> Message:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        m = Message(mtype=CON, code=code, mid=mid, token=b"\x01", uri_path=["wh"], payload=payload)
+        m = Message(mtype=CON, code=code, mid=mid, token=token, uri_path=["wh"], payload=payload)
     return m
 
 
@@ -182,5 +183,99 @@ def test_a_cookie_reply_sends_the_same_handshake_again_with_it() -> None:
         link.datagram_received(bytes([frames.HS_COOKIE_REPLY]) + cookie, None)
         link.datagram_received(bytes([frames.HS_COOKIE_REPLY]) + cookie[:5], None)
         assert len(cap.sent) == 2 and link.stats.dropped == 2
+
+    asyncio.run(run())
+
+
+# -- the compact link profile (profile = "compact") ----------------------------------
+
+
+class Sink:
+    """Stands in for aiocoap's message manager: what the link dispatches."""
+
+    def __init__(self) -> None:
+        self.got: list[Message] = []
+
+    def dispatch_message(self, msg: Message) -> None:
+        self.got.append(msg)
+
+    def has_exchanges(self, remote: Any) -> bool:
+        return False
+
+
+def test_client_caps() -> None:
+    assert client_caps() == CLIENT_CAPS and not client_caps() & handshake.CAP_COMPACT
+    assert client_caps(False) == CLIENT_CAPS & ~handshake.CAP_DICT_V1
+    assert client_caps(True, True) == CLIENT_CAPS | handshake.CAP_COMPACT
+    assert client_caps(False, True) == (CLIENT_CAPS & ~handshake.CAP_DICT_V1) | handshake.CAP_COMPACT
+
+
+def test_a_compact_link_handshakes_kk_and_uses_rule_3() -> None:
+    async def run() -> None:
+        link, cap, proxy_priv, _ = make_link(caps=client_caps(True, True))
+        sink = Sink()
+        link._mman = sink  # type: ignore[assignment]
+        client_pub = crypto.x25519_base(link.private_key)
+        first = message(Code.POST, 0x1230, b"\xa0", token=b"\x01")
+        link.send(first)
+        # KK message 1 naming our key by its 2-byte id, the request riding it.
+        kk1 = cap.sent[0]
+        assert kk1[0] == frames.HS_KK1 and kk1[1:3] == handshake.key_id(client_pub)
+        responder = handshake.Responder(proxy_priv, rs=client_pub)
+        pub, offered, request = responder.read_init(kk1)
+        assert pub == client_pub and offered & handshake.CAP_COMPACT and request == first.encode()
+        ack = coap.encode(coap.Message(coap.ACK, coap.CHANGED, 0x1230, b"\x01"))
+        kk2, proxy = responder.respond(0x2A, handshake.negotiate_caps(offered), ack)
+        link.datagram_received(kk2, None)
+        assert link.session is not None and link.session.compact and link.caps & handshake.CAP_COMPACT
+        assert [(m.mid, m.code) for m in sink.got] == [(0x1230, Code.CHANGED)]
+        # Later requests: compact frames with rule 3 (2 bytes less than whole).
+        for i in range(1, 4):
+            req = message(Code.GET, 0x1230 + i, token=bytes([1 + i]))
+            link.send(req)
+            dgram = cap.sent[-1]
+            assert dgram[0] >> 4 == 0xC | headers.RULE_CLIENT and dgram[1] == 0x2A
+            assert len(dgram) == 2 + len(req.encode()) - 2 + 8
+            assert headers.open_up(proxy, dgram) == req.encode()
+            answer = coap.encode(
+                coap.Message(coap.ACK, coap.CONTENT, 0x1230 + i, bytes([1 + i]), (), b"\xa0")
+            )
+            down = headers.seal_down(proxy, answer)
+            assert down[0] >> 4 == 0xC | headers.RULE_CLIENT and len(down) == 1 + len(answer) - 3 + 8
+            link.datagram_received(down, None)
+            got = sink.got[-1]
+            assert (got.mid, got.token, got.code, got.payload) == (
+                0x1230 + i,
+                bytes([1 + i]),
+                Code.CONTENT,
+                b"\xa0",
+            )
+        # An answer naming a token we never sent, a device rule, a replay: dropped and counted.
+        n = len(sink.got)
+        link.datagram_received(
+            headers.seal_down(proxy, coap.encode(coap.Message(coap.ACK, coap.CONTENT, 0x1240, b"\x77"))), None
+        )
+        link.datagram_received(proxy.seal(b"\x45\x02", rule=frames.RULE_CODE), None)
+        link.datagram_received(down, None)
+        assert len(sink.got) == n
+        assert link.drops == {"malformed": 2, "replay": 1}
+
+    asyncio.run(run())
+
+
+def test_a_compact_link_ignores_an_ik_answer() -> None:
+    """A compact link waits for KK message 2; an IK answer (or a standard session) is not its own."""
+
+    async def run() -> None:
+        link, cap, proxy_priv, _ = make_link(caps=client_caps(True, True))
+        link.send(message(Code.GET, 1))
+        assert cap.sent[0][0] == frames.HS_KK1
+        ik_link, ik_cap, _, _ = make_link()
+        ik_link.proxy_public_key = link.proxy_public_key
+        ik_link.private_key = link.private_key
+        ik_link.send(message(Code.GET, 1))
+        ik2, _ = respond(proxy_priv, ik_cap.sent[0])
+        link.datagram_received(ik2, None)
+        assert link.session is None and link.drops == {"unexpected_handshake": 1}
 
     asyncio.run(run())

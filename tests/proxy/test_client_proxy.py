@@ -343,3 +343,104 @@ def test_long_bodies_go_block_wise_both_ways(
     )
     assert status == 200 and page["chunk"][0]["content"]["body"] == text
     assert stack.radio_stats()["rx"] - sent["rx"] >= 4
+
+
+# -- the compact link profile (enroll-client --profile compact) ----------------------
+
+
+def air(pcap: Any) -> tuple[list[bytes], list[bytes]]:
+    """(up, down) datagrams the radio delivered, in order (radio_sim relay --pcap)."""
+    from radio_sim.observe import SERVER_IP
+    from tests.radio_sim.pcapread import read_pcap
+
+    _, packets = read_pcap(str(pcap))
+    assert all(p.ip_ok and p.udp_ok for p in packets)
+    return [p.payload for p in packets if p.dst == SERVER_IP], [
+        p.payload for p in packets if p.src == SERVER_IP
+    ]
+
+
+def test_compact_client_proxy_through_the_real_proxy(
+    client_stack: Any, synapse: SynapseServer, person: tuple[str, str, str], tmp_path: Any
+) -> None:
+    """A client-proxy enrolled for a 1000 bit/s radio gets the compact profile by
+    default: KK, compact frames, rule 3 on the air, and the client sees no difference."""
+    from lowbw.compact import headers
+    from lowbw.wire import frames
+
+    localpart, password, user_id = person
+    pcap = tmp_path / "air.pcap"
+    stack = client_stack(preset="1kbps", relay_args=("--pcap", str(pcap)))
+    assert 'profile = "compact"' in stack.client_config.read_text()
+    status, _, body = http(stack.url, "POST", "/_matrix/client/v3/login", login_body(localpart, password))
+    assert status == 200 and body["user_id"] == user_id
+    token = body["access_token"]
+    for _ in range(2):
+        status, _, body = http(stack.url, "GET", "/_matrix/client/v3/account/whoami", token=token)
+        assert status == 200 and body["user_id"] == user_id
+    status, _, body = http(
+        stack.url, "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat"}, token
+    )
+    assert status == 200
+    room = body["room_id"]
+    path = "/_matrix/client/v3/rooms/%s/send/m.room.message/c1" % urllib.parse.quote(room)
+    status, _, body = http(stack.url, "PUT", path, {"msgtype": "m.text", "body": "compact"}, token)
+    assert status == 200 and body["event_id"].startswith("$")
+    # The message is in the room, as Synapse itself tells it.
+    direct = _token_of(synapse, localpart, password)
+    status, msgs = matrix_call(
+        synapse.url,
+        "GET",
+        "/_matrix/client/v3/rooms/%s/messages" % urllib.parse.quote(room),
+        direct,
+        query={"dir": "b", "limit": 10},
+    )
+    assert status == 200 and [
+        e["content"]["body"] for e in msgs["chunk"] if e["type"] == "m.room.message"
+    ] == ["compact"]
+    time.sleep(0.5)  # the pcap is written at delivery
+    up, down = air(pcap)
+    # One KK handshake, answered; never IK.
+    assert up[0][0] == frames.HS_KK1 and down[0][0] == frames.HS_KK2
+    assert not any(d[0] in (frames.HS_IK1, frames.HS_IK2) for d in up + down)
+    assert stack.radio_stats()["handshakes"] == 1
+    # Then compact frames only, rule 3 both ways (the requests carry a 1-byte token).
+    rest_up, rest_down = [d for d in up if d[0] != frames.HS_KK1], down[1:]
+    assert rest_up and rest_down
+    assert all(frames.kind_of(d) == frames.KIND_COMPACT for d in rest_up + rest_down)
+    rule = lambda d: (d[0] >> 4) & 3  # noqa: E731
+    assert sum(rule(d) == headers.RULE_CLIENT for d in rest_up) >= 4
+    assert any(rule(d) == headers.RULE_CLIENT for d in rest_down)
+    assert not any(rule(d) in (frames.RULE_READING, frames.RULE_CODE) for d in rest_up + rest_down)
+
+
+def test_compact_client_proxy_with_a_standard_record_fails_cleanly(
+    client_stack: Any, person: tuple[str, str, str], tmp_path: Any
+) -> None:
+    """Its config says compact, the proxy's registry standard: the KK message 1
+    names no compact key, so nothing answers; the client gets 504, nothing crashes."""
+    from lowbw.wire import frames
+
+    localpart, password, _ = person
+    pcap = tmp_path / "air.pcap"
+    stack = client_stack(
+        preset="fast",
+        request_timeout=4.0,
+        enroll_args=("--profile", "standard"),
+        relay_args=("--pcap", str(pcap)),
+        config_replace=(('profile = "standard"', 'profile = "compact"'),),
+    )
+    t0 = time.monotonic()
+    status, _, body = http(
+        stack.url, "POST", "/_matrix/client/v3/login", login_body(localpart, password), timeout=30
+    )
+    assert status == 504 and body["errcode"] == "M_UNKNOWN" and body["error"].startswith("lowbw:")
+    assert time.monotonic() - t0 < 20
+    assert stack.client.running() and stack.proxy.running()
+    stats = stack.radio_stats()
+    assert stats["handshakes"] >= 1 and stats["rx"] == 0
+    up, down = air(pcap)
+    assert up and all(d[0] == frames.HS_KK1 for d in up) and down == []
+    # The proxy stays well: another request is refused the same way, quickly.
+    status, _, _ = http(stack.url, "GET", "/_matrix/client/v3/account/whoami", token="t", timeout=30)
+    assert status == 504 and stack.client.running() and stack.proxy.running()

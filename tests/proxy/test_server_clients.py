@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lowbw.compact import dictionary
+from lowbw.compact import dictionary, headers
 from lowbw.compact.codec import CF_CBOR_DEFLATE_V1, MAX_BODY, BodyCodec
 from lowbw.compact.refs import ClientRefs
 from lowbw.proxy.clients import (
@@ -27,7 +27,7 @@ from lowbw.proxy.clients import (
 from lowbw.proxy.config import load
 from lowbw.proxy.enroll import enroll_client
 from lowbw.proxy.registry import Registry
-from lowbw.wire import coap, handshake, keys
+from lowbw.wire import coap, crypto, frames, handshake, keys
 from tests.proxy.conftest import MatrixUser, WireDevice, matrix_call
 
 CAPS = keys.TABLE_LOWBW_V1 | handshake.CAP_DICT_V1
@@ -330,3 +330,143 @@ def test_a_request_repeated_in_a_new_handshake_is_answered_not_run_again(
         answers.append(response)
     assert answers[0] == answers[1] and coap.decode(answers[0]).code == coap.CHANGED
     assert len(rooms()) == len(before) + 1  # one room, not two
+
+
+# -- the compact link profile on client sessions (lowbw.compact.headers, rule 3) --------
+
+
+class CompactClientWire(WireDevice):
+    """A client-proxy enrolled ``compact``, built from wire pieces as the real one
+    (lowbw.clientproxy.link) is: Noise KK, compact frames, rule 3 up (``seal_up``),
+    answers found by token (``TokenMids``), a 1-byte token on every request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, compact=True, **kwargs)
+        self.tokens = headers.TokenMids()
+        self.next_token = 1
+        self.received: list[bytes] = []
+
+    def request(self, code: int, path: list[str], payload: bytes = b"", **kwargs: Any) -> Any:
+        if not kwargs.get("token"):
+            kwargs["token"] = bytes([self.next_token])
+            self.next_token = self.next_token % 255 + 1
+        return super().request(code, path, payload, **kwargs)
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        data = super().recv(timeout)
+        self.received.append(data)
+        return data
+
+    def seal(self, msg: Any) -> bytes:
+        plain = coap.encode(msg)
+        self.tokens.sent(plain)
+        return headers.seal_up(self.session, plain)
+
+    def open(self, datagram: bytes) -> Any:
+        return coap.decode(self.tokens.open_down(self.session, datagram))
+
+
+def enrolled_compact_wire(
+    proxy_config_path: str, proxy_factory: Any, profile: str
+) -> tuple[Client, Any, Any]:
+    cfg = load(proxy_config_path)
+    name = "cp%d" % int(time.time() * 1000 % 100000)
+    result = enroll_client(cfg, name, out=cfg.dir / ("%s.client.toml" % name), profile=profile)
+    proxy = proxy_factory()
+    from lowbw.clientproxy.config import load as load_client
+
+    ccfg = load_client(result.config_path)
+    assert ccfg.profile == result.record.profile == profile
+    wire = CompactClientWire(ccfg.private_key, ccfg.proxy_public_key, ("127.0.0.1", proxy.port), caps=CAPS)
+    return Client(wire), proxy, cfg
+
+
+def rule(dgram: bytes) -> int:
+    assert frames.kind_of(dgram) == frames.KIND_COMPACT
+    return (dgram[0] >> 4) & 3
+
+
+def test_a_compact_client_session_through_the_real_proxy(
+    proxy_config_path: str, proxy_factory: Any, matrix_user: MatrixUser
+) -> None:
+    client, proxy, cfg = enrolled_compact_wire(proxy_config_path, proxy_factory, "compact")
+    wire = client.wire
+    try:
+        public_key = crypto.x25519_base(wire.private_key)
+        with Registry(cfg.proxy.registry) as reg:
+            rec = reg.device_by_key(public_key)
+            assert rec is not None and rec.profile == "compact" and rec.permissions == ["client"]
+        # The login rides KK message 1 (the key named by its 2-byte id); KK message 2 answers it.
+        handle = client.login(matrix_user)
+        assert wire.sent[0][0] == frames.HS_KK1 and wire.sent[0][1:3] == handshake.key_id(public_key)
+        assert wire.received[0][0] == frames.HS_KK2
+        assert wire.session.compact and wire.agreed_caps is not None
+        assert wire.agreed_caps & handshake.CAP_COMPACT and wire.agreed_caps & handshake.CAP_DICT_V1
+        # Requests in the session: rule 3 up, and their answers rule 3 down.
+        msg = client.request(coap.GET, ["wh"], options=[bind(handle)])
+        answer, body = client.call(msg)
+        assert answer.code == coap.CONTENT and body["user_id"] == matrix_user.user_id
+        assert rule(wire.sent[-1]) == headers.RULE_CLIENT
+        assert len(wire.sent[-1]) == 1 + 1 + len(coap.encode(msg)) - 2 + 8
+        for _ in range(3):
+            n = len(wire.received)
+            msg = client.request(coap.GET, ["wh"], options=[(BEARER_SLOT_OPTION, b"")])
+            answer, body = client.call(msg)
+            assert answer.code == coap.CONTENT and body["user_id"] == matrix_user.user_id
+            assert answer.mid == msg.mid and answer.token == msg.token
+            assert rule(wire.sent[-1]) == headers.RULE_CLIENT
+            down = wire.received[n:]
+            assert all(frames.kind_of(d) == frames.KIND_COMPACT for d in down)
+        assert any(rule(d) == headers.RULE_CLIENT for d in wire.received[1:])
+        # A message ID far from the last: whole (rule 0), and the proxy follows it.
+        wire.next_mid += 1000
+        msg = client.request(coap.GET, ["wh"], options=[(BEARER_SLOT_OPTION, b"")])
+        answer, body = client.call(msg)
+        assert rule(wire.sent[-1]) == frames.RULE_RAW and body["user_id"] == matrix_user.user_id
+        answer, body = client.call(client.request(coap.GET, ["wh"], options=[(BEARER_SLOT_OPTION, b"")]))
+        assert rule(wire.sent[-1]) == headers.RULE_CLIENT and body["user_id"] == matrix_user.user_id
+        counts = proxy.run(lambda: dict(proxy.server.table.handshake_counts))
+        assert counts.get(("kk", "ok")) == 1 and not counts.get(("ik", "ok"))
+        # Rule 1 or 2 (a device's) on this client session: refused, no answer, session kept.
+        wire.send(bytes(wire.session.seal(bytes([wire.next_mid & 0xFF, coap.GET]) + b"\xb2wh", rule=2)))
+        wire.expect_silence()
+        answer, body = client.call(client.request(coap.GET, ["wh"], options=[(BEARER_SLOT_OPTION, b"")]))
+        assert body["user_id"] == matrix_user.user_id
+        # The same key over IK still gets in, with a standard session (docs/client-proxy.md).
+        ik = WireDevice(wire.private_key, wire.proxy_public_key, wire.proxy_addr, caps=CAPS)
+        try:
+            answer, body = Client(ik).call(Client(ik).request(coap.GET, ["wh"], options=[bind(handle)]))
+            assert body["user_id"] == matrix_user.user_id and not ik.session.compact
+        finally:
+            ik.close()
+    finally:
+        wire.close()
+
+
+def test_a_compact_client_enrolled_standard_gets_no_session(
+    proxy_config_path: str, proxy_factory: Any, matrix_user: MatrixUser
+) -> None:
+    """The client-proxy's config says compact, its registry record standard: its KK
+    message 1 names no compact key, so the proxy refuses it (counted) and answers nothing."""
+    client, proxy, cfg = enrolled_compact_wire(proxy_config_path, proxy_factory, "standard")
+    wire = client.wire
+    try:
+        login = client.request(coap.POST, ["li"], {"type": "m.login.password"})
+        kk1, _ = wire.ik_datagram(login)
+        assert kk1[0] == frames.HS_KK1
+        wire.send(kk1)
+        wire.expect_silence()
+        counts = proxy.run(lambda: dict(proxy.server.table.handshake_counts))
+        assert counts.get(("kk", "auth_failed")) == 1 and not counts.get(("kk", "ok"))
+        rejects = proxy.run(lambda: dict(proxy.server.table.rejects.totals))
+        assert rejects.get("handshake that did not authenticate") == 1
+        assert proxy.run(lambda: len(proxy.server.table.by_device)) == 0
+        # The same key over IK (the standard profile it is enrolled for) still gets in.
+        ik = WireDevice(wire.private_key, wire.proxy_public_key, wire.proxy_addr, caps=CAPS)
+        try:
+            assert Client(ik).login(matrix_user).startswith("lbwh_")
+            assert not ik.session.compact
+        finally:
+            ik.close()
+    finally:
+        wire.close()
