@@ -1,9 +1,9 @@
 """Several ``lowbw proxy run`` processes on one fleet: ``python bench/proxy_load.py --nodes N``.
 
-One PostgreSQL (``lowbw.testing.postgres``), the sink homeserver of
-bench/proxy_load.py, one ``proxy.toml`` with ``registry = "postgresql://..."``
-and ``[cluster] nodes = N``. Three saturated runs with the same simulated warm
-devices (closed loop, one UDP socket each, this process):
+One PostgreSQL (``lowbw.testing.postgres``), a sink homeserver, one
+``proxy.toml`` with ``registry = "postgresql://..."`` and ``[cluster] nodes =
+N``. Three saturated runs with the same simulated warm devices (closed loop,
+one UDP socket each, this process):
 
 0. one proxy process on an SQLite registry (a single proxy as before);
 1. one proxy process (``[cluster]`` off, the same PostgreSQL registry);
@@ -12,16 +12,25 @@ devices (closed loop, one UDP socket each, this process):
    them, every handshake lands where the kernel sends it, and the session id
    says which node owns it (frames that land elsewhere are forwarded).
 
+What is measured is the proxies, so the rest is made cheap and the same for
+all three runs: the devices are bench/loadgen.py (frames sealed before the
+window, an epoll loop that only sends and receives, every answer opened and
+checked afterwards; ``--generator asyncio``: proxy_load.py's devices), the
+sink is nginx answering from its configuration (bench/nginx_sink.py;
+``--sink aiohttp`` or nginx missing: proxy_load.py's sink), and the sink and
+PostgreSQL run at the bench's scheduling priority (``share_priority``).
+
 The devices continue at message number 1000 after their handshake (a device
 whose session has run a while: its numbers are above the registry's top + 64,
-so on PostgreSQL a reading makes one round trip, ``lowbw.proxy.freshtxn``; the
-first 64 readings after a handshake make two). Each run gets a fresh registry.
+so on PostgreSQL a reading's lookup is answered from memory,
+``lowbw.proxy.freshtxn``, and its row written behind, ``lowbw.proxy.writebehind``).
+Each run gets a fresh registry.
 
-``speedup`` = readings/s of run 2 / readings/s of run 1. Also reported: the
-proxies' CPU per reading, how busy the whole machine was (all cores: the
-simulated devices, the sink and PostgreSQL share them with the proxies), and
-the datagrams forwarded between nodes (``lowbw proxy run`` prints nothing of
-that at WARNING; the count comes from the proxies' stats at stop).
+``speedup`` = readings/s of run 2 / readings/s of run 1 (medians of the
+rounds; ``speedup_by_round`` pairs each round's runs). Also reported: CPU per
+reading of the proxies, the devices, the sink and PostgreSQL (``/proc/PID/stat``
+over the window), each proxy's share of a core, and how busy the whole machine
+was (all cores, every process: 2.0 = both cores busy).
 """
 
 from __future__ import annotations
@@ -380,6 +389,10 @@ def bench_nodes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "one_process": one,
                 "n_processes": many,
                 "speedup": ratio(many, one),
+                # Each round's own ratio (its runs were back to back: the same neighbours).
+                "speedup_by_round": [
+                    ratio(n, o) for o, n in zip(all_runs["pg_1"], all_runs["pg_n"], strict=True)
+                ],
                 "speedup_vs_sqlite": ratio(many, base),
                 "rounds": all_runs,
             }
@@ -402,6 +415,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "readings_per_s_n": many["readings_per_s"],
         "speedup": result["speedup"],
         "speedup_vs_sqlite_1": result["speedup_vs_sqlite"],
+        "speedup_by_round": result.get("speedup_by_round"),
         "cpu_us_per_reading_sqlite_1": base["proxy_cpu_us_per_reading"],
         "cpu_us_per_reading_1": one["proxy_cpu_us_per_reading"],
         "cpu_us_per_reading_n": many["proxy_cpu_us_per_reading"],
