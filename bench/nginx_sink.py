@@ -42,6 +42,7 @@ def sink_config(prefix: Path, port: int) -> str:
     # the geo block gives a variable whose value is "$".
     return f"""# Written by bench/nginx_sink.py; removed when the benchmark ends.
 worker_processes 1;
+pcre_jit on;
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
 
@@ -75,6 +76,11 @@ http {{
         }}
         location ~ ^/_matrix/client/v1/appservice/[^/]+/ping$ {{
             return 200 '{{}}';
+        }}
+        # Requests served so far (``NginxSink.requests``): the bench checks each
+        # counted reading made its HTTP request.
+        location = /_nginx_status {{
+            stub_status;
         }}
         location / {{
             return 404 '{{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}}';
@@ -136,6 +142,16 @@ class NginxSink:
         if self._proc is None:
             return []
         return [self._proc.pid, *children(self._proc.pid)]
+
+    def requests(self) -> int:
+        """Requests nginx has answered since it started (this one included)."""
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(self.url + "/_nginx_status", timeout=10) as resp:
+            text = resp.read().decode()
+        # "Active connections: N \nserver accepts handled requests\n A H R \n..."
+        return int(text.splitlines()[2].split()[2])
 
     def reset(self) -> None:
         """Nothing to forget: nginx keeps no stamps."""

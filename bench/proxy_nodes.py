@@ -109,9 +109,13 @@ class CpuMeter:
     the proxies, the sink homeserver, PostgreSQL (its postmaster and every backend),
     and the whole machine (``machine_busy_cores``)."""
 
-    def __init__(self, proxies: list[int], sink: list[int], postgres: int | None) -> None:
+    def __init__(
+        self, proxies: list[int], sink: list[int], postgres: int | None, sink_requests: Any = None
+    ) -> None:
         self.groups = {"proxies": proxies, "sink": sink}
         self.postgres = postgres
+        # () -> requests the sink served so far (nginx), or None.
+        self.sink_requests = sink_requests
 
     def _pids(self) -> dict[str, list[int]]:
         pids = dict(self.groups)
@@ -220,16 +224,30 @@ def _saturate(
             # Steady state: a device whose session has run a while sends numbers
             # above its registry top + 64 (lowbw.proxy.freshtxn).
             dev.mid = STEADY_MID
+        handshake_retries = sum(d.retries for d in devices)
+        for dev in devices:
+            dev.retries = 0
         sealing = lg.seal_ahead(devices, lg.default_frames(duration, len(devices)))
         time.sleep(0.2)  # the handshakes' registry writes are done
         gc.collect()
         gc.disable()
         try:
+            requests0 = meter.sink_requests() if meter.sink_requests else None
             before = meter.sample()
             load = lg.run(devices, duration)
             after = meter.sample()  # (includes the drain of the last answers: < 10 ms)
         finally:
             gc.enable()
+        sent: int | None = None
+        if requests0 is not None:
+            # PUTs the sink answered for this run's readings (its two status requests
+            # taken off): one per answered reading, or a reading was not posted (a
+            # retransmitted reading is answered from the sent table, without one).
+            sent = meter.sink_requests() - requests0 - 1
+            answered = sum(len(d.answers) for d in devices)
+            retried = sum(d.retries for d in devices)
+            if not answered - retried <= sent <= answered:
+                raise RuntimeError("%d readings answered, %d sent to the sink" % (answered, sent))
         checked = lg.verify(devices)
     finally:
         for dev in devices:
@@ -245,9 +263,12 @@ def _saturate(
         "rtt_ms_p99": lg.percentile_ms(devices, 99),
         "retransmissions": sum(d.retries for d in devices),
         "handshake_seconds": round(handshakes, 2),
+        "handshake_retries": handshake_retries,
         "sealing_seconds": round(sealing, 2),
         "sealed_on_the_fly": sum(1 for d in devices if not d.sealed_ahead),
         "unanswered_at_end": load["unanswered_at_end"],
+        # The sink's count of sends in the run (nginx), checked against the answers.
+        "sink_requests": sent,
         **checked,
         "devices_cpu_share_of_one_core": round(load["cpu_s"] / duration, 2),
         "devices_cpu_us_per_reading": round(load["cpu_s"] / n * 1e6, 1) if n else None,
@@ -352,7 +373,12 @@ def bench_nodes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         time.sleep(0.5)
                         postmaster = _postmaster_pid(pg)
                         share_priority(sink_pids + ([postmaster] if postmaster else []))
-                        meter = CpuMeter([p.pid for p in procs], sink_pids, postmaster)
+                        meter = CpuMeter(
+                            [p.pid for p in procs],
+                            sink_pids,
+                            postmaster,
+                            sink.requests if isinstance(sink, NginxSink) else None,
+                        )
                         run = _saturate(
                             procs,
                             (cfg.proxy.bind, cfg.proxy.port),
