@@ -823,6 +823,20 @@ def main(argv: list[str] | None = None) -> int:
         "readings/s of N processes against one (bench/proxy_nodes.py)",
     )
     p.add_argument("--rounds", type=int, help="with --nodes: repeat the runs, interleaved (default 1)")
+    p.add_argument(
+        "--sink",
+        choices=["auto", "nginx", "aiohttp"],
+        default="auto",
+        help="with --nodes: the sink homeserver (default auto: nginx, bench/nginx_sink.py, where "
+        "installed, else the aiohttp sink)",
+    )
+    p.add_argument(
+        "--generator",
+        choices=["epoll", "asyncio"],
+        default="epoll",
+        help="with --nodes: the simulated devices (default epoll: frames sealed ahead, bench/loadgen.py; "
+        "asyncio: the single-proxy bench's devices, a seal per reading when due)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON line of headline figures, no table")
     p.add_argument("--out", help="also write the whole result as JSON here")
     args = p.parse_args(argv)

@@ -12,7 +12,10 @@ anyone ever recorded for the device in its current counter epoch has a number
 at most the registry's message top + ``MSG_TOP_PERSIST_EVERY`` - 1: a proxy
 writes the device's top before it gets that far ahead of the stored one
 (``SessionTable.advance_msg_top``), before it posts the reading, and at a
-graceful stop; a proxy that crashed lost at most that lag. So a transaction
+graceful stop; a proxy that crashed lost at most that lag. (With the
+write-behind, ``lowbw.proxy.writebehind``, "writes" means "queues": the top
+commits in the same batch as the reading's row or an earlier one, tops first,
+so the registry keeps the promise at every commit.) So a transaction
 id of that epoch numbered above ``floor`` = top + ``MARGIN`` was never
 recorded by anyone but this proxy, which remembers what it recorded above the
 floor (``recorded``; the newest ``KEEP`` of them: when one is dropped, the floor

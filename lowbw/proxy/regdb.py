@@ -151,6 +151,23 @@ def to_postgres(sql: str) -> str:
     return out
 
 
+# Registry.write_behind on PostgreSQL (PostgresEngine.write_batch), written in
+# PostgreSQL's own dialect: SQLite has no arrays. Each device's top is raised to
+# the highest of the batch, only in the counter epoch it was counted in.
+_PG_ADVANCE_TOPS = (
+    "UPDATE devices SET msg_top = GREATEST(devices.msg_top, t.top) "
+    "FROM (SELECT name, max(top) AS top, epoch FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
+    "AS x(name, top, epoch) GROUP BY name, epoch) AS t "
+    "WHERE devices.name = t.name AND devices.epoch = t.epoch"
+)
+_PG_INSERT_SENT = (
+    "INSERT INTO sent_events (device, txn_id, event_id, sent_ms) "
+    "SELECT e.device, e.txn_id, e.event_id, %s FROM unnest(%s::text[], %s::text[], %s::text[]) "
+    "AS e(device, txn_id, event_id) JOIN devices AS d ON d.name = e.device "
+    "ON CONFLICT (device, txn_id) DO NOTHING"
+)
+
+
 class Engine:
     """What ``Registry`` needs from a database."""
 
@@ -254,6 +271,9 @@ class PostgresEngine(Engine):
         self.conn = self._connect()
         self._listener: threading.Thread | None = None
         self._listen_stop = threading.Event()
+        # write_batch's connection (opened by the writer thread on first use).
+        self._writer_conn: Any = None
+        self._writer_lock = threading.Lock()
 
     def _connect(self) -> Any:
         psycopg = self._psycopg
@@ -369,6 +389,66 @@ class PostgresEngine(Engine):
                 log.warning("registry: LISTEN connection failed (%s); again in 1 s", type(exc).__name__)
                 time.sleep(1.0)
 
+    # -- write-behind (lowbw.proxy.writebehind): its own connection, one thread -----
+
+    def write_batch(
+        self, events: Sequence[tuple[str, str, str]], tops: Sequence[tuple[str, int, int]], now: int
+    ) -> None:
+        """Sent events and message tops of ``Registry.write_behind``, in ONE transaction
+        on a connection of the writer thread's own (the event loop's connection is
+        never waited for, and its statements never wait for this one).
+
+        Tops first: a batch's event rows are of readings whose top went into the
+        same or an earlier batch (the top is queued before the reading is posted,
+        the row after the homeserver answered), so at every commit the registry
+        still promises that each recorded number is at most its device's top + 63
+        (``lowbw.proxy.freshtxn`` relies on that after a crash). Each statement
+        takes its rows as three arrays (``unnest``): a batch costs one round trip
+        whatever its size. Rows of devices that no longer exist are left out by
+        the join; a transaction ID already recorded keeps its first event.
+        """
+        psycopg = self._psycopg
+        with self._writer_lock:
+            conn = self._writer_conn
+            if conn is None or conn.broken or conn.closed:
+                try:
+                    conn = self._writer_conn = psycopg.connect(
+                        self.url, autocommit=False, connect_timeout=max(1, int(self.connect_timeout))
+                    )
+                    conn.execute("SET synchronous_commit = off")
+                    conn.commit()
+                except psycopg.OperationalError as exc:
+                    self._writer_conn = None
+                    raise DatabaseUnavailable(
+                        "registry database unreachable: %s" % type(exc).__name__
+                    ) from exc
+            try:
+                if tops:
+                    conn.execute(
+                        _PG_ADVANCE_TOPS,
+                        ([t[0] for t in tops], [t[1] for t in tops], [t[2] for t in tops]),
+                    )
+                if events:
+                    conn.execute(
+                        _PG_INSERT_SENT,
+                        (now, [e[0] for e in events], [e[1] for e in events], [e[2] for e in events]),
+                    )
+                conn.commit()
+            except psycopg.Error as exc:
+                if conn.broken:
+                    self._writer_conn = None
+                    raise DatabaseUnavailable(
+                        "registry database unreachable: %s" % type(exc).__name__
+                    ) from exc
+                conn.rollback()
+                raise
+
+    def close_writer(self) -> None:
+        with self._writer_lock:
+            conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
+            conn.close()
+
     def stop_listening(self) -> None:
         thread, self._listener = self._listener, None
         if thread is not None:
@@ -377,6 +457,7 @@ class PostgresEngine(Engine):
 
     def close(self) -> None:
         self.stop_listening()
+        self.close_writer()
         self.conn.close()
 
 

@@ -908,10 +908,17 @@ class Registry:
         thread needs the GIL only to start each statement, so SQLite's write
         lock is never held while it waits for the GIL, and the loop's reads on
         the main connection never wait (WAL readers do not block on a writer).
-        Rows of devices that no longer exist are skipped, as are transaction
-        IDs that already made an event; a top only ever grows, and only in the
+        On PostgreSQL: the writer thread's own connection, tops then events in
+        one transaction (``regdb.PostgresEngine.write_batch``). Rows of devices
+        that no longer exist are skipped, as are transaction IDs that already
+        made an event; a top only ever grows, and only in the
         device's current counter epoch.
         """
+        if isinstance(self.engine, regdb.PostgresEngine):
+            if self._closed:
+                raise RegistryError("registry %s is closed" % self.location)
+            self.engine.write_batch(events, tops, now_ms())
+            return
         db = self._writer()
         if events:
             args = (now_ms(), json.dumps(events))
@@ -924,7 +931,10 @@ class Registry:
 
     @property
     def writes_behind(self) -> bool:
-        """Whether ``write_behind`` can run (an SQLite file: a second connection to it)."""
+        """Whether ``write_behind`` can run: a second connection to the same data
+        (PostgreSQL, or an SQLite file; not an SQLite database in memory)."""
+        if self.engine.kind == "postgresql":
+            return True
         return self.engine.kind == "sqlite" and str(self.path) != ":memory:"
 
     def _writer(self) -> sqlite3.Connection:

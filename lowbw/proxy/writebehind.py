@@ -15,6 +15,24 @@ batches (``Registry.write_behind``: its own connection, one statement per
 batch; SQLite releases the GIL while it writes). A batch leaves as soon as
 the previous one is done, at most every ``delay`` (10 ms by default).
 
+On PostgreSQL the thread has its own psycopg connection and writes a batch
+in one transaction of two statements over arrays (``unnest``), message tops
+before sent events (``regdb.PostgresEngine.write_batch``): the loop makes no
+round trip for a warm reading at all (its lookup is answered by
+``lowbw.proxy.freshtxn``, its record and top by this module), where it made
+one synchronous ``record_event`` per reading before (~150-300 µs of the loop's
+time, issue 17). The thread blocks in libpq with the GIL released; it needs
+the GIL only to build each batch's three lists.
+
+Several proxies on one PostgreSQL (``[cluster]``): a row still in this memory
+is invisible to the other nodes until its batch commits (10 ms plus a round
+trip at most while the database answers). A device whose session moves to
+another node in that window and retries a reading there is posted again with
+the same transaction ID, and the homeserver answers with the event it already
+made (one appservice, one transaction scope for all nodes): the same case as
+a crash, below. No event is duplicated; only that one reading costs an HTTP
+request more.
+
 What a crash can lose is the last batches of rows, never an event: a reading
 retried after the restart is sent again with the same transaction ID and the
 homeserver answers with the event it already made; a message top that lags
@@ -44,8 +62,7 @@ class WriteBehind:
     """``lookup``/``record``/``advance_top`` in front of the registry.
 
     ``delay`` None writes every row at once on the caller's thread, as before
-    (``LOWBW_PROXY_FAST_PATHS=0``, registries in memory, and PostgreSQL, whose
-    warm readings skip the lookup instead: ``lowbw.proxy.freshtxn``).
+    (``LOWBW_PROXY_FAST_PATHS=0``, SQLite registries in memory).
     """
 
     def __init__(self, registry: Registry, delay: float | None = WRITE_DELAY) -> None:
@@ -74,7 +91,16 @@ class WriteBehind:
             self.registry.record_event(device, txn_id, event_id)
             self.written += 1
             return
-        self._events.setdefault((device, txn_id), event_id)
+        key = (device, txn_id)
+        if key not in self._events:
+            self._events[key] = event_id
+            fresh = self.registry.fresh
+            if fresh is not None:
+                # PostgreSQL: once the row is written and out of this memory,
+                # lookups above the device's floor are answered by freshtxn
+                # (record_event tells it the same when it writes at once). On
+                # the loop's thread: FreshTxns is not shared with the writer.
+                fresh.recorded(device, txn_id, event_id)
         self._soon()
 
     # -- message tops ----------------------------------------------------------------

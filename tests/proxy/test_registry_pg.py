@@ -290,3 +290,175 @@ def test_an_unreachable_database_is_a_lowbw_error(postgres_url: str) -> None:
         assert isinstance(err.value, LowbwError)
         engine.url = postgres_url
         assert r.device("sensor1") is not None
+
+
+# ---- the reading path's write-behind on PostgreSQL (lowbw.proxy.writebehind) -----------
+
+
+def _rows(url: str, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """What another connection (another node) sees: committed rows only."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return list(conn.execute(sql, args).fetchall())
+
+
+def test_write_behind_rows_land_off_the_loop_in_one_batch(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from lowbw.proxy.freshtxn import FreshTxns
+    from lowbw.proxy.writebehind import WriteBehind
+
+    with Registry(postgres_url) as r:
+        r.add_device(record("a"))
+        r.add_device(record("b"))
+        assert r.writes_behind
+        threads: list[str] = []
+        real = r.write_behind
+
+        def spy(events: list[tuple[str, str, str]], tops: list[tuple[str, int, int]]) -> None:
+            threads.append(threading.current_thread().name)
+            real(events, tops)
+
+        monkeypatch.setattr(r, "write_behind", spy)
+        loop_ops: list[str] = []
+        r.on_timing = lambda op, seconds: loop_ops.append(op)
+        # As the proxy runs on PostgreSQL: warm numbers are answered by freshtxn.
+        r.fresh = FreshTxns()
+        r.fresh.start("a", 0, -1)
+        txn = "lowbw.a.00000000.%d.0"
+
+        async def main() -> None:
+            writes = WriteBehind(r, delay=0.05)
+            assert writes.delay == 0.05  # PostgreSQL writes behind too now
+            for n in range(100, 110):
+                writes.record("a", txn % n, "$e%d" % n)
+            writes.record("b", "t0", "$b0")
+            writes.advance_top("a", 109, 0)
+            # Known at once, though no other node can see them yet.
+            assert writes.lookup("a", txn % 105) == "$e105" and writes.pending == 12
+            assert _rows(postgres_url, "SELECT count(*) FROM sent_events") == [(0,)]
+            await writes.flush()
+            assert writes.pending == 0 and writes.written == 11
+            # Out of memory now: the lookup of a warm number is still answered
+            # without a round trip (freshtxn was told), and right.
+            before = len(loop_ops)
+            assert writes.lookup("a", txn % 105) == "$e105"
+            assert writes.lookup("a", txn % 200) is None
+            assert loop_ops[before:].count("sent_event") == 2  # the timed wrapper, no query
+            writes.close()
+
+        asyncio.run(main())
+        assert len(threads) == 1 and threads[0].startswith("lowbw-registry-writer")
+        assert "record_event" not in loop_ops and "advance_msg_top" not in loop_ops
+        assert _rows(postgres_url, "SELECT count(*) FROM sent_events WHERE device = 'a'") == [(10,)]
+        assert _rows(postgres_url, "SELECT event_id FROM sent_events WHERE device = 'b'") == [("$b0",)]
+        assert _rows(postgres_url, "SELECT msg_top FROM devices WHERE name = 'a'") == [(109,)]
+        r.fresh = None
+        assert r.sent_event("a", txn % 107) == "$e107"
+
+
+def test_write_behind_skips_duplicates_and_unknown_devices(postgres_url: str) -> None:
+    with Registry(postgres_url) as r:
+        r.add_device(record("a"))
+        r.record_event("a", "t0", "$first")
+        # Another node's batch and this one's overlap: the first event stays.
+        r.write_behind([("a", "t0", "$second"), ("ghost", "t0", "$g"), ("a", "t1", "$x")], [])
+        r.write_behind([("a", "t1", "$y")], [("ghost", 64, 0)])
+        assert r.sent_event("a", "t0") == "$first"
+        assert r.sent_event("a", "t1") == "$x"
+        assert _rows(postgres_url, "SELECT count(*) FROM sent_events") == [(2,)]
+
+
+def test_write_behind_tops_only_grow_and_only_in_their_epoch(postgres_url: str) -> None:
+    with Registry(postgres_url) as r:
+        r.add_device(record("a"))
+        r.add_device(record("b"))
+        r.write_behind([], [("a", 64, 0), ("a", 200, 0), ("b", 64, 0)])
+        r.write_behind([], [("a", 128, 0)])  # late and lower: no effect
+        assert (r.msg_top("a"), r.msg_top("b")) == (200, 64)
+        r.set_device_epoch("a", 7)
+        r.write_behind([], [("a", 300, 0)])  # of the old epoch, written late
+        assert r.msg_top("a") == -1
+        r.write_behind([], [("a", 5, 7)])
+        assert r.msg_top("a") == 5
+
+
+def test_write_behind_close_writes_the_rest_a_crash_loses_only_the_unwritten(
+    postgres_url: str,
+) -> None:
+    import asyncio
+
+    from lowbw.proxy.writebehind import WriteBehind
+
+    with Registry(postgres_url) as setup:
+        setup.add_device(record("a"))
+
+    # A graceful stop: everything recorded is written, and visible to other nodes.
+    async def stop() -> None:
+        with Registry(postgres_url) as r:
+            writes = WriteBehind(r, delay=10.0)  # no batch would leave on its own
+            writes.record("a", "s0", "$s0")
+            writes.advance_top("a", 64, 0)
+            writes.close()
+            assert writes.pending == 0 and writes.written == 1
+
+    asyncio.run(stop())
+    assert _rows(postgres_url, "SELECT event_id FROM sent_events WHERE txn_id = 's0'") == [("$s0",)]
+    assert _rows(postgres_url, "SELECT msg_top FROM devices") == [(64,)]
+
+    # A crash: the flushed batch is there, the rows still in memory are not
+    # (and nothing half-written: top and rows of a batch commit together).
+    async def crash() -> None:
+        r = Registry(postgres_url)
+        writes = WriteBehind(r, delay=10.0)
+        writes.record("a", "c0", "$c0")
+        await writes.flush()
+        writes.record("a", "c1", "$c1")
+        writes.advance_top("a", 128, 0)
+        # The process dies: its connections end without a word.
+        assert isinstance(r.engine, regdb.PostgresEngine)
+        r.engine.conn.pgconn.finish()
+        r.engine._writer_conn.pgconn.finish()
+
+    asyncio.run(crash())
+    assert _rows(postgres_url, "SELECT txn_id FROM sent_events ORDER BY txn_id") == [("c0",), ("s0",)]
+    assert _rows(postgres_url, "SELECT msg_top FROM devices") == [(64,)]
+
+
+def test_write_behind_batch_is_one_transaction_and_retried_after_a_lost_connection(
+    postgres_url: str,
+) -> None:
+    import asyncio
+
+    from lowbw.proxy.writebehind import WriteBehind
+
+    with Registry(postgres_url) as r:
+        r.add_device(record("a"))
+        engine = r.engine
+        assert isinstance(engine, regdb.PostgresEngine)
+        # A batch whose second statement fails commits nothing of the first:
+        # a top with no row is harmless, but the promise is "tops first, together".
+        with pytest.raises(psycopg.Error):
+            engine.write_batch([("a", "t0", "$e")], [("a", 64, 0)], now=-(1 << 70))  # sent_ms overflows
+        assert r.msg_top("a") == -1 and r.sent_event("a", "t0") is None
+        r.write_behind([("a", "t0", "$e")], [])  # the connection is usable again
+        pid = engine._writer_conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        engine._writer_conn.commit()
+
+        async def main() -> None:
+            writes = WriteBehind(r, delay=0.01)
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            time.sleep(0.2)
+            writes.record("a", "t1", "$e1")
+            writes.advance_top("a", 64, 0)
+            await asyncio.sleep(0.1)
+            # The batch failed on the dead connection: still answered from memory.
+            assert writes.pending == 2 and writes.lookup("a", "t1") == "$e1"
+            await writes.flush()  # tried again at once, on a new connection
+            assert writes.pending == 0
+            writes.close()
+
+        asyncio.run(main())
+        assert r.sent_event("a", "t1") == "$e1" and r.msg_top("a") == 64
