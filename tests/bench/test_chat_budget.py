@@ -18,9 +18,9 @@ from pathlib import Path
 from bench import chat_session
 
 # IP bytes (UDP payload + 28 B per datagram) of the whole session, side (b).
-CHAT_BUDGET = 3_450
+CHAT_BUDGET = 3_000
 # The realistic session reduced to 4 messages (2 each way), 1 s long-polls.
-REALISTIC_4_BUDGET = 3_150
+REALISTIC_4_BUDGET = 3_100
 
 
 def run(tmp_path: Path, *args: str) -> dict[str, object]:
