@@ -117,7 +117,7 @@ def bind(token: str, slot: int = 0) -> tuple[int, bytes]:
 def test_login_answers_a_handle_that_stands_for_the_token(client: Client, matrix_user: MatrixUser) -> None:
     handle = client.login(matrix_user)
     assert client.wire.agreed_caps is not None and client.wire.agreed_caps & handshake.CAP_DICT_V1
-    assert handle.startswith("lbwh_") and len(handle) == 25
+    assert handle.startswith("lbwh_") and len(handle) == 17  # lbwh_ + 12 characters (72 bits)
     with Registry(client.registry_path) as reg:  # type: ignore[attr-defined]
         real = reg.client_token(client.name, handle)  # type: ignore[attr-defined]
     assert real is not None and real != handle
@@ -407,7 +407,8 @@ def test_a_compact_client_session_through_the_real_proxy(
         answer, body = client.call(msg)
         assert answer.code == coap.CONTENT and body["user_id"] == matrix_user.user_id
         assert rule(wire.sent[-1]) == headers.RULE_CLIENT
-        assert len(wire.sent[-1]) == 1 + 1 + len(coap.encode(msg)) - 2 + 8
+        # 2 bytes of CoAP header implied, 2 more for Bearer-Bind renumbered (option header 1, not 3).
+        assert len(wire.sent[-1]) == 1 + 1 + len(coap.encode(msg)) - 4 + 8
         for _ in range(3):
             n = len(wire.received)
             msg = client.request(coap.GET, ["wh"], options=[(BEARER_SLOT_OPTION, b"")])
