@@ -1497,6 +1497,10 @@ def run_lowbw(
                 str(config_path),
                 "--out",
                 str(client_config),
+                # The profile of the slow link this bench models, whatever --preset says
+                # (tests/bench/test_chat_budget.py runs --preset fast for the same bytes).
+                "--profile",
+                "compact",
             )
         except demo.DemoError as exc:
             raise LowbwUnavailable(str(exc)) from None
