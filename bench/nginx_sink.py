@@ -22,41 +22,20 @@ process group; one worker process (the sink is not what is measured).
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 try:
-    from bench.nginx_tls import NginxError, find_nginx
+    from bench.nginx_tls import Nginx, NginxError, config_prelude
 except ImportError:  # run from bench/ as a script
-    from nginx_tls import NginxError, find_nginx  # type: ignore[no-redef]
+    from nginx_tls import Nginx, NginxError, config_prelude  # type: ignore[no-redef]
 
 
 def sink_config(prefix: Path, port: int) -> str:
-    p = str(prefix)
     # "$" cannot be written literally before a variable name in an nginx string:
     # the geo block gives a variable whose value is "$".
-    return f"""# Written by bench/nginx_sink.py; removed when the benchmark ends.
-worker_processes 1;
-pcre_jit on;
-pid {p}/nginx.pid;
-error_log {p}/error.log warn;
-
-events {{
-    worker_connections 1024;
-}}
-
-http {{
-    access_log off;
-    client_body_temp_path {p}/tmp/body;
-    proxy_temp_path {p}/tmp/proxy;
-    fastcgi_temp_path {p}/tmp/fastcgi;
-    uwsgi_temp_path {p}/tmp/uwsgi;
-    scgi_temp_path {p}/tmp/scgi;
+    return (
+        config_prelude(prefix, "bench/nginx_sink.py", 1024, extra="pcre_jit on;\n")
+        + f"""
     default_type application/json;
     # The proxy keeps its connections: never close one under it.
     keepalive_requests 100000000;
@@ -88,52 +67,27 @@ http {{
     }}
 }}
 """
+    )
 
 
-class NginxSink:
-    """nginx answering sends on 127.0.0.1:``port`` (the interface of ``proxy_load.Sink``)."""
+class NginxSink(Nginx):
+    """nginx answering sends on 127.0.0.1:``port`` (the interface of ``proxy_load.Sink``);
+    running once made."""
 
     kind = "nginx"
+    dir_prefix = "lowbw-nginx-sink-"
 
     def __init__(self, nginx: str | None = None, start_timeout: float = 15.0) -> None:
-        self.nginx = nginx or find_nginx()
-        if self.nginx is None:
-            raise NginxError("nginx is not installed (Debian: apt-get install nginx)")
-        self.dir = Path(tempfile.mkdtemp(prefix="lowbw-nginx-sink-"))
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            self.port: int = s.getsockname()[1]
-        self._proc: subprocess.Popen[bytes] | None = None
-        try:
-            (self.dir / "tmp").mkdir()
-            conf = self.dir / "nginx.conf"
-            conf.write_text(sink_config(self.dir, self.port))
-            with open(self.dir / "stderr.log", "wb") as stderr:
-                self._proc = subprocess.Popen(
-                    [self.nginx, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "error.log")]
-                    + ["-g", "daemon off;"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=stderr,
-                    stderr=stderr,
-                    start_new_session=True,
-                )
-            deadline = time.monotonic() + start_timeout
-            while True:
-                if self._proc.poll() is not None:
-                    raise NginxError("nginx exited with status %d" % self._proc.returncode)
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise NginxError("nginx did not listen on port %d" % self.port) from None
-                    time.sleep(0.05)
-        except BaseException:
-            self.stop()
-            raise
+        super().__init__(nginx=nginx, start_timeout=start_timeout)
+        self.start()
+
+    def write_config(self, directory: Path, port: int) -> str:
+        return sink_config(directory, port)
 
     @property
     def url(self) -> str:
+        if self.port is None:
+            raise NginxError("the nginx sink is not running")
         return "http://127.0.0.1:%d" % self.port
 
     @property
@@ -155,20 +109,6 @@ class NginxSink:
 
     def reset(self) -> None:
         """Nothing to forget: nginx keeps no stamps."""
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                    proc.wait(timeout=10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-                except ProcessLookupError:
-                    break
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def children(pid: int) -> list[int]:

@@ -92,16 +92,17 @@ def write_ecdsa_certificate(directory: Path, server_name: str) -> tuple[Path, Pa
     return cert_path, key_path
 
 
-def nginx_config(prefix: Path, port: int, upstream: tuple[str, int], server_name: str) -> str:
-    """nginx.conf: TLS 1.3 on 127.0.0.1:``port``, everything proxied to ``upstream`` over HTTP/1.1."""
+def config_prelude(prefix: Path, writer: str, connections: int, extra: str = "") -> str:
+    """The start of an nginx.conf that keeps everything in ``prefix`` (pid, error log,
+    temp files), one worker, no access log; ends inside the open ``http`` block."""
     p = str(prefix)
-    return f"""# Written by bench/nginx_tls.py; removed when the benchmark ends.
+    return f"""# Written by {writer}; removed when the benchmark ends.
 worker_processes 1;
-pid {p}/nginx.pid;
+{extra}pid {p}/nginx.pid;
 error_log {p}/error.log warn;
 
 events {{
-    worker_connections 64;
+    worker_connections {connections};
 }}
 
 http {{
@@ -111,7 +112,15 @@ http {{
     fastcgi_temp_path {p}/tmp/fastcgi;
     uwsgi_temp_path {p}/tmp/uwsgi;
     scgi_temp_path {p}/tmp/scgi;
+"""
 
+
+def nginx_config(prefix: Path, port: int, upstream: tuple[str, int], server_name: str) -> str:
+    """nginx.conf: TLS 1.3 on 127.0.0.1:``port``, everything proxied to ``upstream`` over HTTP/1.1."""
+    p = str(prefix)
+    return (
+        config_prelude(prefix, "bench/nginx_tls.py", 64)
+        + f"""
     upstream homeserver {{
         server {upstream[0]}:{upstream[1]};
         keepalive 8;
@@ -138,6 +147,7 @@ http {{
     }}
 }}
 """
+    )
 
 
 def _free_port() -> int:
@@ -147,26 +157,24 @@ def _free_port() -> int:
         return port
 
 
-class NginxTLS:
-    """A running nginx terminating TLS 1.3 on 127.0.0.1:``port`` in front of ``upstream``."""
+class Nginx:
+    """nginx in a temporary prefix directory on 127.0.0.1:``port`` (``daemon off``, its
+    own process group); a subclass writes the configuration (``write_config``)."""
 
-    def __init__(
-        self,
-        upstream: tuple[str, int],
-        *,
-        server_name: str = DEFAULT_SERVER_NAME,
-        nginx: str | None = None,
-        start_timeout: float = 15.0,
-    ) -> None:
-        self.upstream = upstream
-        self.server_name = server_name
+    dir_prefix = "lowbw-nginx-"
+
+    def __init__(self, *, nginx: str | None = None, start_timeout: float = 15.0) -> None:
         self.nginx = nginx or find_nginx()
         self.start_timeout = start_timeout
         self.dir: Path | None = None
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> NginxTLS:
+    def write_config(self, directory: Path, port: int) -> str:
+        """nginx.conf's text (and any file it needs, written into ``directory``)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Nginx:
         self.start()
         return self
 
@@ -191,13 +199,12 @@ class NginxTLS:
     def start(self) -> None:
         if self.nginx is None:
             raise NginxError("nginx is not installed (Debian: apt-get install nginx)")
-        self.dir = Path(tempfile.mkdtemp(prefix="lowbw-nginx-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=self.dir_prefix))
         try:
             (self.dir / "tmp").mkdir()
-            write_ecdsa_certificate(self.dir, self.server_name)
             self.port = _free_port()
             conf = self.dir / "nginx.conf"
-            conf.write_text(nginx_config(self.dir, self.port, self.upstream, self.server_name))
+            conf.write_text(self.write_config(self.dir, self.port))
             # -e: nginx opens its compiled-in error log before reading the config
             # unless told otherwise, and /var/log/nginx may not be writable.
             with open(self.dir / "stderr.log", "wb") as stderr:
@@ -269,3 +276,23 @@ class NginxTLS:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
         self.port = None
+
+
+class NginxTLS(Nginx):
+    """A running nginx terminating TLS 1.3 on 127.0.0.1:``port`` in front of ``upstream``."""
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        *,
+        server_name: str = DEFAULT_SERVER_NAME,
+        nginx: str | None = None,
+        start_timeout: float = 15.0,
+    ) -> None:
+        super().__init__(nginx=nginx, start_timeout=start_timeout)
+        self.upstream = upstream
+        self.server_name = server_name
+
+    def write_config(self, directory: Path, port: int) -> str:
+        write_ecdsa_certificate(directory, self.server_name)
+        return nginx_config(directory, port, self.upstream, self.server_name)
