@@ -121,7 +121,6 @@ class ClientProxyConfig:
     def radio_mtu(self) -> int:
         return self.mtu or default_mtu(self.link_bps)
 
-
     def __repr__(self) -> str:  # never the private key
         return "<ClientProxyConfig %s listen=%s proxy=%s:%d>" % (
             self.name,

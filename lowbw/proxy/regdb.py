@@ -412,11 +412,8 @@ class PostgresEngine(Engine):
             conn = self._writer_conn
             if conn is None or conn.broken or conn.closed:
                 try:
-                    conn = self._writer_conn = psycopg.connect(
-                        self.url, autocommit=False, connect_timeout=max(1, int(self.connect_timeout))
-                    )
-                    conn.execute("SET synchronous_commit = off")
-                    conn.commit()
+                    conn = self._writer_conn = self._connect()
+                    conn.autocommit = False  # a batch is one transaction
                 except psycopg.OperationalError as exc:
                     self._writer_conn = None
                     raise DatabaseUnavailable(

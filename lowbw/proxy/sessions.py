@@ -352,12 +352,9 @@ class SessionTable:
     def device(self, name: str) -> DeviceRecord | None:
         return self.devices.get(name)
 
-    def replays_zero_rtt(self, device: str) -> bool:
-        """Client-proxies get a repeated 0-RTT request answered from the first run (transport)."""
-        return self.is_client(device)
-
     def is_client(self, device: str) -> bool:
-        """Whether ``device`` is a client-proxy (its compact frames use lowbw.compact.headers)."""
+        """Whether ``device`` is a client-proxy (transport: its repeated 0-RTT requests
+        are answered from the first run; its compact frames use lowbw.compact.headers)."""
         rec = self.devices.get(device)
         return rec is not None and is_client(rec)
 

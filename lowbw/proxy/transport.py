@@ -243,9 +243,10 @@ class FrameHandler(Protocol):
 
     def commands_pending(self, device: str) -> int: ...
 
-    def replays_zero_rtt(self, device: str) -> bool: ...
-
-    def is_client(self, device: str) -> bool: ...
+    def is_client(self, device: str) -> bool:
+        """A client-proxy's session: a repeated 0-RTT request is answered from its
+        first run, and compact frames use lowbw.compact.headers."""
+        ...
 
 
 class FastPath(Protocol):
@@ -668,10 +669,10 @@ class LowbwTransport(interfaces.MessageInterface, asyncio.DatagramProtocol):
         the previous handshake (its answer was lost, the client-proxy's CoAP sent
         it again, in a new handshake): answer it as before instead of running it
         twice (a second createRoom, a second login). Client-proxy sessions only
-        (``FrameHandler.replays_zero_rtt``); a device's readings are made
+        (``FrameHandler.is_client``); a device's readings are made
         idempotent by their transaction IDs instead.
         """
-        if not self.handler.replays_zero_rtt(addr.device):
+        if not self.handler.is_client(addr.device):
             return False
         now = time.monotonic()
         entry = self._zero_rtt.get(addr.device)
