@@ -68,10 +68,15 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(user, system) clock ticks ``pid`` has used (``/proc/PID/stat``); OSError if gone."""
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]), int(fields[12])
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_ticks(pid)) / TICKS
 
 
 def machine_busy() -> float:

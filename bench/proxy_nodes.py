@@ -170,8 +170,7 @@ def share_priority(pids: list[int]) -> None:
 def _sys_seconds(pid: int) -> float:
     """Kernel-mode CPU seconds of ``pid`` (its sends and receives on loopback)."""
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rsplit(")", 1)[1].split()[12]) / pl.TICKS
+        return pl.cpu_ticks(pid)[1] / pl.TICKS
     except (OSError, ValueError, IndexError):
         return 0.0
 
