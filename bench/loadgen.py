@@ -35,9 +35,9 @@ from typing import Any
 from lowbw.wire import coap, handshake
 
 try:
-    from bench.proxy_load import reading_request
+    from bench.proxy_load import percentile, reading_request
 except ImportError:  # run from bench/ as a script
-    from proxy_load import reading_request  # type: ignore[no-redef]
+    from proxy_load import percentile, reading_request  # type: ignore[no-redef]
 
 
 # Seconds between the generator's polls (``run``): answers taken in batches.
@@ -220,11 +220,8 @@ def verify(devices: list[FastDevice]) -> dict[str, int]:
 
 
 def percentile_ms(devices: list[FastDevice], p: float) -> float | None:
-    values = sorted(r for d in devices for r in d.rtts)
-    if not values:
-        return None
-    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
-    return round(values[k] * 1000, 2)
+    values = [r for d in devices for r in d.rtts]
+    return round(percentile(values, p) * 1000, 2) if values else None
 
 
 def default_frames(duration: float, devices: int) -> int:
