@@ -773,15 +773,21 @@ class ClientProxy:
         if any(seg[:1] in REF_PREFIXES for seg in segments) or any(v[:1] in REF_PREFIXES for _, v in query):
             raise LinkFailed(400, "a path segment or query value may not start with a control character")
         report = None
-        if session is not None and self.link is not None and self.link.compact:
+        link = self.link
+        compact = link is not None and link.compact
+        if session is not None and link is not None and compact:
             # A JSON filter goes as CBOR (compact sessions: lowbw.compact.codec).
-            table = (self.link.caps & handshake.CAPS_TABLE_MASK) or keys.TABLE_LOWBW_V1
+            table = (link.caps & handshake.CAPS_TABLE_MASK) or keys.TABLE_LOWBW_V1
             query = [(k, compact_query_value(v, table)) for k, v in query]
         if session is not None and self.config.identifier_refs:
             refs = st.refs
             segments = [refs.refer_text(seg) for seg in segments]
             query = [(k, refs.refer_text(v)) for k, v in query]
-            report = None if unconfirmed else refs.to_report()
+            # On a compact link only reads (GET) report once references are on: their
+            # answers carry the identifiers worth referring to, while a send's answer
+            # defines its one new event ID either way (2 bytes less per send).
+            lazy = compact and method != Code.GET and refs.reported >= 0
+            report = None if unconfirmed or lazy else refs.to_report()
         msg = Message(code=method, uri_path=segments, uri_query=["%s=%s" % kv for kv in query])
         if body is not None:
             codec = self._codec(session)
@@ -791,7 +797,7 @@ class ClientProxy:
                 raise LinkFailed(400, exc.message) from None
             msg.payload = payload
             option = codec.content_format(cf)
-            if session is None and self.link is not None and self.link.compact:
+            if session is None and compact:
                 # Made before the handshake answered: the session's default format
                 # is not known yet (it depends on the agreed caps), so say it.
                 option = cf

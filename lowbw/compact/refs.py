@@ -16,7 +16,8 @@ next. Each session keeps one table of such strings, owned by the proxy:
   of the session (value 0); a session that never sends it gets plain text.
 * **The client-proxy confirms.** It reports, in option ``Refs-Known`` (65020)
   of its next request, how many entries from index 0 it holds without a gap;
-  it sends the option only when that number grew. Definitions can arrive out
+  it sends the option only when that number grew (on a compact session, once
+  references are on, only with a GET). Definitions can arrive out
   of order (loss, retransmission, concurrent requests), so only the
   contiguous prefix counts.
 * **Fixed texts.** Common event types in paths (``STATIC_TEXT``, frozen) are
