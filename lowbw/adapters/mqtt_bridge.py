@@ -84,6 +84,9 @@ from lowbw.wire.errors import DecodeError, EncodeError, LowbwError
 log = logging.getLogger("lowbw.adapters.mqtt")
 
 
+# Own command publications remembered, to recognise them coming back (MQTT 3.1.1).
+OWN_COMMANDS_KEPT = 64
+
 class BridgeFatal(LowbwError):
     """The bridge cannot go on safely (its state cannot be written)."""
 
@@ -200,6 +203,7 @@ class MqttBridge:
             "duplicates": 0,
             "bad": 0,
             "retained_skipped": 0,
+            "own_commands": 0,
             "acked": 0,
             "held": 0,
             "commands": 0,
@@ -208,6 +212,9 @@ class MqttBridge:
             "connect_failures": 0,
             "disconnects": 0,
         }
+        # (topic, payload digest) of our last command publications: MQTT 3.1.1 has no
+        # noLocal, so a reading filter that matches the commands topic brings them back.
+        self._own_commands: collections.deque[tuple[str, str]] = collections.deque(maxlen=OWN_COMMANDS_KEPT)
         # The "bad" messages by reason (lowbw.adapters.metrics.BRIDGE_SKIP_REASONS).
         self.skipped: dict[str, int] = {}
         self._connect_failures = 0  # in a row, since the last successful connection
@@ -329,7 +336,9 @@ class MqttBridge:
             client.subscribe([(f, 0) for f in filters])
         elif self.cfg.mqtt.protocol == "5":
             # retainHandling 2: no stored (retained) values on subscribing; they are not new readings.
-            opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            # noLocal: never our own command publications back (a filter such as
+            # plant/+/+ also matches plant/{device}/commands).
+            opts = SubscribeOptions(qos=1, noLocal=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
             client.subscribe([(f, opts) for f in filters])
         else:
             client.subscribe([(f, 1) for f in filters])
@@ -530,6 +539,13 @@ class MqttBridge:
             return True
         if self.lorawan is not None:
             return self.lorawan.take(m)
+        own = (m.topic, m.digest)
+        if m.topic is not None and own in self._own_commands:
+            # One of our own command publications, back through a reading filter.
+            self._own_commands.remove(own)
+            self.counters["own_commands"] += 1
+            self._ack(m)
+            return True
         entry = self.state.match(m.mid, m.topic, m.digest) if (m.qos > 0 and m.dup) else None
         if entry is not None and entry.done >= entry.count:
             self.counters["duplicates"] += 1
@@ -706,6 +722,7 @@ class MqttBridge:
             payload = str(entry.get("body", "")).encode("utf-8")
         else:
             payload = json.dumps(entry, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        self._own_commands.append((topic, digest(payload)))
         info = self.client.publish(topic, payload, qos=self.cfg.commands_qos)
         if self.cfg.commands_qos == 0:
             self._published_entry(entry)
